@@ -1,1 +1,191 @@
-//! halo-duchy
+//! The duchy host core: everything a duchy does that does not depend on the MPC protocol.
+//!
+//! * [`herald`]: follows the Kingdom's `StreamActiveComputations`, creates and updates local
+//!   computations, persists the continuation token.
+//! * [`mill`]: a pool of workers that claim queued stages with leases and run them through
+//!   the pinned [`protocol::Protocol`], then deliver the effects.
+//! * [`control`]: the `ComputationControl` server (duchy → duchy payloads).
+//! * [`fulfillment`]: the `RequisitionFulfillment` server (data provider → duchy).
+//! * [`store`]: SQLite + blob files.
+
+pub mod blobs;
+pub mod control;
+mod core;
+pub mod fulfillment;
+pub mod herald;
+pub mod kingdom;
+pub mod mill;
+pub mod names;
+pub mod protocol;
+pub mod store;
+pub mod testing;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use crate::core::Core;
+use crate::protocol::ProtocolRegistry;
+
+/// Which duchy plays which role, per protocol (static configuration, as in the reference's
+/// `ProtocolsSetupConfig`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RoleConfig {
+    pub hmss_first_non_aggregator: String,
+    pub hmss_second_non_aggregator: String,
+    pub hmss_aggregator: String,
+    /// Aggregator of Liquid Legions v2 and reach-only LLv2; every other duchy is a
+    /// non-aggregator.
+    pub llv2_aggregator: String,
+}
+
+impl Default for RoleConfig {
+    fn default() -> Self {
+        RoleConfig {
+            hmss_first_non_aggregator: "worker1".into(),
+            hmss_second_non_aggregator: "worker2".into(),
+            hmss_aggregator: "aggregator".into(),
+            llv2_aggregator: "aggregator".into(),
+        }
+    }
+}
+
+/// Mill settings.
+#[derive(Clone, Debug)]
+pub struct MillConfig {
+    /// Concurrent stage executions.
+    pub workers: usize,
+    /// How long a claim holds before another worker may take the stage over.
+    pub lease: Duration,
+    /// More claims than this for one stage fail the computation.
+    pub max_attempts: u32,
+    /// Idle poll interval (workers are also woken when work is queued).
+    pub poll: Duration,
+    /// Backoff after a transient failure: `retry_base * 2^(attempt-1)`, capped.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// AdvanceComputation body chunk size (1–4 MiB).
+    pub chunk_size: usize,
+}
+
+impl Default for MillConfig {
+    fn default() -> Self {
+        MillConfig {
+            workers: 2,
+            lease: Duration::from_secs(300),
+            max_attempts: 10,
+            poll: Duration::from_millis(500),
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(60),
+            chunk_size: 1 << 20,
+        }
+    }
+}
+
+/// Herald settings.
+#[derive(Clone, Debug)]
+pub struct HeraldConfig {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for HeraldConfig {
+    fn default() -> Self {
+        HeraldConfig { backoff_initial: Duration::from_millis(100), backoff_max: Duration::from_secs(10) }
+    }
+}
+
+/// Addresses of the other duchies' ComputationControl servers; can change at run time.
+#[derive(Clone, Default)]
+pub struct PeerDirectory {
+    inner: Arc<RwLock<HashMap<String, String>>>,
+}
+
+impl PeerDirectory {
+    pub fn set(&self, duchy: &str, url: &str) {
+        if let Ok(mut m) = self.inner.write() {
+            m.insert(duchy.to_string(), url.to_string());
+        }
+    }
+
+    pub fn get(&self, duchy: &str) -> Option<String> {
+        self.inner.read().ok().and_then(|m| m.get(duchy).cloned())
+    }
+}
+
+/// Everything a duchy needs to run.
+#[derive(Clone)]
+pub struct DuchyConfig {
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub identity: halo_identity::Identity,
+    pub trust: halo_identity::TrustStore,
+    pub kingdom_url: String,
+    pub peers: PeerDirectory,
+    pub roles: RoleConfig,
+    pub mill: MillConfig,
+    pub herald: HeraldConfig,
+    pub protocols: Arc<dyn ProtocolRegistry>,
+    /// Upper bound of one AdvanceComputation or fulfilment payload.
+    pub max_payload_bytes: u64,
+}
+
+/// A running duchy: herald, mill pool and the two gRPC servers.
+pub struct RunningDuchy {
+    pub addr: SocketAddr,
+    pub core: Arc<Core>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningDuchy {
+    pub async fn start(config: DuchyConfig) -> Result<RunningDuchy> {
+        halo_identity::init_crypto();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let core = Arc::new(Core::new(config.clone()).await?);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let tls = config.identity.server_tls(&config.trust);
+        let mut stop = shutdown_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .context("server TLS config")?
+            .add_service(control::server(core.clone()))
+            .add_service(fulfillment::server(core.clone()))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|v| *v).await;
+            });
+        let server = tokio::spawn(server);
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(herald::run(core.clone(), shutdown_rx.clone())));
+        for i in 0..config.mill.workers.max(1) {
+            tasks.push(tokio::spawn(mill::run_worker(core.clone(), i, shutdown_rx.clone())));
+        }
+        tracing::info!(duchy = %config.id, %addr, "duchy started");
+        Ok(RunningDuchy { addr, core, shutdown, tasks, server })
+    }
+
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        match self.server.await {
+            Ok(r) => r.context("duchy server")?,
+            Err(e) => return Err(anyhow::anyhow!("duchy server task: {e}")),
+        }
+        self.core.store.close().await;
+        Ok(())
+    }
+}

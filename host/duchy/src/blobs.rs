@@ -1,0 +1,73 @@
+//! Blob files: written to a temporary name and renamed into place, so a reader never sees a
+//! partial blob and a retried write of the same key replaces it atomically.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// Streams chunks into a blob; `finish` makes it visible under its final path.
+pub struct BlobWriter {
+    file: tokio::fs::File,
+    tmp: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl BlobWriter {
+    pub async fn create(dest: &Path) -> Result<BlobWriter> {
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let tmp = dest.with_extension(format!("tmp-{}", rand::random::<u64>()));
+        let file = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(BlobWriter { file, tmp, dest: dest.to_path_buf(), hasher: Sha256::new(), size: 0 })
+    }
+
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.file
+            .write_all(chunk)
+            .await
+            .with_context(|| format!("writing {}", self.tmp.display()))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Flushes, renames into place and returns (size, hex sha256).
+    pub async fn finish(mut self) -> Result<(u64, String)> {
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        drop(self.file);
+        tokio::fs::rename(&self.tmp, &self.dest)
+            .await
+            .with_context(|| format!("renaming into {}", self.dest.display()))?;
+        Ok((self.size, hex::encode(self.hasher.finalize())))
+    }
+
+    /// Removes the partial file.
+    pub async fn abort(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.tmp).await;
+    }
+}
+
+/// Writes a whole blob at once.
+pub async fn write_blob(dest: &Path, data: &[u8]) -> Result<(u64, String)> {
+    let mut w = BlobWriter::create(dest).await?;
+    w.write(data).await?;
+    w.finish().await
+}
+
+pub async fn read_blob(path: &Path) -> Result<Vec<u8>> {
+    tokio::fs::read(path).await.with_context(|| format!("reading blob {}", path.display()))
+}

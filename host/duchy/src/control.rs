@@ -1,0 +1,237 @@
+//! The `ComputationControl` server: other duchies deliver stage payloads
+//! (`AdvanceComputation`, client-streaming) and ask for this duchy's stage
+//! (`GetComputationStage`). Deliveries are idempotent: a payload already received from the
+//! same sender under the same description is acknowledged without change.
+
+use std::sync::Arc;
+
+use halo_identity::Principal;
+use halo_proto::system::v1alpha as sys;
+use prost::Message;
+use sys::computation_control_server::{ComputationControl, ComputationControlServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::blobs::BlobWriter;
+use crate::core::Core;
+use crate::names;
+use crate::protocol::{StageKind, SystemProtocol, find_stage};
+use crate::store::InputRow;
+
+pub struct ControlService {
+    core: Arc<Core>,
+}
+
+pub fn server(core: Arc<Core>) -> ComputationControlServer<ControlService> {
+    ComputationControlServer::new(ControlService { core })
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20)
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    tracing::error!("ComputationControl internal error: {e:#}");
+    Status::internal(format!("{e:#}"))
+}
+
+fn caller_duchy<T>(core: &Core, req: &Request<T>) -> Result<String, Status> {
+    match core.config.trust.authenticate(req)? {
+        Principal::Duchy(d) => Ok(d),
+        other => Err(Status::permission_denied(format!(
+            "{} is not a duchy",
+            other.resource_name()
+        ))),
+    }
+}
+
+fn header_protocol(h: &sys::advance_computation_request::Header) -> Result<(SystemProtocol, i32), Status> {
+    use sys::advance_computation_request::header::Protocol;
+    match h.protocol.as_ref() {
+        Some(Protocol::LiquidLegionsV2(p)) => Ok((SystemProtocol::LiquidLegionsV2, p.description)),
+        Some(Protocol::ReachOnlyLiquidLegionsV2(p)) => {
+            Ok((SystemProtocol::ReachOnlyLiquidLegionsV2, p.description))
+        }
+        Some(Protocol::HonestMajorityShareShuffle(p)) => {
+            Ok((SystemProtocol::HonestMajorityShareShuffle, p.description))
+        }
+        None => Err(Status::invalid_argument("header has no protocol")),
+    }
+}
+
+fn is_participant(computation: &[u8], duchy: &str) -> bool {
+    sys::Computation::decode(computation).is_ok_and(|c| {
+        c.computation_participants
+            .iter()
+            .any(|p| names::parse_participant(&p.name).is_some_and(|(_, d)| d == duchy))
+    })
+}
+
+async fn drain(stream: &mut Streaming<sys::AdvanceComputationRequest>) -> Result<(), Status> {
+    while stream.message().await?.is_some() {}
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ComputationControl for ControlService {
+    async fn advance_computation(
+        &self,
+        request: Request<Streaming<sys::AdvanceComputationRequest>>,
+    ) -> Result<Response<sys::AdvanceComputationResponse>, Status> {
+        use sys::advance_computation_request::Payload;
+        let core = &self.core;
+        let sender = caller_duchy(core, &request)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            None => return Err(Status::invalid_argument("empty AdvanceComputation stream")),
+            Some(sys::AdvanceComputationRequest { payload: Some(Payload::Header(h)) }) => h,
+            Some(_) => return Err(Status::invalid_argument("the first message must be the header")),
+        };
+        let gid = names::parse_computation(&header.name)
+            .ok_or_else(|| Status::invalid_argument(format!("malformed computation name {:?}", header.name)))?
+            .to_string();
+        let (protocol, description) = header_protocol(&header)?;
+        if description <= 0 {
+            return Err(Status::invalid_argument("header description is unspecified"));
+        }
+        let row = core
+            .store
+            .get(&gid)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("computation {gid} is unknown here")))?;
+        if row.protocol != protocol {
+            return Err(Status::invalid_argument(format!(
+                "computation {gid} runs {}, the header says {protocol}",
+                row.protocol
+            )));
+        }
+        if !is_participant(&row.computation, &sender) {
+            return Err(Status::permission_denied(format!("duchy {sender} does not take part in {gid}")));
+        }
+        if core.store.input(&gid, description, &sender).await.map_err(internal)?.is_some() {
+            drain(&mut stream).await?;
+            return Ok(Response::new(sys::AdvanceComputationResponse {}));
+        }
+        if row.terminal.is_some() {
+            return Err(Status::failed_precondition(format!("computation {gid} has finished here")));
+        }
+        let plugin = core.protocol_for(&row).map_err(internal)?;
+        let stages = plugin.stages();
+        let info = find_stage(&stages, row.stage)
+            .ok_or_else(|| Status::internal(format!("stage {} not in stage table", row.stage)))?;
+        let (from, next) = match &info.kind {
+            StageKind::WaitInputs { description: d, from, next } if *d == description => (from.clone(), *next),
+            _ => {
+                return Err(Status::failed_precondition(format!(
+                    "computation {gid} is in stage {} and does not wait for description {description}",
+                    info.name
+                )));
+            }
+        };
+        let expected = core.expected_senders(&row, &from).map_err(internal)?;
+        if let Some(list) = &expected
+            && !list.contains(&sender)
+        {
+            return Err(Status::permission_denied(format!(
+                "stage {} does not expect input from {sender}",
+                info.name
+            )));
+        }
+
+        let key = format!("inputs/{gid}/{description}-{sender}.bin");
+        let mut writer = BlobWriter::create(&core.store.blob_path(&key)).await.map_err(internal)?;
+        let mut chunks = 0usize;
+        let max = core.config.max_payload_bytes;
+        loop {
+            let msg = match stream.message().await {
+                Ok(m) => m,
+                Err(e) => {
+                    writer.abort().await;
+                    return Err(e);
+                }
+            };
+            let Some(msg) = msg else { break };
+            match msg.payload {
+                Some(Payload::BodyChunk(c)) => {
+                    chunks += 1;
+                    if writer.size() + c.partial_data.len() as u64 > max {
+                        writer.abort().await;
+                        return Err(Status::resource_exhausted(format!("payload larger than {max} bytes")));
+                    }
+                    if let Err(e) = writer.write(&c.partial_data).await {
+                        writer.abort().await;
+                        return Err(internal(e));
+                    }
+                }
+                _ => {
+                    writer.abort().await;
+                    return Err(Status::invalid_argument("only body chunks may follow the header"));
+                }
+            }
+        }
+        if chunks == 0 {
+            writer.abort().await;
+            return Err(Status::invalid_argument("header without body"));
+        }
+        let (size, sha256) = writer.finish().await.map_err(internal)?;
+        let input = InputRow { description, sender: sender.clone(), blob: key, size: size as i64, sha256 };
+        if !core.store.record_input(&gid, row.stage, &input).await.map_err(internal)? {
+            if core.store.input(&gid, description, &sender).await.map_err(internal)?.is_some() {
+                return Ok(Response::new(sys::AdvanceComputationResponse {}));
+            }
+            return Err(Status::failed_precondition(format!("computation {gid} left stage {}", info.name)));
+        }
+        core.store
+            .audit(&gid, "received", &format!("{size} bytes (description {description}) from {sender}"))
+            .await
+            .map_err(internal)?;
+        let received: Vec<String> = core
+            .store
+            .inputs(&gid)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .filter(|i| i.description == description)
+            .map(|i| i.sender)
+            .collect();
+        let complete = match &expected {
+            Some(list) => list.iter().all(|d| received.contains(d)),
+            None => !received.is_empty(),
+        };
+        if complete {
+            core.enter_stage(&gid, &stages, None, row.stage, next, None).await.map_err(internal)?;
+        }
+        Ok(Response::new(sys::AdvanceComputationResponse {}))
+    }
+
+    async fn get_computation_stage(
+        &self,
+        request: Request<sys::GetComputationStageRequest>,
+    ) -> Result<Response<sys::ComputationStage>, Status> {
+        let core = &self.core;
+        caller_duchy(core, &request)?;
+        let name = request.into_inner().name;
+        let (gid, duchy) = names::parse_computation_stage(&name)
+            .ok_or_else(|| Status::invalid_argument(format!("malformed ComputationStage name {name:?}")))?;
+        if duchy != core.id() {
+            return Err(Status::invalid_argument(format!("this is duchy {}, not {duchy}", core.id())));
+        }
+        let row = core
+            .store
+            .get(gid)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("computation {gid} is unknown here")))?;
+        use sys::computation_stage::Stage;
+        let stage = match row.protocol {
+            SystemProtocol::LiquidLegionsV2 => Stage::LiquidLegionsV2Stage(sys::LiquidLegionsV2Stage { stage: row.stage }),
+            SystemProtocol::ReachOnlyLiquidLegionsV2 => {
+                Stage::ReachOnlyLiquidLegionsStage(sys::ReachOnlyLiquidLegionsV2Stage { stage: row.stage })
+            }
+            SystemProtocol::HonestMajorityShareShuffle => {
+                Stage::HonestMajorityShareShuffleStage(sys::HonestMajorityShareShuffleStage { stage: row.stage })
+            }
+        };
+        use sha2::Digest;
+        let etag = format!("W/\"{}\"", hex::encode(&sha2::Sha256::digest(row.version.to_be_bytes())[..8]));
+        Ok(Response::new(sys::ComputationStage { name, stage: Some(stage), etag }))
+    }
+}

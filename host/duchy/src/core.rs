@@ -1,0 +1,267 @@
+//! State shared by the herald, the mill workers and the servers, and the generic stage
+//! machinery that moves a computation through its protocol's stage table.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow};
+use halo_proto::system::v1alpha::Computation;
+use halo_proto::system::v1alpha::computation::State as ComputationState;
+use halo_proto::system::v1alpha::computation_control_client::ComputationControlClient;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+
+use crate::protocol::{
+    ComputationContext, Participant, Protocol, Role, StageInfo, StageKind, SystemProtocol,
+    find_stage,
+};
+use crate::store::{Claim, ComputationRow, Store};
+use crate::{DuchyConfig, names};
+
+pub struct Core {
+    pub config: DuchyConfig,
+    pub store: Store,
+    /// Woken whenever a stage becomes claimable.
+    pub work: Notify,
+    kingdom: Channel,
+    peers: Mutex<HashMap<String, (String, Channel)>>,
+    certificate_name: String,
+}
+
+/// Certificate id as the Kingdom derives it: first 8 bytes of SHA-256(DER), hex.
+pub fn certificate_id(der: &[u8]) -> String {
+    hex::encode(&Sha256::digest(der)[..8])
+}
+
+/// Whether Kingdom state `seen` satisfies a stage waiting for `wanted`: the same, or a later
+/// non-terminal state (so a notification that arrived before the stage was entered counts).
+pub fn kingdom_state_reached(seen: i32, wanted: ComputationState) -> bool {
+    let wanted = wanted as i32;
+    seen == wanted || (seen > wanted && seen <= ComputationState::PendingComputation as i32)
+}
+
+/// Which protocol a Kingdom computation runs.
+pub fn system_protocol_of(c: &Computation) -> Option<SystemProtocol> {
+    use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as P;
+    match c.mpc_protocol_config.as_ref()?.protocol.as_ref()? {
+        P::LiquidLegionsV2(_) => Some(SystemProtocol::LiquidLegionsV2),
+        P::ReachOnlyLiquidLegionsV2(_) => Some(SystemProtocol::ReachOnlyLiquidLegionsV2),
+        P::HonestMajorityShareShuffle(_) => Some(SystemProtocol::HonestMajorityShareShuffle),
+        P::TrusTee(_) => None,
+    }
+}
+
+impl Core {
+    pub async fn new(config: DuchyConfig) -> Result<Core> {
+        let store = Store::open(&config.data_dir).await?;
+        let kingdom = config
+            .identity
+            .channel(&config.trust, &config.kingdom_url)
+            .with_context(|| format!("kingdom channel {}", config.kingdom_url))?;
+        let der = config.identity.certificate_der().context("duchy certificate")?;
+        let certificate_name =
+            format!("duchies/{}/certificates/{}", config.id, certificate_id(&der));
+        Ok(Core {
+            config,
+            store,
+            work: Notify::new(),
+            kingdom,
+            peers: Mutex::new(HashMap::new()),
+            certificate_name,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// `duchies/{id}/certificates/{cid}` of this duchy's certificate.
+    pub fn certificate_name(&self) -> &str {
+        &self.certificate_name
+    }
+
+    pub fn kingdom_channel(&self) -> Channel {
+        self.kingdom.clone()
+    }
+
+    /// A ComputationControl client for a peer duchy.
+    pub fn peer(&self, duchy: &str) -> Result<ComputationControlClient<Channel>> {
+        let url = self
+            .config
+            .peers
+            .get(duchy)
+            .ok_or_else(|| anyhow!("no address configured for duchy {duchy}"))?;
+        let mut peers = self.peers.lock().map_err(|_| anyhow!("peer cache poisoned"))?;
+        if let Some((u, ch)) = peers.get(duchy)
+            && *u == url
+        {
+            return Ok(ComputationControlClient::new(ch.clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20));
+        }
+        let ch = self.config.identity.channel(&self.config.trust, &url)?;
+        peers.insert(duchy.to_string(), (url, ch.clone()));
+        Ok(ComputationControlClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    /// This duchy's role in `protocol`, if it takes part at all.
+    pub fn role_of(&self, protocol: SystemProtocol, duchy: &str) -> Option<Role> {
+        let r = &self.config.roles;
+        match protocol {
+            SystemProtocol::HonestMajorityShareShuffle => {
+                if duchy == r.hmss_first_non_aggregator {
+                    Some(Role::FirstNonAggregator)
+                } else if duchy == r.hmss_second_non_aggregator {
+                    Some(Role::SecondNonAggregator)
+                } else if duchy == r.hmss_aggregator {
+                    Some(Role::Aggregator)
+                } else {
+                    None
+                }
+            }
+            SystemProtocol::LiquidLegionsV2 | SystemProtocol::ReachOnlyLiquidLegionsV2 => {
+                if duchy == r.llv2_aggregator {
+                    Some(Role::Aggregator)
+                } else {
+                    Some(Role::NonAggregator)
+                }
+            }
+        }
+    }
+
+    /// The participants of a computation with their roles.
+    pub fn participants(&self, protocol: SystemProtocol, c: &Computation) -> Vec<Participant> {
+        c.computation_participants
+            .iter()
+            .filter_map(|p| {
+                let (_, duchy) = names::parse_participant(&p.name)?;
+                let role = self.role_of(protocol, duchy)?;
+                Some(Participant {
+                    duchy_id: duchy.to_string(),
+                    role,
+                    requisition_params: p
+                        .requisition_params
+                        .as_ref()
+                        .map(|rp| rp.encode_to_vec())
+                        .unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn protocol_for(&self, row: &ComputationRow) -> Result<Arc<dyn Protocol>> {
+        self.config
+            .protocols
+            .pinned(&row.pin)
+            .ok_or_else(|| anyhow!("pinned protocol {} is not loaded", row.pin))
+    }
+
+    pub fn context(&self, row: &ComputationRow) -> Result<ComputationContext> {
+        let c = Computation::decode(row.computation.as_slice())
+            .context("stored computation snapshot")?;
+        Ok(ComputationContext {
+            global_id: row.global_id.clone(),
+            duchy_id: self.config.id.clone(),
+            role: row.role,
+            protocol: row.protocol,
+            participants: self.participants(row.protocol, &c),
+            computation: row.computation.clone(),
+            state: row.plugin_state.clone(),
+            attempt: row.attempt,
+        })
+    }
+
+    /// Moves `row` from stage `from` into `to`, then keeps following stages that need no
+    /// work (a Kingdom wait already satisfied). Terminal stages finish the computation.
+    /// Returns false if the precondition (stage, claim) no longer held.
+    pub async fn enter_stage(
+        &self,
+        global_id: &str,
+        stages: &[StageInfo],
+        claim: Option<&Claim>,
+        from: i32,
+        to: i32,
+        plugin_state: Option<&[u8]>,
+    ) -> Result<bool> {
+        let info = find_stage(stages, to)
+            .ok_or_else(|| anyhow!("stage {to} is not in the protocol's stage table"))?;
+        let queued = matches!(info.kind, StageKind::Queued { .. });
+        if !self.store.advance(global_id, claim, from, to, queued, plugin_state).await? {
+            return Ok(false);
+        }
+        self.store
+            .audit(global_id, "stage", &format!("{} -> {} ({})", from, to, info.name))
+            .await?;
+        tracing::info!(duchy = %self.config.id, computation = %global_id, stage = %info.name, "entered stage");
+        self.after_enter(global_id, stages, to).await?;
+        Ok(true)
+    }
+
+    /// Follow-ups after a computation entered `stage` (no claim involved).
+    pub async fn after_enter(&self, global_id: &str, stages: &[StageInfo], stage: i32) -> Result<()> {
+        let mut current = stage;
+        loop {
+            let info = find_stage(stages, current)
+                .ok_or_else(|| anyhow!("stage {current} is not in the stage table"))?;
+            match &info.kind {
+                StageKind::Queued { .. } => {
+                    self.work.notify_waiters();
+                    self.work.notify_one();
+                    return Ok(());
+                }
+                StageKind::Terminal => {
+                    if self.store.finish(global_id, "COMPLETE").await? {
+                        self.store.audit(global_id, "finish", "COMPLETE").await?;
+                    }
+                    return Ok(());
+                }
+                StageKind::WaitKingdom { state, next } => {
+                    let Some(row) = self.store.get(global_id).await? else { return Ok(()) };
+                    if !kingdom_state_reached(row.kingdom_state, *state) {
+                        return Ok(());
+                    }
+                    let next = *next;
+                    let next_info = find_stage(stages, next)
+                        .ok_or_else(|| anyhow!("stage {next} is not in the stage table"))?;
+                    let queued = matches!(next_info.kind, StageKind::Queued { .. });
+                    if !self.store.advance(global_id, None, current, next, queued, None).await? {
+                        return Ok(());
+                    }
+                    self.store
+                        .audit(global_id, "stage", &format!("{current} -> {next} ({})", next_info.name))
+                        .await?;
+                    current = next;
+                }
+                StageKind::WaitInputs { .. } => {
+                    // Inputs can only be recorded while waiting, so nothing can be pending.
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The duchy ids a waiting stage expects payloads from.
+    pub fn expected_senders(
+        &self,
+        row: &ComputationRow,
+        from: &crate::protocol::InputSource,
+    ) -> Result<Option<Vec<String>>> {
+        use crate::protocol::InputSource;
+        let c = Computation::decode(row.computation.as_slice())?;
+        let parts = self.participants(row.protocol, &c);
+        Ok(match from {
+            InputSource::Roles(roles) => Some(
+                parts
+                    .iter()
+                    .filter(|p| roles.contains(&p.role) && p.duchy_id != self.config.id)
+                    .map(|p| p.duchy_id.clone())
+                    .collect(),
+            ),
+            InputSource::AnyOne => None,
+        })
+    }
+}

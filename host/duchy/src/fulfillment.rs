@@ -1,0 +1,169 @@
+//! The `RequisitionFulfillment` server: data providers stream their requisition data to the
+//! duchy that must hold it. The duchy verifies the fingerprint and nonce, stores the data
+//! once (a retried fulfilment does not write again) and reports the fulfilment to the
+//! Kingdom.
+
+use std::sync::Arc;
+
+use halo_identity::Principal;
+use halo_proto::api::v2alpha as api;
+use halo_proto::halo::v1::MeasurementSpec;
+use halo_proto::system::v1alpha as sys;
+use prost::Message;
+use sha2::{Digest, Sha256};
+use api::requisition_fulfillment_server::{RequisitionFulfillment, RequisitionFulfillmentServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::blobs::BlobWriter;
+use crate::core::Core;
+use crate::names;
+
+pub struct FulfillmentService {
+    core: Arc<Core>,
+}
+
+pub fn server(core: Arc<Core>) -> RequisitionFulfillmentServer<FulfillmentService> {
+    RequisitionFulfillmentServer::new(FulfillmentService { core })
+        .max_decoding_message_size(8 << 20)
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    tracing::error!("RequisitionFulfillment internal error: {e:#}");
+    Status::internal(format!("{e:#}"))
+}
+
+#[tonic::async_trait]
+impl RequisitionFulfillment for FulfillmentService {
+    async fn fulfill_requisition(
+        &self,
+        request: Request<Streaming<api::FulfillRequisitionRequest>>,
+    ) -> Result<Response<api::FulfillRequisitionResponse>, Status> {
+        use api::fulfill_requisition_request::Payload;
+        let core = &self.core;
+        let caller = core.config.trust.authenticate(&request)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            None => return Err(Status::invalid_argument("empty FulfillRequisition stream")),
+            Some(api::FulfillRequisitionRequest { payload: Some(Payload::Header(h)) }) => h,
+            Some(_) => return Err(Status::invalid_argument("the first message must be the header")),
+        };
+        let (dp, rid) = names::parse_public_requisition(&header.name)
+            .ok_or_else(|| Status::invalid_argument(format!("malformed requisition name {:?}", header.name)))?;
+        if header.nonce == 0 {
+            return Err(Status::invalid_argument("nonce must be set"));
+        }
+        if caller != Principal::DataProvider(dp.to_string()) {
+            return Err(Status::permission_denied(format!(
+                "{} may not fulfil requisitions of dataProviders/{dp}",
+                caller.resource_name()
+            )));
+        }
+        let rows = core.store.find_requisition(rid).await.map_err(internal)?;
+        let mut found = None;
+        for r in rows {
+            let Some(c) = core.store.get(&r.global_id).await.map_err(internal)? else { continue };
+            let comp = sys::Computation::decode(c.computation.as_slice())
+                .map_err(|e| Status::internal(format!("stored computation: {e}")))?;
+            let fingerprint =
+                Sha256::new().chain_update(&comp.measurement_spec).chain_update(&r.requisition_spec_hash).finalize();
+            if fingerprint.as_slice() == header.requisition_fingerprint.as_slice() {
+                found = Some((r, c, comp));
+                break;
+            }
+        }
+        let Some((req, row, comp)) = found else {
+            return Err(Status::not_found(format!(
+                "no computation at duchy {} is expecting requisition {rid} with this fingerprint",
+                core.id()
+            )));
+        };
+        let nonce_hash = Sha256::digest(header.nonce.to_be_bytes());
+        if nonce_hash.as_slice() != req.nonce_hash.as_slice() {
+            return Err(Status::failed_precondition("nonce does not match the requisition's nonce hash"));
+        }
+        let spec = MeasurementSpec::decode(comp.measurement_spec.as_slice())
+            .map_err(|e| Status::failed_precondition(format!("measurement spec: {e}")))?;
+        if !spec.nonce_hashes.iter().any(|h| h.as_slice() == nonce_hash.as_slice()) {
+            return Err(Status::failed_precondition("nonce hash is not listed in the measurement spec"));
+        }
+        if !req.fulfilling_duchy.is_empty() && req.fulfilling_duchy != core.id() {
+            return Err(Status::failed_precondition(format!(
+                "requisition {rid} must be fulfilled at duchy {}, not {}",
+                req.fulfilling_duchy,
+                core.id()
+            )));
+        }
+        if row.terminal.is_some() {
+            return Err(Status::failed_precondition(format!("computation {} has finished", row.global_id)));
+        }
+
+        if req.blob.is_none() {
+            let key = format!("requisitions/{}/{rid}.bin", row.global_id);
+            let mut writer = BlobWriter::create(&core.store.blob_path(&key)).await.map_err(internal)?;
+            let max = core.config.max_payload_bytes;
+            loop {
+                let msg = match stream.message().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        writer.abort().await;
+                        return Err(e);
+                    }
+                };
+                let Some(msg) = msg else { break };
+                match msg.payload {
+                    Some(Payload::BodyChunk(c)) => {
+                        if writer.size() + c.data.len() as u64 > max {
+                            writer.abort().await;
+                            return Err(Status::resource_exhausted(format!("requisition data larger than {max} bytes")));
+                        }
+                        if let Err(e) = writer.write(&c.data).await {
+                            writer.abort().await;
+                            return Err(internal(e));
+                        }
+                    }
+                    _ => {
+                        writer.abort().await;
+                        return Err(Status::invalid_argument("only body chunks may follow the header"));
+                    }
+                }
+            }
+            let (size, _) = writer.finish().await.map_err(internal)?;
+            let recorded = core
+                .store
+                .record_requisition(&row.global_id, rid, &key, &header.encode_to_vec(), header.nonce, core.id())
+                .await
+                .map_err(internal)?;
+            if recorded {
+                core.store
+                    .audit(&row.global_id, "requisition", &format!("{rid}: {size} bytes from {dp}"))
+                    .await
+                    .map_err(internal)?;
+            }
+        } else {
+            while stream.message().await?.is_some() {}
+        }
+
+        let res = core
+            .requisitions_client()
+            .fulfill_requisition(sys::FulfillRequisitionRequest {
+                name: format!("computations/{}/requisitions/{rid}", row.global_id),
+                nonce: header.nonce,
+                fulfillment_context: header.fulfillment_context.map(|c| sys::requisition::FulfillmentContext {
+                    build_label: c.build_label,
+                    warnings: c.warnings,
+                }),
+                etag: header.etag,
+            })
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::FailedPrecondition && req.blob.is_some() => {
+                // Already fulfilled at the Kingdom by an earlier attempt of this call.
+            }
+            Err(s) => return Err(s),
+        }
+        Ok(Response::new(api::FulfillRequisitionResponse {
+            state: api::requisition::State::Fulfilled as i32,
+        }))
+    }
+}

@@ -1,0 +1,293 @@
+//! The protocol contract: everything the host needs to know about an MPC protocol.
+//!
+//! The host knows no protocol. A protocol implementation (a sandboxed wasm plugin, or the
+//! in-crate [`crate::testing`] protocol) describes its stage table and computes each queued
+//! stage; the host drives any protocol generically from that description: it claims queued
+//! stages, parks waiting stages until their inputs or the Kingdom state arrive, delivers
+//! effects (Kingdom calls, sends to peers) and persists opaque plugin state.
+
+use std::fmt;
+use std::sync::Arc;
+
+use halo_proto::system::v1alpha::computation::State as ComputationState;
+use serde::{Deserialize, Serialize};
+
+/// Which system protocol a computation runs (the `MpcProtocolConfig` oneof).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SystemProtocol {
+    LiquidLegionsV2,
+    ReachOnlyLiquidLegionsV2,
+    HonestMajorityShareShuffle,
+}
+
+impl SystemProtocol {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            SystemProtocol::LiquidLegionsV2 => 1,
+            SystemProtocol::ReachOnlyLiquidLegionsV2 => 2,
+            SystemProtocol::HonestMajorityShareShuffle => 3,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(SystemProtocol::LiquidLegionsV2),
+            2 => Some(SystemProtocol::ReachOnlyLiquidLegionsV2),
+            3 => Some(SystemProtocol::HonestMajorityShareShuffle),
+            _ => None,
+        }
+    }
+
+    /// The config name used by the reference (`liquid_legions_v2`, ...).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            SystemProtocol::LiquidLegionsV2 => "liquid_legions_v2",
+            SystemProtocol::ReachOnlyLiquidLegionsV2 => "reach_only_liquid_legions_v2",
+            SystemProtocol::HonestMajorityShareShuffle => "honest_majority_share_shuffle",
+        }
+    }
+}
+
+impl fmt::Display for SystemProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.config_name())
+    }
+}
+
+/// A duchy's role in a computation (static per duchy and protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Aggregator,
+    NonAggregator,
+    FirstNonAggregator,
+    SecondNonAggregator,
+}
+
+impl Role {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Role::Aggregator => 1,
+            Role::NonAggregator => 2,
+            Role::FirstNonAggregator => 3,
+            Role::SecondNonAggregator => 4,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> Option<Self> {
+        match v {
+            1 => Some(Role::Aggregator),
+            2 => Some(Role::NonAggregator),
+            3 => Some(Role::FirstNonAggregator),
+            4 => Some(Role::SecondNonAggregator),
+            _ => None,
+        }
+    }
+}
+
+/// Where a waiting stage's inputs come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputSource {
+    /// One payload from every participant that has one of these roles.
+    Roles(Vec<Role>),
+    /// Exactly one payload from any other participant.
+    AnyOne,
+}
+
+/// How the host treats a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StageKind {
+    /// The host claims it and calls [`Protocol::execute`]. `inputs` lists the
+    /// AdvanceComputation descriptions whose received payloads the stage reads;
+    /// `requisitions` says whether it reads the locally fulfilled requisition data.
+    Queued { inputs: Vec<i32>, requisitions: bool },
+    /// Parked until a payload under `description` arrived from every expected sender.
+    WaitInputs { description: i32, from: InputSource, next: i32 },
+    /// Parked until the Kingdom reports the computation in `state` (or a later
+    /// non-terminal state).
+    WaitKingdom { state: ComputationState, next: i32 },
+    /// The computation is done at this duchy.
+    Terminal,
+}
+
+/// One row of a protocol's stage table. Stage numbers are those of the system
+/// `ComputationStage` enums, so `GetComputationStage` is wire-compatible, and they
+/// increase along every role's path (the host compares them to tell "before" from "past").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageInfo {
+    pub number: i32,
+    pub name: String,
+    pub kind: StageKind,
+}
+
+/// Identity of the exact protocol implementation a computation is pinned to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PluginPin {
+    pub name: String,
+    pub version: String,
+    /// Hex SHA-256 of the implementation (component bytes for plugins).
+    pub digest: String,
+}
+
+impl fmt::Display for PluginPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{} ({})", self.name, self.version, short(&self.digest))
+    }
+}
+
+fn short(s: &str) -> &str {
+    s.get(..12).unwrap_or(s)
+}
+
+/// A participant of the computation as the plugin sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Participant {
+    pub duchy_id: String,
+    pub role: Role,
+    /// Serialized `ComputationParticipant.RequisitionParams` (empty until published).
+    pub requisition_params: Vec<u8>,
+}
+
+/// What a stage execution knows about its computation.
+#[derive(Clone, Debug)]
+pub struct ComputationContext {
+    pub global_id: String,
+    pub duchy_id: String,
+    pub role: Role,
+    pub protocol: SystemProtocol,
+    /// Serialized system `Computation` as last seen from the Kingdom.
+    pub computation: Vec<u8>,
+    pub participants: Vec<Participant>,
+    /// Opaque plugin-private state from earlier stages.
+    pub state: Vec<u8>,
+    /// 1-based attempt number of this stage.
+    pub attempt: u32,
+}
+
+/// Where an input payload came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputOrigin {
+    /// AdvanceComputation payload from a peer duchy.
+    Peer { duchy_id: String, description: i32 },
+    /// A requisition fulfilled at this duchy: `header` is the serialized
+    /// `FulfillRequisitionRequest.Header` the data provider sent.
+    Requisition { requisition_id: String, header: Vec<u8> },
+}
+
+#[derive(Clone, Debug)]
+pub struct StageInput {
+    pub origin: InputOrigin,
+    pub data: Vec<u8>,
+}
+
+/// A payload to deliver to a peer duchy with AdvanceComputation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub to: String,
+    pub description: i32,
+    pub payload: Vec<u8>,
+}
+
+/// The encrypted result for the Kingdom (aggregator only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputationResult {
+    pub encrypted_result: Vec<u8>,
+    pub result_public_key: Vec<u8>,
+}
+
+/// What a queued stage produced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageOutcome {
+    pub next_stage: i32,
+    /// New plugin state (None = unchanged).
+    pub state: Option<Vec<u8>>,
+    /// Serialized `ComputationParticipant.RequisitionParams` to publish; the host fills in
+    /// `duchy_certificate`.
+    pub requisition_params: Option<Vec<u8>>,
+    /// Confirm participation (`ConfirmComputationParticipant`).
+    pub confirm: bool,
+    pub result: Option<ComputationResult>,
+    pub sends: Vec<Outgoing>,
+}
+
+/// Result of [`Protocol::start`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartOutcome {
+    pub initial_stage: i32,
+    pub state: Vec<u8>,
+}
+
+/// A stage failure reported by the protocol (data, not a crash).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StageError {
+    /// Worth retrying later (peer not ready, resource busy, ...).
+    #[error("transient: {0}")]
+    Transient(String),
+    /// The computation cannot succeed.
+    #[error("permanent: {0}")]
+    Permanent(String),
+    /// The inputs or parameters are invalid; the computation fails.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+impl StageError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StageError::Transient(_))
+    }
+}
+
+/// One protocol implementation (one version). Calls may block: the host runs them on
+/// blocking threads.
+pub trait Protocol: Send + Sync {
+    fn pin(&self) -> PluginPin;
+    fn system_protocol(&self) -> SystemProtocol;
+    fn stages(&self) -> Vec<StageInfo>;
+    /// Called once when the duchy first learns of a computation.
+    fn start(&self, ctx: &ComputationContext) -> Result<StartOutcome, StageError>;
+    /// Runs one queued stage.
+    fn execute(
+        &self,
+        ctx: &ComputationContext,
+        stage: i32,
+        inputs: Vec<StageInput>,
+    ) -> Result<StageOutcome, StageError>;
+}
+
+/// Where the host finds protocol implementations.
+pub trait ProtocolRegistry: Send + Sync {
+    /// The implementation new computations of `protocol` should pin (newest compatible).
+    fn select(&self, protocol: SystemProtocol) -> Option<Arc<dyn Protocol>>;
+    /// The exact implementation a running computation pinned.
+    fn pinned(&self, pin: &PluginPin) -> Option<Arc<dyn Protocol>>;
+}
+
+/// A fixed set of implementations (tests, and hosts without a plugin directory).
+#[derive(Default, Clone)]
+pub struct StaticRegistry {
+    protocols: Vec<Arc<dyn Protocol>>,
+}
+
+impl StaticRegistry {
+    pub fn new(protocols: Vec<Arc<dyn Protocol>>) -> Self {
+        Self { protocols }
+    }
+}
+
+impl ProtocolRegistry for StaticRegistry {
+    fn select(&self, protocol: SystemProtocol) -> Option<Arc<dyn Protocol>> {
+        self.protocols
+            .iter()
+            .rev()
+            .find(|p| p.system_protocol() == protocol)
+            .cloned()
+    }
+
+    fn pinned(&self, pin: &PluginPin) -> Option<Arc<dyn Protocol>> {
+        self.protocols.iter().find(|p| &p.pin() == pin).cloned()
+    }
+}
+
+/// Finds a stage in a table.
+pub fn find_stage(stages: &[StageInfo], number: i32) -> Option<&StageInfo> {
+    stages.iter().find(|s| s.number == number)
+}

@@ -1,0 +1,121 @@
+//! A principal's TLS identity and the tonic TLS configurations built from it.
+
+use std::fmt;
+use std::path::Path;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TonicIdentity, ServerTlsConfig,
+};
+
+use crate::pki::{CERT_FILE, KEY_FILE, ROOT_FILE};
+use crate::{IdentityError, Principal, TrustStore};
+
+/// TLS server name that every leaf certificate is valid for (see [`Identity::client_tls`]).
+pub const TLS_DOMAIN: &str = "localhost";
+
+/// A principal's TLS identity: its leaf certificate (usable as TLS server AND client: EKU serverAuth+clientAuth,
+/// SANs "localhost" and IP 127.0.0.1 and ::1), private key, and the root that issued it.
+///
+/// `Debug` redacts the private key.
+#[derive(Clone)]
+pub struct Identity {
+    /// The principal this identity belongs to.
+    pub principal: Principal,
+    /// PEM of the leaf certificate (normally exactly one certificate; it is sent as the TLS chain).
+    pub cert_pem: String,
+    /// PEM (PKCS#8) of the leaf's private key.
+    pub key_pem: String,
+    /// PEM of the root CA that issued the leaf.
+    pub root_pem: String,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("principal", &self.principal)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"[redacted]")
+            .field("root_pem", &self.root_pem)
+            .finish()
+    }
+}
+
+impl Identity {
+    /// DER of the leaf certificate (the first certificate of `cert_pem`).
+    pub fn certificate_der(&self) -> Result<Vec<u8>, IdentityError> {
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(
+            IdentityError::pem(format!("certificate of {}", self.principal)),
+        )?;
+        Ok(der.to_vec())
+    }
+
+    /// All certificates of `cert_pem` (the chain presented in TLS), as DER.
+    pub fn chain_der(&self) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(IdentityError::pem(format!(
+                "certificate chain of {}",
+                self.principal
+            )))
+    }
+
+    /// The identity in tonic's form.
+    pub fn tonic_identity(&self) -> TonicIdentity {
+        TonicIdentity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+
+    /// `tonic::transport::ServerTlsConfig` with this identity and
+    /// `client_ca_root(trust.roots_pem())`: client certificates are REQUIRED and must chain to
+    /// one of the trusted roots. Callers then identify clients with [`TrustStore::authenticate`].
+    ///
+    /// Errors in the PEM data surface when the server starts (`Server::tls_config`).
+    pub fn server_tls(&self, trust: &TrustStore) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.tonic_identity())
+            .client_ca_root(Certificate::from_pem(trust.roots_pem()))
+            .client_auth_optional(false)
+    }
+
+    /// `tonic::transport::ClientTlsConfig` trusting `trust.roots_pem()`, presenting this identity
+    /// as client certificate and expecting the server certificate to be valid for
+    /// [`TLS_DOMAIN`] ("localhost").
+    pub fn client_tls(&self, trust: &TrustStore) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(trust.roots_pem()))
+            .identity(self.tonic_identity())
+            .domain_name(TLS_DOMAIN)
+    }
+
+    /// A lazily connecting [`Channel`] to `url` (e.g. `"https://127.0.0.1:4000"`) using
+    /// [`Identity::client_tls`]. No I/O happens here, but it must be called from within a
+    /// Tokio runtime (tonic spawns the channel's worker task).
+    pub fn channel(&self, trust: &TrustStore, url: &str) -> Result<Channel, IdentityError> {
+        let transport = |source| IdentityError::Transport {
+            url: url.to_owned(),
+            source,
+        };
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(transport)?
+            .tls_config(self.client_tls(trust))
+            .map_err(transport)?;
+        Ok(endpoint.connect_lazy())
+    }
+
+    /// Loads `principal`'s identity from a directory written by [`crate::DevPki::write`]
+    /// (`{dir}/{stem}/cert.pem`, `key.pem`, `root.pem`).
+    pub fn load(dir: &Path, principal: Principal) -> Result<Identity, IdentityError> {
+        let sub = dir.join(principal.file_stem());
+        let read = |name: &str| {
+            let path = sub.join(name);
+            std::fs::read_to_string(&path).map_err(IdentityError::io(&path))
+        };
+        Ok(Identity {
+            cert_pem: read(CERT_FILE)?,
+            key_pem: read(KEY_FILE)?,
+            root_pem: read(ROOT_FILE)?,
+            principal,
+        })
+    }
+}
