@@ -49,8 +49,6 @@ import argparse
 import base64
 import contextlib
 import hashlib
-import importlib
-import os
 import re
 import secrets
 import shutil
@@ -229,6 +227,8 @@ def describe_error(e: BaseException) -> str:
 
     if isinstance(e, grpc.RpcError) and hasattr(e, "code"):
         return f"RPC failed: {e.code().name}: {e.details()}"
+    if isinstance(e, CheckFailed):
+        return str(e)
     return f"{type(e).__name__}: {e}"
 
 
@@ -425,8 +425,8 @@ def verify_stubs(stubs: Stubs) -> str:
                             stubs.computation_participants_service_pb2,
                             stubs.requisitions_service_pb2, admin)
                 for s in m.DESCRIPTOR.services_by_name]
-    return (f"{len(stubs.compiled)} files compiled into {stubs.gen_dir}; google/api from "
-            f"{stubs.google_api_source}; services: {', '.join(services)}")
+    return (f"{len(stubs.compiled)} .proto files compiled ({', '.join(stubs.compiled)}); "
+            f"google/api from {stubs.google_api_source}; services: {', '.join(services)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -870,6 +870,9 @@ class Scenario:
         self.expect_state(m, "SUCCEEDED")
         check(m.encrypted_result == b"result", f"encrypted_result {m.encrypted_result!r}")
         check(m.result_public_key == b"pk", f"result_public_key {m.result_public_key!r}")
+        cert = duchy_certificate_name(AGGREGATOR, self.ids[AGGREGATOR])
+        check(m.aggregator_certificate == cert,
+              f"aggregator_certificate {m.aggregator_certificate!r}, expected {cert!r}")
         return f"{m.name}: SUCCEEDED with the result"
 
     def steps(self) -> list[tuple[str, Callable[[], str | None]]]:

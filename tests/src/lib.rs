@@ -1,1 +1,108 @@
-//! test harness
+//! Shared helpers for the end-to-end tests.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use halo_duchy::protocol::{ProtocolRegistry, StaticRegistry};
+use halo_duchy::testing::TestSumProtocol;
+use halo_proto::api::v2alpha as api;
+use halo_proto::halo::v1 as admin;
+use halo_proto::system::v1alpha::DifferentialPrivacyParams;
+use halo_sim::{Cluster, ClusterOptions, edp, mc};
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Every duchy runs the in-crate test protocol.
+pub fn test_sum_registry() -> Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync> {
+    Arc::new(|_| Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new("1.0.0"))])) as Arc<dyn ProtocolRegistry>)
+}
+
+pub async fn start_cluster(dir: &std::path::Path) -> Result<Cluster> {
+    init_logging();
+    Cluster::start(ClusterOptions::new(dir, test_sum_registry())).await
+}
+
+pub fn spec(epsilon: f64) -> admin::MeasurementSpec {
+    admin::MeasurementSpec {
+        measurement_public_key: b"test-key".to_vec(),
+        r#type: admin::measurement_spec::Type::ReachAndFrequency as i32,
+        maximum_frequency: 10,
+        reach_privacy_params: Some(DifferentialPrivacyParams { epsilon, delta: 1e-9 }),
+        frequency_privacy_params: Some(DifferentialPrivacyParams { epsilon, delta: 1e-9 }),
+        vid_sampling_interval_start: 0.0,
+        vid_sampling_interval_width: 1.0,
+        nonce_hashes: vec![],
+        simulation: Default::default(),
+    }
+}
+
+/// Deterministic frequency vector for a data provider.
+pub fn vector(seed: u64, len: usize) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 3 == 0 { (x % 4) as u32 } else { 0 }
+        })
+        .collect()
+}
+
+pub fn le(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Ground truth of the test-sum protocol: reach and histogram of the summed vectors.
+pub fn truth(vectors: &[Vec<u32>]) -> (u64, BTreeMap<String, u64>) {
+    let len = vectors.first().map(|v| v.len()).unwrap_or(0);
+    let mut hist = BTreeMap::new();
+    let mut reach = 0;
+    for i in 0..len {
+        let f: u32 = vectors.iter().map(|v| v[i]).sum();
+        if f > 0 {
+            reach += 1;
+            *hist.entry(f.to_string()).or_insert(0) += 1;
+        }
+    }
+    (reach, hist)
+}
+
+/// Creates a test-sum (HMSS) measurement as mc1.
+pub async fn create(cluster: &Cluster, spec: admin::MeasurementSpec) -> Result<mc::CreatedMeasurement> {
+    let mc_id = cluster.options.measurement_consumer.clone();
+    let ch = cluster.kingdom_channel(&halo_identity::Principal::MeasurementConsumer(mc_id.clone()))?;
+    mc::create_measurement(ch, &mc_id, admin::Protocol::HonestMajorityShareShuffle, spec, &cluster.options.data_providers).await
+}
+
+/// Every data provider fulfils its requisition with its vector.
+pub async fn fulfil_all(cluster: &Cluster, vectors: &[Vec<u32>]) -> Result<()> {
+    for (i, dp) in cluster.options.data_providers.iter().enumerate() {
+        let who = halo_identity::Principal::DataProvider(dp.clone());
+        let reqs = edp::wait_for_requisitions(cluster.kingdom_channel(&who)?, dp, 1, TIMEOUT).await?;
+        for r in reqs {
+            let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
+            let hmss = api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+                api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+                    secret_seed: None,
+                    register_count: vectors[i].len() as i64,
+                    data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
+                },
+            );
+            edp::fulfill(duchy, &r, Some(hmss), &le(&vectors[i]), 32 << 10).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,173 @@
-fn main() {}
+//! `halo`: one binary for every part of a Halo deployment.
+//!
+//! * `halo pki` — generate a development PKI (one root CA per principal).
+//! * `halo kingdom` — serve the system API and the admin API.
+//! * `halo duchy` — run a duchy (herald, mills, ComputationControl, RequisitionFulfillment).
+//! * `halo demo` — everything on loopback in one process, one measurement, result vs truth.
+
+mod demo;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use halo_duchy::protocol::StaticRegistry;
+use halo_duchy::testing::TestSumProtocol;
+use halo_duchy::{DuchyConfig, HeraldConfig, MillConfig, PeerDirectory, RoleConfig, RunningDuchy};
+use halo_identity::{DevPki, Principal};
+
+/// Exit code for invalid configuration or usage (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "halo", version, about = "Halo cross-media measurement: Kingdom, duchies and simulators")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a development PKI: a root CA and a leaf certificate per principal.
+    Pki {
+        #[arg(long, env = "HALO_PKI_OUT")]
+        out: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "edp1,edp2,edp3")]
+        data_providers: Vec<String>,
+        #[arg(long, default_value = "mc1")]
+        measurement_consumer: String,
+    },
+    /// Run the Kingdom (system API + admin API) for the principals of a PKI directory.
+    Kingdom {
+        #[arg(long, env = "HALO_PKI")]
+        pki: PathBuf,
+        #[arg(long, env = "HALO_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long, env = "HALO_LISTEN", default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+    },
+    /// Run a duchy.
+    Duchy {
+        #[arg(long, env = "HALO_DUCHY_ID")]
+        id: String,
+        #[arg(long, env = "HALO_PKI")]
+        pki: PathBuf,
+        #[arg(long, env = "HALO_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long, env = "HALO_LISTEN")]
+        listen: SocketAddr,
+        /// Kingdom URL, e.g. https://127.0.0.1:7000
+        #[arg(long, env = "HALO_KINGDOM")]
+        kingdom: String,
+        /// Peer duchies' ComputationControl addresses: ID=URL (repeatable).
+        #[arg(long = "peer", value_parser = parse_peer)]
+        peers: Vec<(String, String)>,
+        /// Mill workers.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Run a whole measurement on this machine and print it beside the ground truth.
+    Demo(demo::DemoArgs),
+}
+
+fn parse_peer(s: &str) -> Result<(String, String), String> {
+    let (id, url) = s.split_once('=').ok_or_else(|| format!("expected ID=URL, got {s:?}"))?;
+    Ok((id.to_string(), url.to_string()))
+}
+
+fn init_tracing(default: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Pki { out, data_providers, measurement_consumer } => {
+            let pki = DevPki::generate(&halo_sim::standard_principals(&data_providers, &measurement_consumer))?;
+            pki.write(&out)?;
+            println!("wrote a development PKI for {} principals to {}", pki.principals().len(), out.display());
+            Ok(())
+        }
+        Command::Kingdom { pki, data_dir, listen } => {
+            init_tracing("info");
+            halo_identity::init_crypto();
+            let pki = DevPki::load(&pki).with_context(|| format!("loading PKI from {}", pki.display()))?;
+            let config = halo_sim::kingdom_config(&pki, &data_dir, listen)?;
+            let k = halo_kingdom::RunningKingdom::start(config).await?;
+            tracing::info!(addr = %k.addr, "kingdom listening");
+            shutdown_signal().await;
+            k.shutdown().await
+        }
+        Command::Duchy { id, pki, data_dir, listen, kingdom, peers, workers } => {
+            init_tracing("info");
+            halo_identity::init_crypto();
+            let pki = DevPki::load(&pki).with_context(|| format!("loading PKI from {}", pki.display()))?;
+            let identity = pki
+                .identity(&Principal::Duchy(id.clone()))
+                .ok_or_else(|| anyhow!("the PKI has no identity for duchy {id}"))?
+                .clone();
+            let directory = PeerDirectory::default();
+            let peers: HashMap<String, String> = peers.into_iter().collect();
+            for (d, url) in &peers {
+                directory.set(d, url);
+            }
+            let config = DuchyConfig {
+                id,
+                data_dir,
+                listen,
+                identity,
+                trust: pki.trust_store()?,
+                kingdom_url: kingdom,
+                peers: directory,
+                roles: RoleConfig::default(),
+                mill: MillConfig { workers, ..MillConfig::default() },
+                herald: HeraldConfig::default(),
+                protocols: Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new("1.0.0"))])),
+                max_payload_bytes: 4 << 30,
+            };
+            let d = RunningDuchy::start(config).await?;
+            tracing::info!(addr = %d.addr, "duchy listening");
+            shutdown_signal().await;
+            d.shutdown().await
+        }
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

@@ -1,0 +1,126 @@
+//! system `Requisitions.FulfillRequisition` (spec §1.3.4).
+
+use std::sync::Arc;
+
+use halo_proto::halo::v1::Protocol;
+use halo_proto::system::v1alpha::computation::State as ComputationState;
+use halo_proto::system::v1alpha::requisition::State as RequisitionState;
+use halo_proto::system::v1alpha::requisitions_server::Requisitions;
+use halo_proto::system::v1alpha::{FulfillRequisitionRequest, Requisition};
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use crate::core::{Core, protocol_of, state_name};
+use crate::names::RequisitionKey;
+use crate::store::{self, db_error};
+
+pub(crate) struct RequisitionsService {
+    pub core: Arc<Core>,
+}
+
+#[tonic::async_trait]
+impl Requisitions for RequisitionsService {
+    /// Marks a requisition FULFILLED by the calling duchy; the last one moves the computation
+    /// on (LLv2 / RoLLv2 → PENDING_PARTICIPANT_CONFIRMATION, HMSS → PENDING_COMPUTATION).
+    ///
+    /// Unlike the reference, the Kingdom itself checks that the caller participates and, for
+    /// HMSS, that it is the pre-assigned fulfilling duchy (PERMISSION_DENIED).
+    async fn fulfill_requisition(
+        &self,
+        request: Request<FulfillRequisitionRequest>,
+    ) -> Result<Response<Requisition>, Status> {
+        let duchy = self.core.caller_duchy(&request)?;
+        let req = request.into_inner();
+        let key = RequisitionKey::parse(&req.name)?;
+        if req.nonce == 0 {
+            return Err(Status::invalid_argument("nonce is required (non-zero)"));
+        }
+        let id = key.external_computation_id;
+        let not_found = || Status::not_found(format!("requisition {} not found", req.name));
+
+        let mut tx = self.core.db.write().await?;
+        let data = store::load_computation(tx.conn(), id)
+            .await?
+            .ok_or_else(not_found)?;
+        let requisition = data
+            .requisitions
+            .iter()
+            .find(|r| r.external_requisition_id == key.external_requisition_id)
+            .ok_or_else(not_found)?;
+        if !data.has_participant(&duchy) {
+            return Err(Status::permission_denied(format!(
+                "duchies/{duchy} does not participate in computation {}",
+                data.measurement.external_computation_id
+            )));
+        }
+        let protocol = protocol_of(&data.measurement)?;
+        if protocol == Protocol::HonestMajorityShareShuffle
+            && requisition.fulfilling_duchy_id.as_deref() != Some(duchy.as_str())
+        {
+            return Err(Status::permission_denied(format!(
+                "requisition {} must be fulfilled by duchies/{}, not duchies/{duchy}",
+                req.name,
+                requisition.fulfilling_duchy_id.as_deref().unwrap_or("?")
+            )));
+        }
+        if requisition.state != RequisitionState::Unfulfilled as i32 {
+            return Err(Status::failed_precondition(format!(
+                "requisition {} is {}, not UNFULFILLED",
+                req.name,
+                RequisitionState::try_from(requisition.state)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("UNKNOWN")
+            )));
+        }
+        if data.measurement.state != ComputationState::PendingRequisitionFulfillment as i32 {
+            return Err(Status::failed_precondition(format!(
+                "computation is {}, not PENDING_REQUISITION_FULFILLMENT",
+                state_name(data.measurement.state)
+            )));
+        }
+        if !req.etag.is_empty() && req.etag != store::etag(requisition.update_time) {
+            return Err(Status::aborted(format!(
+                "etag mismatch for requisition {}: request has {}, current is {}",
+                req.name,
+                req.etag,
+                store::etag(requisition.update_time)
+            )));
+        }
+
+        let now = tx.now().await?;
+        let context = req.fulfillment_context.unwrap_or_default().encode_to_vec();
+        sqlx::query(
+            "UPDATE requisitions SET state = ?1, nonce = ?2, fulfilling_duchy_id = ?3, \
+             fulfillment_context = ?4, update_time = ?5 WHERE external_requisition_id = ?6",
+        )
+        .bind(RequisitionState::Fulfilled as i32)
+        // fixed64 stored bit-for-bit in a signed column.
+        .bind(req.nonce as i64)
+        .bind(&duchy)
+        .bind(context)
+        .bind(now)
+        .bind(key.external_requisition_id)
+        .execute(tx.conn())
+        .await
+        .map_err(db_error)?;
+        let all_fulfilled = data.requisitions.iter().all(|r| {
+            r.external_requisition_id == key.external_requisition_id
+                || r.state == RequisitionState::Fulfilled as i32
+        });
+        if all_fulfilled {
+            let next = match protocol {
+                Protocol::HonestMajorityShareShuffle => ComputationState::PendingComputation,
+                _ => ComputationState::PendingParticipantConfirmation,
+            };
+            store::set_measurement_state(&mut tx, id, next as i32).await?;
+        }
+        let rows = store::requisitions(tx.conn(), id).await?;
+        let row = rows
+            .iter()
+            .find(|r| r.external_requisition_id == key.external_requisition_id)
+            .ok_or_else(|| Status::internal("requisition vanished"))?;
+        let view = self.core.requisition_view(row)?;
+        tx.commit().await?;
+        Ok(Response::new(view))
+    }
+}

@@ -1,0 +1,79 @@
+//! The duchy host core end to end with the in-crate test protocol: Kingdom + three duchies
+//! over real gRPC with mutual TLS on loopback, storage in temp dirs.
+
+use std::time::Duration;
+
+use halo_identity::Principal;
+use halo_proto::system::v1alpha::computation::State;
+use halo_sim::mc;
+use halo_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn test_sum_measurement_matches_ground_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path()).await.unwrap();
+    let created = create(&cluster, spec(1.0)).await.unwrap();
+    let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 1, 5_000)).collect();
+    fulfil_all(&cluster, &vectors).await.unwrap();
+    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
+    assert_eq!(m.state, State::Succeeded as i32, "failure: {}", m.failure_message);
+    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
+    let (reach, hist) = truth(&vectors);
+    assert_eq!(result["reach"].as_u64().unwrap(), reach);
+    assert_eq!(result["registers"].as_u64().unwrap(), 5_000);
+    let got: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(result["frequency"].clone()).unwrap();
+    assert_eq!(got, hist);
+    assert!(reach > 1000, "the data should overlap only partly: reach {reach}");
+
+    // Every duchy pinned the same implementation and finished.
+    let gid = created.measurement.computation.trim_start_matches("computations/").to_string();
+    for d in halo_sim::DUCHIES {
+        let row = cluster.duchies[d].core.store.get(&gid).await.unwrap().unwrap();
+        assert_eq!(row.pin.name, "test-sum");
+        assert_eq!(row.terminal.as_deref(), Some("COMPLETE"), "{d}");
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_dp_params_fail_the_computation_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path()).await.unwrap();
+    let created = create(&cluster, spec(0.0)).await.unwrap();
+    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
+    assert_eq!(m.state, State::Failed as i32);
+    assert!(m.failure_message.contains("epsilon"), "{}", m.failure_message);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duchy_restart_mid_computation_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path()).await.unwrap();
+    let created = create(&cluster, spec(1.0)).await.unwrap();
+    // Wait until every duchy has published its params (requisitions become listable), then
+    // stop worker2 before any data arrives and bring it back after the fulfilment.
+    let who = Principal::DataProvider("edp1".into());
+    halo_sim::edp::wait_for_requisitions(cluster.kingdom_channel(&who).unwrap(), "edp1", 1, TIMEOUT)
+        .await
+        .unwrap();
+    cluster.stop_duchy("worker2").await.unwrap();
+    let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 7, 2_000)).collect();
+    // Requisitions assigned to worker2 cannot be fulfilled while it is down: fulfil the
+    // others first, restart, then fulfil the rest.
+    let r = fulfil_all(&cluster, &vectors).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.start_duchy("worker2").await.unwrap();
+    if r.is_err() {
+        fulfil_all(&cluster, &vectors).await.unwrap();
+    }
+    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
+    assert_eq!(m.state, State::Succeeded as i32, "failure: {}", m.failure_message);
+    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
+    assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
+    cluster.shutdown().await.unwrap();
+}
