@@ -646,3 +646,75 @@ impl Store {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(id: &str) -> NewComputation {
+        NewComputation {
+            global_id: id.into(),
+            protocol: SystemProtocol::HonestMajorityShareShuffle,
+            role: Role::Aggregator,
+            pin: PluginPin { name: "p".into(), version: "1".into(), digest: "d".into() },
+            stage: 1,
+            queued: true,
+            kingdom_state: 1,
+            computation: vec![],
+            plugin_state: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn expired_leases_are_reclaimed_and_stale_owners_cannot_advance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(store.insert(new("c1")).await.unwrap());
+        assert!(!store.insert(new("c1")).await.unwrap(), "insert is idempotent");
+
+        let first = store.claim("a", Duration::from_millis(50)).await.unwrap().unwrap();
+        assert_eq!(first.attempt, 1);
+        assert!(store.claim("b", Duration::from_secs(60)).await.unwrap().is_none(), "leased");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let second = store.claim("b", Duration::from_secs(60)).await.unwrap().unwrap();
+        assert_eq!(second.attempt, 2, "a reclaim counts as a new attempt");
+
+        let stale = Claim { owner: "a".into(), stage: 1, attempt: 1 };
+        let current = Claim { owner: "b".into(), stage: 1, attempt: 2 };
+        assert!(!store.holds("c1", &stale).await.unwrap());
+        assert!(store.holds("c1", &current).await.unwrap());
+        assert!(!store.advance("c1", Some(&stale), 1, 2, false, None).await.unwrap());
+        assert!(store.advance("c1", Some(&current), 1, 2, false, Some(b"s")).await.unwrap());
+        let row = store.get("c1").await.unwrap().unwrap();
+        assert_eq!((row.stage, row.attempt, row.queued), (2, 0, false));
+        assert_eq!(row.plugin_state, b"s");
+        assert!(store.claim("b", Duration::from_secs(1)).await.unwrap().is_none(), "parked stages are not claimable");
+    }
+
+    #[tokio::test]
+    async fn transient_release_delays_the_next_claim_and_finish_is_final() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.insert(new("c2")).await.unwrap();
+        let row = store.claim("a", Duration::from_secs(60)).await.unwrap().unwrap();
+        let claim = Claim { owner: "a".into(), stage: row.stage, attempt: row.attempt };
+        assert!(store.release("c2", &claim, Duration::from_millis(60)).await.unwrap());
+        assert!(store.claim("a", Duration::from_secs(60)).await.unwrap().is_none());
+        tokio::time::sleep(Duration::from_millis(90)).await;
+        assert!(store.claim("a", Duration::from_secs(60)).await.unwrap().is_some());
+        assert!(store.finish("c2", "FAILED").await.unwrap());
+        assert!(!store.finish("c2", "COMPLETE").await.unwrap());
+        assert_eq!(store.get("c2").await.unwrap().unwrap().terminal.as_deref(), Some("FAILED"));
+    }
+
+    #[tokio::test]
+    async fn continuation_token_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.continuation_token().await.unwrap(), "");
+        store.set_continuation_token("abc").await.unwrap();
+        store.close().await;
+        let store = Store::open(dir.path()).await.unwrap();
+        assert_eq!(store.continuation_token().await.unwrap(), "abc");
+    }
+}

@@ -1,1 +1,62 @@
-//! halo-kingdom
+//! The Halo Kingdom server.
+//!
+//! Serves, over mutual TLS (identity from the caller's certificate, see `halo_identity`):
+//!
+//! * the system API for duchies (`wfa.measurement.system.v1alpha`): `Computations`,
+//!   `ComputationParticipants`, `ComputationLogEntries`, `Requisitions`;
+//! * halo-host's admin API (`halo.v1`): `Measurements` for measurement consumers,
+//!   `DataProviderRequisitions` for data providers and `Certificates` for everyone.
+//!
+//! State lives in SQLite (`data_dir/kingdom.db`, WAL); every request is one transaction, so it
+//! applies wholly or not at all, and a restart loses nothing. Computation update times are
+//! strictly increasing across all computations (see [`store`](crate::store) docs), which makes
+//! `StreamActiveComputations` continuation tokens exact.
+//!
+//! ```no_run
+//! # async fn run(config: halo_kingdom::KingdomConfig) -> anyhow::Result<()> {
+//! let kingdom = halo_kingdom::RunningKingdom::start(config).await?;
+//! println!("kingdom on {}", kingdom.addr);
+//! kingdom.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod core;
+pub mod names;
+mod server;
+mod service;
+mod store;
+
+use rand::Rng as _;
+use sha2::{Digest as _, Sha256};
+
+pub use config::{
+    CertEntry, DEFAULT_STREAM_MAX_DURATION, DEFAULT_STREAM_POLL_INTERVAL, DefaultProtocolConfigs,
+    DpParams, DuchyEntry, HmssDefaults, HmssRoles, KingdomConfig, KingdomFileConfig,
+    LiquidLegionsV2Defaults, NoiseMechanism,
+};
+pub use core::PUBLIC_API_VERSION;
+pub use server::RunningKingdom;
+pub use service::computations::{STREAM_BATCH_SIZE, STREAMED_STATES, StreamPosition};
+pub use store::DB_FILE;
+
+/// The certificate id used in certificate resource names (`duchies/{id}/certificates/{cid}`,
+/// `dataProviders/{id}/certificates/{cid}`): the first 8 bytes of SHA-256(DER), lowercase hex.
+pub fn certificate_id(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    hex::encode(&digest[..8])
+}
+
+/// A random positive external id.
+pub(crate) fn random_external_id() -> i64 {
+    rand::rng().random_range(1..=i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn certificate_id_is_16_hex_chars() {
+        let id = super::certificate_id(b"hello");
+        assert_eq!(id, "2cf24dba5fb0a30e");
+    }
+}

@@ -1,0 +1,143 @@
+//! Binding, serving and shutting down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use halo_proto::halo::v1::certificates_server::CertificatesServer;
+use halo_proto::halo::v1::data_provider_requisitions_server::DataProviderRequisitionsServer;
+use halo_proto::halo::v1::measurements_server::MeasurementsServer;
+use halo_proto::system::v1alpha::computation_log_entries_server::ComputationLogEntriesServer;
+use halo_proto::system::v1alpha::computation_participants_server::ComputationParticipantsServer;
+use halo_proto::system::v1alpha::computations_server::ComputationsServer;
+use halo_proto::system::v1alpha::requisitions_server::RequisitionsServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::KingdomConfig;
+use crate::core::{Core, Directory};
+use crate::service::admin::{CertificatesService, DataProviderRequisitionsService, MeasurementsService};
+use crate::service::computations::ComputationsService;
+use crate::service::log_entries::ComputationLogEntriesService;
+use crate::service::participants::ComputationParticipantsService;
+use crate::service::requisitions::RequisitionsService;
+use crate::store::Db;
+
+/// How long [`RunningKingdom::shutdown`] waits for in-flight calls before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A Kingdom serving on [`RunningKingdom::addr`].
+///
+/// Dropping it without calling [`RunningKingdom::shutdown`] still signals the server to stop,
+/// but does not wait for it.
+pub struct RunningKingdom {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    db: Db,
+}
+
+impl std::fmt::Debug for RunningKingdom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningKingdom")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunningKingdom {
+    /// Opens the database, binds `config.listen` and serves every service over mTLS.
+    /// Returns once the socket is listening.
+    pub async fn start(config: KingdomConfig) -> anyhow::Result<RunningKingdom> {
+        halo_identity::init_crypto();
+        config.validate().context("invalid kingdom configuration")?;
+        let db = Db::open(&config.data_dir).await?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let core = Arc::new(Core {
+            db: db.clone(),
+            directory: Directory::new(&config),
+            trust: config.trust.clone(),
+            stream_poll_interval: config.stream_poll_interval,
+            stream_max_duration: config.stream_max_duration,
+            shutdown: shutdown_rx.clone(),
+        });
+        let listener = match TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                db.close().await;
+                return Err(e).with_context(|| format!("binding {}", config.listen));
+            }
+        };
+        let addr = listener.local_addr().context("local address")?;
+        let tls = config.identity.server_tls(&config.trust);
+        let router = Server::builder()
+            .tls_config(tls)
+            .context("server TLS configuration")?
+            .add_service(ComputationsServer::new(ComputationsService {
+                core: core.clone(),
+            }))
+            .add_service(ComputationParticipantsServer::new(
+                ComputationParticipantsService { core: core.clone() },
+            ))
+            .add_service(ComputationLogEntriesServer::new(
+                ComputationLogEntriesService { core: core.clone() },
+            ))
+            .add_service(RequisitionsServer::new(RequisitionsService {
+                core: core.clone(),
+            }))
+            .add_service(MeasurementsServer::new(MeasurementsService {
+                core: core.clone(),
+            }))
+            .add_service(DataProviderRequisitionsServer::new(
+                DataProviderRequisitionsService { core: core.clone() },
+            ))
+            .add_service(CertificatesServer::new(CertificatesService { core }));
+        let mut signal = shutdown_rx;
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            async move {
+                let _ = signal.wait_for(|stop| *stop).await;
+            },
+        ));
+        tracing::info!(%addr, data_dir = %config.data_dir.display(), "kingdom listening");
+        Ok(RunningKingdom {
+            addr,
+            shutdown,
+            server: Some(server),
+            db,
+        })
+    }
+
+    /// Stops accepting calls, ends open streams, waits for in-flight calls (aborting them after
+    /// a grace period) and closes the database.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let mut result = Ok(());
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => result = Err(anyhow::Error::new(e).context("kingdom server")),
+                Ok(Err(e)) => result = Err(anyhow::Error::new(e).context("kingdom server task")),
+                Err(_) => {
+                    tracing::warn!("kingdom calls still running after the grace period; aborting");
+                    server.abort();
+                    let _ = server.await;
+                }
+            }
+        }
+        self.db.close().await;
+        tracing::info!(addr = %self.addr, "kingdom stopped");
+        result
+    }
+}
+
+impl Drop for RunningKingdom {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,407 @@
+//! halo-host's admin API (`halo.v1`): Measurements for measurement consumers,
+//! DataProviderRequisitions for data providers, Certificates for everyone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use halo_proto::halo::v1::certificates_server::Certificates;
+use halo_proto::halo::v1::data_provider_requisitions_server::DataProviderRequisitions;
+use halo_proto::halo::v1::measurements_server::Measurements;
+use halo_proto::halo::v1::{
+    CancelMeasurementRequest, Certificate, CreateMeasurementRequest, DataProviderRequisition,
+    GetCertificateRequest, GetMeasurementRequest, ListRequisitionsRequest,
+    ListRequisitionsResponse, Measurement, MeasurementSpec, Protocol,
+};
+use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
+use halo_proto::system::v1alpha::computation::State as ComputationState;
+use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as MpcProtocol;
+use halo_proto::system::v1alpha::computation_participant::State as ParticipantState;
+use halo_proto::system::v1alpha::requisition::State as RequisitionState;
+use prost::Message as _;
+use sha2::{Digest as _, Sha256};
+use sqlx::SqliteConnection;
+use tonic::{Request, Response, Status};
+
+use crate::core::{Core, is_terminal, protocol_of, state_name};
+use crate::names::{self, CertificateKey, MeasurementKey};
+use crate::store::{self, db_error};
+
+pub(crate) struct MeasurementsService {
+    pub core: Arc<Core>,
+}
+
+pub(crate) struct DataProviderRequisitionsService {
+    pub core: Arc<Core>,
+}
+
+pub(crate) struct CertificatesService {
+    pub core: Arc<Core>,
+}
+
+/// The protocol of a new measurement, from the explicit field and/or the config override.
+fn resolve_protocol(
+    protocol: i32,
+    config: Option<&MpcProtocolConfig>,
+) -> Result<Protocol, Status> {
+    let requested = Protocol::try_from(protocol)
+        .map_err(|_| Status::invalid_argument(format!("unknown protocol {protocol}")))?;
+    let from_config = match config.and_then(|c| c.protocol.as_ref()) {
+        None => None,
+        Some(MpcProtocol::LiquidLegionsV2(_)) => Some(Protocol::LiquidLegionsV2),
+        Some(MpcProtocol::ReachOnlyLiquidLegionsV2(_)) => {
+            Some(Protocol::ReachOnlyLiquidLegionsV2)
+        }
+        Some(MpcProtocol::HonestMajorityShareShuffle(_)) => {
+            Some(Protocol::HonestMajorityShareShuffle)
+        }
+        Some(MpcProtocol::TrusTee(_)) => {
+            return Err(Status::invalid_argument("TrusTEE is not supported"));
+        }
+    };
+    match (requested, from_config) {
+        (Protocol::Unspecified, None) => Err(Status::invalid_argument(
+            "protocol is required (or a protocol_config naming one)",
+        )),
+        (Protocol::Unspecified, Some(p)) => Ok(p),
+        (p, None) => Ok(p),
+        (p, Some(q)) if p == q => Ok(p),
+        (p, Some(q)) => Err(Status::invalid_argument(format!(
+            "protocol {} does not match protocol_config ({})",
+            p.as_str_name(),
+            q.as_str_name()
+        ))),
+    }
+}
+
+/// A random positive id not yet used in `table.column`.
+async fn fresh_id(
+    conn: &mut SqliteConnection,
+    table: &str,
+    column: &str,
+) -> Result<i64, Status> {
+    loop {
+        let id = crate::random_external_id();
+        let exists: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT 1 FROM {table} WHERE {column} = ?1"))
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        if exists.is_none() {
+            return Ok(id);
+        }
+    }
+}
+
+struct NewRequisition {
+    data_provider_id: String,
+    encrypted_requisition_spec: Vec<u8>,
+    nonce_hash: Vec<u8>,
+}
+
+#[tonic::async_trait]
+impl Measurements for MeasurementsService {
+    async fn create_measurement(
+        &self,
+        request: Request<CreateMeasurementRequest>,
+    ) -> Result<Response<Measurement>, Status> {
+        let mc = names::parse_measurement_consumer(&request.get_ref().parent)?;
+        self.core.require_measurement_consumer(&request, &mc)?;
+        let req = request.into_inner();
+        let directory = &self.core.directory;
+        if !directory.is_measurement_consumer(&mc) {
+            return Err(Status::not_found(format!(
+                "measurementConsumers/{mc} is not registered with this kingdom"
+            )));
+        }
+        let protocol = resolve_protocol(req.protocol, req.protocol_config.as_ref())?;
+        let protocol_config = match req.protocol_config {
+            Some(c) if c.protocol.is_some() => c,
+            _ => match protocol {
+                Protocol::LiquidLegionsV2 => directory.defaults.liquid_legions_v2(),
+                Protocol::ReachOnlyLiquidLegionsV2 => {
+                    directory.defaults.reach_only_liquid_legions_v2()
+                }
+                _ => directory.defaults.honest_majority_share_shuffle(),
+            },
+        };
+        if req.measurement_spec.is_empty() {
+            return Err(Status::invalid_argument("measurement_spec is required"));
+        }
+        MeasurementSpec::decode(req.measurement_spec.as_slice()).map_err(|e| {
+            Status::invalid_argument(format!("measurement_spec is not a MeasurementSpec: {e}"))
+        })?;
+        if req.data_providers.is_empty() {
+            return Err(Status::invalid_argument(
+                "at least one data provider is required",
+            ));
+        }
+        let mut new_requisitions: Vec<NewRequisition> = Vec::new();
+        for entry in req.data_providers {
+            let dp = names::parse_data_provider(&entry.data_provider)?;
+            if new_requisitions.iter().any(|r| r.data_provider_id == dp) {
+                return Err(Status::invalid_argument(format!(
+                    "data provider {} listed twice",
+                    entry.data_provider
+                )));
+            }
+            if !directory.is_data_provider(&dp) {
+                return Err(Status::not_found(format!(
+                    "data provider {} not found",
+                    entry.data_provider
+                )));
+            }
+            new_requisitions.push(NewRequisition {
+                data_provider_id: dp,
+                encrypted_requisition_spec: entry.encrypted_requisition_spec,
+                nonce_hash: entry.nonce_hash,
+            });
+        }
+        let (participants, aggregator): (Vec<String>, String) = match protocol {
+            Protocol::HonestMajorityShareShuffle => {
+                let h = &directory.hmss;
+                (
+                    vec![
+                        h.first_non_aggregator.clone(),
+                        h.second_non_aggregator.clone(),
+                        h.aggregator.clone(),
+                    ],
+                    h.aggregator.clone(),
+                )
+            }
+            _ => (
+                directory.duchy_ids().to_vec(),
+                directory.llv2_aggregator.clone(),
+            ),
+        };
+
+        let mut tx = self.core.db.write().await?;
+        if !req.request_id.is_empty() {
+            if let Some(existing) =
+                store::measurement_by_request_id(tx.conn(), &mc, &req.request_id).await?
+            {
+                return Ok(Response::new(self.core.measurement_view(&existing)));
+            }
+        }
+        let now = tx.now().await?;
+        let computation_id =
+            fresh_id(tx.conn(), "measurements", "external_computation_id").await?;
+        let measurement_id =
+            fresh_id(tx.conn(), "measurements", "external_measurement_id").await?;
+        sqlx::query(
+            "INSERT INTO measurements (external_computation_id, external_measurement_id, \
+             measurement_consumer_id, request_id, protocol, measurement_spec, protocol_config, \
+             aggregator_duchy_id, state, create_time, update_time) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        )
+        .bind(computation_id)
+        .bind(measurement_id)
+        .bind(&mc)
+        .bind(&req.request_id)
+        .bind(protocol as i32)
+        .bind(&req.measurement_spec)
+        .bind(protocol_config.encode_to_vec())
+        .bind(&aggregator)
+        .bind(ComputationState::PendingRequisitionParams as i32)
+        .bind(now)
+        .execute(tx.conn())
+        .await
+        .map_err(db_error)?;
+        for (ordinal, duchy) in participants.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO computation_participants \
+                 (external_computation_id, duchy_id, ordinal, state, update_time) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(computation_id)
+            .bind(duchy)
+            .bind(i64::try_from(ordinal).unwrap_or(i64::MAX))
+            .bind(ParticipantState::Created as i32)
+            .bind(now)
+            .execute(tx.conn())
+            .await
+            .map_err(db_error)?;
+        }
+        for (ordinal, r) in new_requisitions.iter().enumerate() {
+            let requisition_id = fresh_id(tx.conn(), "requisitions", "external_requisition_id").await?;
+            let fulfilling_duchy = match protocol {
+                Protocol::HonestMajorityShareShuffle => {
+                    let non_aggregators = directory.hmss.non_aggregators();
+                    // requisition_id > 0, so the index is 0 or 1.
+                    let index = usize::from(requisition_id % 2 == 1);
+                    Some(non_aggregators[index].to_owned())
+                }
+                _ => None,
+            };
+            sqlx::query(
+                "INSERT INTO requisitions (external_requisition_id, external_computation_id, \
+                 data_provider_id, ordinal, state, requisition_spec_hash, nonce_hash, \
+                 encrypted_requisition_spec, fulfilling_duchy_id, update_time) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .bind(requisition_id)
+            .bind(computation_id)
+            .bind(&r.data_provider_id)
+            .bind(i64::try_from(ordinal).unwrap_or(i64::MAX))
+            .bind(RequisitionState::Unfulfilled as i32)
+            .bind(Sha256::digest(&r.encrypted_requisition_spec).to_vec())
+            .bind(&r.nonce_hash)
+            .bind(&r.encrypted_requisition_spec)
+            .bind(fulfilling_duchy)
+            .bind(now)
+            .execute(tx.conn())
+            .await
+            .map_err(db_error)?;
+        }
+        tx.mark_computation_changed();
+        let row = store::measurement_by_computation_id(tx.conn(), computation_id)
+            .await?
+            .ok_or_else(|| Status::internal("measurement vanished"))?;
+        tx.commit().await?;
+        tracing::info!(
+            measurement = %names::measurement_name(&mc, measurement_id),
+            computation = %names::computation_name(computation_id),
+            protocol = protocol.as_str_name(),
+            "created measurement"
+        );
+        Ok(Response::new(self.core.measurement_view(&row)))
+    }
+
+    async fn get_measurement(
+        &self,
+        request: Request<GetMeasurementRequest>,
+    ) -> Result<Response<Measurement>, Status> {
+        let key = MeasurementKey::parse(&request.get_ref().name)?;
+        self.core
+            .require_measurement_consumer(&request, &key.measurement_consumer_id)?;
+        let mut tx = self.core.db.read().await?;
+        let row = store::measurement_by_measurement_id(
+            &mut tx,
+            &key.measurement_consumer_id,
+            key.external_measurement_id,
+        )
+        .await?;
+        tx.commit().await.map_err(db_error)?;
+        let row = row.ok_or_else(|| {
+            Status::not_found(format!("measurement {} not found", request.get_ref().name))
+        })?;
+        Ok(Response::new(self.core.measurement_view(&row)))
+    }
+
+    async fn cancel_measurement(
+        &self,
+        request: Request<CancelMeasurementRequest>,
+    ) -> Result<Response<Measurement>, Status> {
+        let key = MeasurementKey::parse(&request.get_ref().name)?;
+        self.core
+            .require_measurement_consumer(&request, &key.measurement_consumer_id)?;
+        let name = request.into_inner().name;
+        let mut tx = self.core.db.write().await?;
+        let row = store::measurement_by_measurement_id(
+            tx.conn(),
+            &key.measurement_consumer_id,
+            key.external_measurement_id,
+        )
+        .await?
+        .ok_or_else(|| Status::not_found(format!("measurement {name} not found")))?;
+        if is_terminal(row.state) {
+            return Err(Status::failed_precondition(format!(
+                "measurement {name} is already {}",
+                state_name(row.state)
+            )));
+        }
+        let id = row.external_computation_id;
+        store::set_requisition_states(
+            &mut tx,
+            id,
+            RequisitionState::Unfulfilled as i32,
+            RequisitionState::Withdrawn as i32,
+        )
+        .await?;
+        store::set_measurement_state(&mut tx, id, ComputationState::Cancelled as i32).await?;
+        sqlx::query(
+            "UPDATE measurements SET failure_message = ?1 WHERE external_computation_id = ?2",
+        )
+        .bind("Cancelled by the measurement consumer")
+        .bind(id)
+        .execute(tx.conn())
+        .await
+        .map_err(db_error)?;
+        let row = store::measurement_by_computation_id(tx.conn(), id)
+            .await?
+            .ok_or_else(|| Status::internal("measurement vanished"))?;
+        tx.commit().await?;
+        Ok(Response::new(self.core.measurement_view(&row)))
+    }
+}
+
+#[tonic::async_trait]
+impl DataProviderRequisitions for DataProviderRequisitionsService {
+    async fn list_requisitions(
+        &self,
+        request: Request<ListRequisitionsRequest>,
+    ) -> Result<Response<ListRequisitionsResponse>, Status> {
+        let dp = names::parse_data_provider(&request.get_ref().parent)?;
+        self.core.require_data_provider(&request, &dp)?;
+        let mut tx = self.core.db.read().await?;
+        let rows = store::fulfillable_requisitions(
+            &mut tx,
+            &dp,
+            RequisitionState::Unfulfilled as i32,
+            ComputationState::PendingRequisitionFulfillment as i32,
+        )
+        .await?;
+        let mut computations = HashMap::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.external_computation_id;
+            if !computations.contains_key(&id) {
+                let Some(data) = store::load_computation(&mut tx, id).await? else {
+                    continue;
+                };
+                let protocol = protocol_of(&data.measurement)?;
+                computations.insert(id, (self.core.computation_view(&data)?, protocol));
+            }
+            let Some((computation, protocol)) = computations.get(&id) else {
+                continue;
+            };
+            let fulfilling_duchy = match protocol {
+                Protocol::HonestMajorityShareShuffle => {
+                    row.fulfilling_duchy_id.clone().unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            out.push(DataProviderRequisition {
+                name: names::data_provider_requisition_name(&dp, row.external_requisition_id),
+                requisition: Some(self.core.requisition_view(&row)?),
+                computation: Some(computation.clone()),
+                encrypted_requisition_spec: row.encrypted_requisition_spec.clone(),
+                etag: store::etag(row.update_time),
+                fulfilling_duchy,
+            });
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(Response::new(ListRequisitionsResponse { requisitions: out }))
+    }
+}
+
+#[tonic::async_trait]
+impl Certificates for CertificatesService {
+    async fn get_certificate(
+        &self,
+        request: Request<GetCertificateRequest>,
+    ) -> Result<Response<Certificate>, Status> {
+        self.core.trust.authenticate(&request)?;
+        let name = &request.get_ref().name;
+        let key = CertificateKey::parse(name)?;
+        let der = self
+            .core
+            .directory
+            .certificate(&key)
+            .ok_or_else(|| Status::not_found(format!("certificate {name} not found")))?;
+        Ok(Response::new(Certificate {
+            name: key.name(),
+            x509_der: der.to_vec(),
+        }))
+    }
+}
