@@ -24,6 +24,9 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Builds the protocol registry of each duchy.
+pub type RegistryFn = Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>;
+
 /// Every duchy runs the in-crate test protocol.
 pub fn test_sum_registry() -> Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync> {
     Arc::new(|_| Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new("1.0.0"))])) as Arc<dyn ProtocolRegistry>)

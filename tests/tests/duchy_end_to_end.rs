@@ -77,3 +77,54 @@ async fn a_duchy_restart_mid_computation_loses_nothing() {
     assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
     cluster.shutdown().await.unwrap();
 }
+
+fn registry_with(worker1: halo_duchy::testing::TestSumProtocol) -> halo_tests::RegistryFn {
+    let worker1 = std::sync::Arc::new(worker1);
+    std::sync::Arc::new(move |id: &str| {
+        let p: std::sync::Arc<dyn halo_duchy::protocol::Protocol> = if id == "worker1" {
+            worker1.clone()
+        } else {
+            std::sync::Arc::new(halo_duchy::testing::TestSumProtocol::new("1.0.0"))
+        };
+        std::sync::Arc::new(halo_duchy::protocol::StaticRegistry::new(vec![p]))
+            as std::sync::Arc<dyn halo_duchy::protocol::ProtocolRegistry>
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transient_failures_are_retried_and_too_many_attempts_fail_the_computation() {
+    init_logging();
+    // worker1 fails SHUFFLE_PHASE transiently twice, then succeeds.
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = halo_duchy::testing::TestSumProtocol::new("1.0.0");
+    flaky.transient_failures.store(2, std::sync::atomic::Ordering::SeqCst);
+    let mut opts = halo_sim::ClusterOptions::new(dir.path(), registry_with(flaky));
+    opts.mill.retry_base = Duration::from_millis(20);
+    let cluster = halo_sim::Cluster::start(opts).await.unwrap();
+    let created = create(&cluster, spec(1.0)).await.unwrap();
+    let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 20, 1_000)).collect();
+    fulfil_all(&cluster, &vectors).await.unwrap();
+    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
+    assert_eq!(m.state, State::Succeeded as i32, "failure: {}", m.failure_message);
+    let gid = created.measurement.computation.trim_start_matches("computations/").to_string();
+    let log = cluster.duchies["worker1"].core.store.audit_log(&gid).await.unwrap();
+    assert_eq!(log.iter().filter(|(_, e, _)| e == "transient").count(), 2);
+    cluster.shutdown().await.unwrap();
+
+    // worker1 always fails transiently: after max_attempts the computation fails.
+    let dir = tempfile::tempdir().unwrap();
+    let mut stuck = halo_duchy::testing::TestSumProtocol::new("1.0.0");
+    stuck.always_transient = true;
+    let mut opts = halo_sim::ClusterOptions::new(dir.path(), registry_with(stuck));
+    opts.mill.retry_base = Duration::from_millis(10);
+    opts.mill.max_attempts = 3;
+    let cluster = halo_sim::Cluster::start(opts).await.unwrap();
+    let created = create(&cluster, spec(1.0)).await.unwrap();
+    fulfil_all(&cluster, &vectors).await.unwrap();
+    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
+    assert_eq!(m.state, State::Failed as i32);
+    assert!(m.failure_message.contains("maximum of 3 attempts"), "{}", m.failure_message);
+    cluster.shutdown().await.unwrap();
+}

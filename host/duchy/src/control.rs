@@ -64,8 +64,20 @@ fn is_participant(computation: &[u8], duchy: &str) -> bool {
     })
 }
 
+/// Reads and discards the rest of a delivery that was already received, still enforcing
+/// the message shape (body chunks only, at least one).
 async fn drain(stream: &mut Streaming<sys::AdvanceComputationRequest>) -> Result<(), Status> {
-    while stream.message().await?.is_some() {}
+    use sys::advance_computation_request::Payload;
+    let mut chunks = 0usize;
+    while let Some(m) = stream.message().await? {
+        match m.payload {
+            Some(Payload::BodyChunk(_)) => chunks += 1,
+            _ => return Err(Status::invalid_argument("only body chunks may follow the header")),
+        }
+    }
+    if chunks == 0 {
+        return Err(Status::invalid_argument("header without body"));
+    }
     Ok(())
 }
 

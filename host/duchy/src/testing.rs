@@ -49,7 +49,7 @@ impl TestSumProtocol {
 }
 
 fn le_u32s(data: &[u8]) -> Result<Vec<u32>, StageError> {
-    if data.len() % 4 != 0 {
+    if !data.len().is_multiple_of(4) {
         return Err(StageError::InvalidInput(format!("vector of {} bytes is not a multiple of 4", data.len())));
     }
     Ok(data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())

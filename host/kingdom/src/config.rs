@@ -448,3 +448,111 @@ impl KingdomFileConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki_dir() -> (tempfile::TempDir, DevPki) {
+        let principals = [
+            Principal::Kingdom,
+            Principal::Duchy("aggregator".into()),
+            Principal::Duchy("worker1".into()),
+            Principal::Duchy("worker2".into()),
+            Principal::DataProvider("edp1".into()),
+            Principal::MeasurementConsumer("mc1".into()),
+        ];
+        let pki = DevPki::generate(&principals).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        pki.write(&dir.path().join("pki")).unwrap();
+        (dir, pki)
+    }
+
+    #[test]
+    fn file_config_loads_pki_and_derives_hmss_roles() {
+        let (dir, pki) = pki_dir();
+        let path = dir.path().join("kingdom.toml");
+        std::fs::write(
+            &path,
+            r#"
+data_dir = "data"
+listen = "127.0.0.1:0"
+pki_dir = "pki"
+duchies = ["aggregator", "worker1", "worker2"]
+data_providers = ["edp1"]
+measurement_consumers = ["mc1"]
+llv2_aggregator = "aggregator"
+stream_poll_interval_ms = 50
+
+[protocols.honest_majority_share_shuffle]
+reach_ring_modulus = 31
+noise_mechanism = "NONE"
+"#,
+        )
+        .unwrap();
+        let config = KingdomFileConfig::load(&path)
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.data_dir, dir.path().join("data"));
+        assert_eq!(config.stream_poll_interval, Duration::from_millis(50));
+        assert_eq!(config.stream_max_duration, DEFAULT_STREAM_MAX_DURATION);
+        assert_eq!(
+            config.hmss,
+            HmssRoles {
+                first_non_aggregator: "worker1".into(),
+                second_non_aggregator: "worker2".into(),
+                aggregator: "aggregator".into(),
+            }
+        );
+        assert_eq!(config.identity.principal, Principal::Kingdom);
+        let worker1 = pki
+            .identity(&Principal::Duchy("worker1".into()))
+            .unwrap()
+            .certificate_der()
+            .unwrap();
+        assert_eq!(config.duchies[1].certificate_der, worker1);
+        assert_eq!(config.data_providers[0].id, "edp1");
+        let h = &config.default_protocol_config.honest_majority_share_shuffle;
+        assert_eq!(h.reach_ring_modulus, 31);
+        assert_eq!(h.reach_and_frequency_ring_modulus, 127);
+        assert_eq!(h.noise_mechanism, NoiseMechanism::None);
+    }
+
+    #[test]
+    fn file_config_rejects_unknown_fields_and_bad_roles() {
+        let base = r#"
+data_dir = "data"
+listen = "127.0.0.1:0"
+pki_dir = "pki"
+duchies = ["aggregator", "worker1", "worker2"]
+llv2_aggregator = "aggregator"
+"#;
+        assert!(KingdomFileConfig::from_toml(base).is_ok());
+        assert!(KingdomFileConfig::from_toml(&format!("{base}\ncolour = 1\n")).is_err());
+        assert!(
+            KingdomFileConfig::from_toml(&format!(
+                "{base}\n[protocols.liquid_legions_v2]\nsize = 3\n"
+            ))
+            .is_err()
+        );
+
+        let (dir, _pki) = pki_dir();
+        let mut config = KingdomFileConfig::from_toml(base).unwrap();
+        config.pki_dir = dir.path().join("pki");
+        config.llv2_aggregator = "nobody".into();
+        config.hmss = Some(HmssRoles {
+            first_non_aggregator: "worker1".into(),
+            second_non_aggregator: "worker2".into(),
+            aggregator: "aggregator".into(),
+        });
+        let err = config.into_config().unwrap_err();
+        assert!(format!("{err:#}").contains("llv2_aggregator"), "{err:#}");
+
+        let mut config = KingdomFileConfig::from_toml(base).unwrap();
+        config.pki_dir = dir.path().join("pki");
+        config.duchies.push("worker9".into());
+        let err = config.into_config().unwrap_err();
+        assert!(format!("{err:#}").contains("worker9"), "{err:#}");
+    }
+}

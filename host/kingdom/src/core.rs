@@ -158,19 +158,19 @@ impl Core {
             Some(bytes) => {
                 let mut params = RequisitionParams::decode(bytes.as_slice())
                     .map_err(|e| store::corrupt("requisition params", e))?;
-                if let Ok((duchy, cid)) = CertificateKey::parse_duchy(&params.duchy_certificate) {
-                    if let Some(der) = self.directory.duchy_certificate(&duchy, &cid) {
-                        params.duchy_certificate_der = der.to_vec();
-                    }
+                if let Ok((duchy, cid)) = CertificateKey::parse_duchy(&params.duchy_certificate)
+                    && let Some(der) = self.directory.duchy_certificate(&duchy, &cid)
+                {
+                    params.duchy_certificate_der = der.to_vec();
                 }
                 Some(params)
             }
             None => None,
         };
         let failure = match &row.failure {
-            Some(bytes) => Some(
-                Failure::decode(bytes.as_slice()).map_err(|e| store::corrupt("failure", e))?,
-            ),
+            Some(bytes) => {
+                Some(Failure::decode(bytes.as_slice()).map_err(|e| store::corrupt("failure", e))?)
+            }
             None => None,
         };
         Ok(ComputationParticipant {

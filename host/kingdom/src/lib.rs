@@ -9,8 +9,21 @@
 //!
 //! State lives in SQLite (`data_dir/kingdom.db`, WAL); every request is one transaction, so it
 //! applies wholly or not at all, and a restart loses nothing. Computation update times are
-//! strictly increasing across all computations (see [`store`](crate::store) docs), which makes
+//! strictly increasing across all computations (allocated inside the write transaction as
+//! `max(now, last + 1)` from a persisted clock), which makes
 //! `StreamActiveComputations` continuation tokens exact.
+//!
+//! Deliberate differences from the reference implementation (spec §1.3, §6.2, §10):
+//!
+//! * `GetComputation` is limited to participating duchies; others get NOT_FOUND. Errors are
+//!   reported with their real codes (NOT_FOUND, FAILED_PRECONDITION, ...) instead of the
+//!   reference's blanket UNKNOWN.
+//! * `SetComputationResult` requires the computation's aggregator (PERMISSION_DENIED) and
+//!   PENDING_COMPUTATION (FAILED_PRECONDITION); an identical retry succeeds idempotently.
+//! * `FulfillRequisition` checks that the caller participates and, for HMSS, that it is the
+//!   pre-assigned fulfilling duchy (PERMISSION_DENIED).
+//! * `GetComputationParticipant` applies the same ownership check as the other participant
+//!   RPCs.
 //!
 //! ```no_run
 //! # async fn run(config: halo_kingdom::KingdomConfig) -> anyhow::Result<()> {

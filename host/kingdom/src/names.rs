@@ -143,7 +143,10 @@ pub fn requisition_name(external_computation_id: i64, external_requisition_id: i
     )
 }
 
-pub fn data_provider_requisition_name(data_provider_id: &str, external_requisition_id: i64) -> String {
+pub fn data_provider_requisition_name(
+    data_provider_id: &str,
+    external_requisition_id: i64,
+) -> String {
     format!(
         "dataProviders/{data_provider_id}/requisitions/{}",
         encode_api_id(external_requisition_id)

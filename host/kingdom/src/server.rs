@@ -20,7 +20,9 @@ use tonic::transport::Server;
 
 use crate::config::KingdomConfig;
 use crate::core::{Core, Directory};
-use crate::service::admin::{CertificatesService, DataProviderRequisitionsService, MeasurementsService};
+use crate::service::admin::{
+    CertificatesService, DataProviderRequisitionsService, MeasurementsService,
+};
 use crate::service::computations::ComputationsService;
 use crate::service::log_entries::ComputationLogEntriesService;
 use crate::service::participants::ComputationParticipantsService;
@@ -75,9 +77,14 @@ impl RunningKingdom {
         };
         let addr = listener.local_addr().context("local address")?;
         let tls = config.identity.server_tls(&config.trust);
-        let router = Server::builder()
-            .tls_config(tls)
-            .context("server TLS configuration")?
+        let mut builder = match Server::builder().tls_config(tls) {
+            Ok(builder) => builder,
+            Err(e) => {
+                db.close().await;
+                return Err(e).context("server TLS configuration");
+            }
+        };
+        let router = builder
             .add_service(ComputationsServer::new(ComputationsService {
                 core: core.clone(),
             }))

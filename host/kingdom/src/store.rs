@@ -185,18 +185,14 @@ pub(crate) struct MeasurementRow {
     pub external_computation_id: i64,
     pub external_measurement_id: i64,
     pub measurement_consumer_id: String,
-    pub request_id: String,
     pub protocol: i32,
     pub measurement_spec: Vec<u8>,
     pub protocol_config: Vec<u8>,
     pub aggregator_duchy_id: String,
     pub state: i32,
-    pub create_time: i64,
-    pub update_time: i64,
     pub aggregator_certificate: String,
     pub encrypted_result: Vec<u8>,
     pub result_public_key: Vec<u8>,
-    pub result_api_version: String,
     pub failure_message: String,
 }
 
@@ -204,7 +200,6 @@ pub(crate) struct MeasurementRow {
 pub(crate) struct ParticipantRow {
     pub external_computation_id: i64,
     pub duchy_id: String,
-    pub ordinal: i64,
     pub state: i32,
     pub update_time: i64,
     pub requisition_params: Option<Vec<u8>>,
@@ -215,8 +210,6 @@ pub(crate) struct ParticipantRow {
 pub(crate) struct RequisitionRow {
     pub external_requisition_id: i64,
     pub external_computation_id: i64,
-    pub data_provider_id: String,
-    pub ordinal: i64,
     pub state: i32,
     pub requisition_spec_hash: Vec<u8>,
     pub nonce_hash: Vec<u8>,
@@ -246,16 +239,16 @@ impl ComputationData {
 }
 
 const MEASUREMENT_COLUMNS: &str = "external_computation_id, external_measurement_id, \
-    measurement_consumer_id, request_id, protocol, measurement_spec, protocol_config, \
-    aggregator_duchy_id, state, create_time, update_time, aggregator_certificate, \
-    encrypted_result, result_public_key, result_api_version, failure_message";
+    measurement_consumer_id, protocol, measurement_spec, protocol_config, \
+    aggregator_duchy_id, state, aggregator_certificate, encrypted_result, result_public_key, \
+    failure_message";
 
-const PARTICIPANT_COLUMNS: &str = "external_computation_id, duchy_id, ordinal, state, \
-    update_time, requisition_params, failure";
+const PARTICIPANT_COLUMNS: &str = "external_computation_id, duchy_id, state, update_time, \
+    requisition_params, failure";
 
-const REQUISITION_COLUMNS: &str = "external_requisition_id, external_computation_id, \
-    data_provider_id, ordinal, state, requisition_spec_hash, nonce_hash, \
-    encrypted_requisition_spec, fulfilling_duchy_id, nonce, fulfillment_context, update_time";
+const REQUISITION_COLUMNS: &str = "external_requisition_id, external_computation_id, state, \
+    requisition_spec_hash, nonce_hash, encrypted_requisition_spec, fulfilling_duchy_id, nonce, \
+    fulfillment_context, update_time";
 
 pub(crate) async fn measurement_by_computation_id(
     conn: &mut SqliteConnection,
@@ -393,7 +386,7 @@ pub(crate) async fn set_measurement_state(
     Ok(now)
 }
 
-/// Sets a participant's state (and optionally params / failure), bumping its update time.
+/// Sets a participant's state, bumping its update time (and so its etag).
 pub(crate) async fn set_participant_state(
     tx: &mut WriteTx,
     external_computation_id: i64,

@@ -2,6 +2,7 @@
 //! DataProviderRequisitions for data providers, Certificates for everyone.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use halo_proto::halo::v1::certificates_server::Certificates;
@@ -39,18 +40,13 @@ pub(crate) struct CertificatesService {
 }
 
 /// The protocol of a new measurement, from the explicit field and/or the config override.
-fn resolve_protocol(
-    protocol: i32,
-    config: Option<&MpcProtocolConfig>,
-) -> Result<Protocol, Status> {
+fn resolve_protocol(protocol: i32, config: Option<&MpcProtocolConfig>) -> Result<Protocol, Status> {
     let requested = Protocol::try_from(protocol)
         .map_err(|_| Status::invalid_argument(format!("unknown protocol {protocol}")))?;
     let from_config = match config.and_then(|c| c.protocol.as_ref()) {
         None => None,
         Some(MpcProtocol::LiquidLegionsV2(_)) => Some(Protocol::LiquidLegionsV2),
-        Some(MpcProtocol::ReachOnlyLiquidLegionsV2(_)) => {
-            Some(Protocol::ReachOnlyLiquidLegionsV2)
-        }
+        Some(MpcProtocol::ReachOnlyLiquidLegionsV2(_)) => Some(Protocol::ReachOnlyLiquidLegionsV2),
         Some(MpcProtocol::HonestMajorityShareShuffle(_)) => {
             Some(Protocol::HonestMajorityShareShuffle)
         }
@@ -74,11 +70,7 @@ fn resolve_protocol(
 }
 
 /// A random positive id not yet used in `table.column`.
-async fn fresh_id(
-    conn: &mut SqliteConnection,
-    table: &str,
-    column: &str,
-) -> Result<i64, Status> {
+async fn fresh_id(conn: &mut SqliteConnection, table: &str, column: &str) -> Result<i64, Status> {
     loop {
         let id = crate::random_external_id();
         let exists: Option<i64> =
@@ -176,18 +168,15 @@ impl Measurements for MeasurementsService {
         };
 
         let mut tx = self.core.db.write().await?;
-        if !req.request_id.is_empty() {
-            if let Some(existing) =
+        if !req.request_id.is_empty()
+            && let Some(existing) =
                 store::measurement_by_request_id(tx.conn(), &mc, &req.request_id).await?
-            {
-                return Ok(Response::new(self.core.measurement_view(&existing)));
-            }
+        {
+            return Ok(Response::new(self.core.measurement_view(&existing)));
         }
         let now = tx.now().await?;
-        let computation_id =
-            fresh_id(tx.conn(), "measurements", "external_computation_id").await?;
-        let measurement_id =
-            fresh_id(tx.conn(), "measurements", "external_measurement_id").await?;
+        let computation_id = fresh_id(tx.conn(), "measurements", "external_computation_id").await?;
+        let measurement_id = fresh_id(tx.conn(), "measurements", "external_measurement_id").await?;
         sqlx::query(
             "INSERT INTO measurements (external_computation_id, external_measurement_id, \
              measurement_consumer_id, request_id, protocol, measurement_spec, protocol_config, \
@@ -223,7 +212,8 @@ impl Measurements for MeasurementsService {
             .map_err(db_error)?;
         }
         for (ordinal, r) in new_requisitions.iter().enumerate() {
-            let requisition_id = fresh_id(tx.conn(), "requisitions", "external_requisition_id").await?;
+            let requisition_id =
+                fresh_id(tx.conn(), "requisitions", "external_requisition_id").await?;
             let fulfilling_duchy = match protocol {
                 Protocol::HonestMajorityShareShuffle => {
                     let non_aggregators = directory.hmss.non_aggregators();
@@ -355,15 +345,15 @@ impl DataProviderRequisitions for DataProviderRequisitionsService {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let id = row.external_computation_id;
-            if !computations.contains_key(&id) {
-                let Some(data) = store::load_computation(&mut tx, id).await? else {
-                    continue;
-                };
-                let protocol = protocol_of(&data.measurement)?;
-                computations.insert(id, (self.core.computation_view(&data)?, protocol));
-            }
-            let Some((computation, protocol)) = computations.get(&id) else {
-                continue;
+            let (computation, protocol) = match computations.entry(id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let Some(data) = store::load_computation(&mut tx, id).await? else {
+                        continue;
+                    };
+                    let protocol = protocol_of(&data.measurement)?;
+                    e.insert((self.core.computation_view(&data)?, protocol))
+                }
             };
             let fulfilling_duchy = match protocol {
                 Protocol::HonestMajorityShareShuffle => {
@@ -381,7 +371,9 @@ impl DataProviderRequisitions for DataProviderRequisitionsService {
             });
         }
         tx.commit().await.map_err(db_error)?;
-        Ok(Response::new(ListRequisitionsResponse { requisitions: out }))
+        Ok(Response::new(ListRequisitionsResponse {
+            requisitions: out,
+        }))
     }
 }
 

@@ -71,7 +71,8 @@ impl StreamPosition {
         if token.is_empty() {
             return Ok(Self::START);
         }
-        let bad = |why: &str| Status::invalid_argument(format!("malformed continuation token: {why}"));
+        let bad =
+            |why: &str| Status::invalid_argument(format!("malformed continuation token: {why}"));
         let bytes = URL_SAFE_NO_PAD
             .decode(token.trim_end_matches('='))
             .map_err(|_| bad("not base64url"))?;
@@ -265,7 +266,12 @@ impl Computations for ComputationsService {
         let mut tx = self.core.db.write().await?;
         let data = match store::load_computation(tx.conn(), id).await? {
             Some(data) if data.has_participant(&duchy) => data,
-            _ => return Err(Status::not_found(format!("computation {} not found", req.name))),
+            _ => {
+                return Err(Status::not_found(format!(
+                    "computation {} not found",
+                    req.name
+                )));
+            }
         };
         let m = &data.measurement;
         if m.aggregator_duchy_id != duchy {
@@ -338,7 +344,10 @@ mod tests {
         ] {
             assert_eq!(StreamPosition::from_token(&pos.to_token()).unwrap(), pos);
         }
-        assert_eq!(StreamPosition::from_token("").unwrap(), StreamPosition::START);
+        assert_eq!(
+            StreamPosition::from_token("").unwrap(),
+            StreamPosition::START
+        );
     }
 
     #[test]
@@ -372,8 +381,8 @@ mod tests {
             }),
             last_seen_external_computation_id: 7,
         };
-        let pos = StreamPosition::from_token(&URL_SAFE_NO_PAD.encode(token.encode_to_vec()))
-            .unwrap();
+        let pos =
+            StreamPosition::from_token(&URL_SAFE_NO_PAD.encode(token.encode_to_vec())).unwrap();
         assert_eq!(pos.update_time_micros, 10_000_001);
         assert_eq!(pos.external_computation_id, i64::MAX);
     }

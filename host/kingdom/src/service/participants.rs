@@ -50,7 +50,9 @@ async fn load_for_update(
     let data = store::load_computation(tx.conn(), key.external_computation_id)
         .await?
         .ok_or_else(|| not_found(name))?;
-    let participant = data.participant(&key.duchy_id).ok_or_else(|| not_found(name))?;
+    let participant = data
+        .participant(&key.duchy_id)
+        .ok_or_else(|| not_found(name))?;
     if !etag.is_empty() && etag != store::etag(participant.update_time) {
         return Err(Status::aborted(format!(
             "etag mismatch for {name}: request has {etag}, current is {}",
@@ -111,15 +113,16 @@ async fn finish(
 fn params_match(protocol: Protocol, params: &ParamsProtocol) -> bool {
     matches!(
         (protocol, params),
-        (Protocol::LiquidLegionsV2, ParamsProtocol::LiquidLegionsV2(_))
-            | (
-                Protocol::ReachOnlyLiquidLegionsV2,
-                ParamsProtocol::ReachOnlyLiquidLegionsV2(_)
-            )
-            | (
-                Protocol::HonestMajorityShareShuffle,
-                ParamsProtocol::HonestMajorityShareShuffle(_)
-            )
+        (
+            Protocol::LiquidLegionsV2,
+            ParamsProtocol::LiquidLegionsV2(_)
+        ) | (
+            Protocol::ReachOnlyLiquidLegionsV2,
+            ParamsProtocol::ReachOnlyLiquidLegionsV2(_)
+        ) | (
+            Protocol::HonestMajorityShareShuffle,
+            ParamsProtocol::HonestMajorityShareShuffle(_)
+        )
     )
 }
 
@@ -244,8 +247,7 @@ impl ComputationParticipants for ComputationParticipantsService {
                 state_name(data.measurement.state)
             )));
         }
-        store::set_participant_state(&mut tx, id, &duchy, ParticipantState::Failed as i32)
-            .await?;
+        store::set_participant_state(&mut tx, id, &duchy, ParticipantState::Failed as i32).await?;
         sqlx::query(
             "UPDATE computation_participants SET failure = ?1 \
              WHERE external_computation_id = ?2 AND duchy_id = ?3",
