@@ -28,6 +28,6 @@ pub mod halo {
     }
 }
 
-pub use wfa::measurement::{api, system};
 pub use prost;
 pub use prost_types;
+pub use wfa::measurement::{api, system};

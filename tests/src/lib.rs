@@ -29,7 +29,11 @@ pub type RegistryFn = Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Syn
 
 /// Every duchy runs the in-crate test protocol.
 pub fn test_sum_registry() -> Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync> {
-    Arc::new(|_| Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new("1.0.0"))])) as Arc<dyn ProtocolRegistry>)
+    Arc::new(|_| {
+        Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new(
+            "1.0.0",
+        ))])) as Arc<dyn ProtocolRegistry>
+    })
 }
 
 pub async fn start_cluster(dir: &std::path::Path) -> Result<Cluster> {
@@ -42,8 +46,14 @@ pub fn spec(epsilon: f64) -> admin::MeasurementSpec {
         measurement_public_key: b"test-key".to_vec(),
         r#type: admin::measurement_spec::Type::ReachAndFrequency as i32,
         maximum_frequency: 10,
-        reach_privacy_params: Some(DifferentialPrivacyParams { epsilon, delta: 1e-9 }),
-        frequency_privacy_params: Some(DifferentialPrivacyParams { epsilon, delta: 1e-9 }),
+        reach_privacy_params: Some(DifferentialPrivacyParams {
+            epsilon,
+            delta: 1e-9,
+        }),
+        frequency_privacy_params: Some(DifferentialPrivacyParams {
+            epsilon,
+            delta: 1e-9,
+        }),
         vid_sampling_interval_start: 0.0,
         vid_sampling_interval_width: 1.0,
         nonce_hashes: vec![],
@@ -83,27 +93,75 @@ pub fn truth(vectors: &[Vec<u32>]) -> (u64, BTreeMap<String, u64>) {
     (reach, hist)
 }
 
+/// Waits until every data provider can see its requisition.
+pub async fn wait_for_requisitions(cluster: &Cluster) -> Result<()> {
+    for dp in &cluster.options.data_providers {
+        let who = halo_identity::Principal::DataProvider(dp.clone());
+        edp::wait_for_requisitions(cluster.kingdom_channel(&who)?, dp, 1, TIMEOUT).await?;
+    }
+    Ok(())
+}
+
+/// Waits until a duchy has finished its part of a computation; returns how it ended.
+pub async fn wait_local_terminal(cluster: &Cluster, duchy: &str, gid: &str) -> Result<String> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(row) = cluster.duchies[duchy].core.store.get(gid).await?
+            && let Some(t) = row.terminal
+        {
+            return Ok(t);
+        }
+        if start.elapsed() > TIMEOUT {
+            anyhow::bail!("{duchy} did not finish {gid}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Creates a test-sum (HMSS) measurement as mc1.
-pub async fn create(cluster: &Cluster, spec: admin::MeasurementSpec) -> Result<mc::CreatedMeasurement> {
+pub async fn create(
+    cluster: &Cluster,
+    spec: admin::MeasurementSpec,
+) -> Result<mc::CreatedMeasurement> {
     let mc_id = cluster.options.measurement_consumer.clone();
-    let ch = cluster.kingdom_channel(&halo_identity::Principal::MeasurementConsumer(mc_id.clone()))?;
-    mc::create_measurement(ch, &mc_id, admin::Protocol::HonestMajorityShareShuffle, spec, &cluster.options.data_providers).await
+    let ch = cluster.kingdom_channel(&halo_identity::Principal::MeasurementConsumer(
+        mc_id.clone(),
+    ))?;
+    mc::create_measurement(
+        ch,
+        &mc_id,
+        admin::Protocol::HonestMajorityShareShuffle,
+        spec,
+        &cluster.options.data_providers,
+    )
+    .await
 }
 
 /// Every data provider fulfils its requisition with its vector.
 pub async fn fulfil_all(cluster: &Cluster, vectors: &[Vec<u32>]) -> Result<()> {
+    wait_for_requisitions(cluster).await?;
+    fulfil_where(cluster, vectors, |_| true).await
+}
+
+/// Every data provider fulfils its listed requisitions whose fulfilling duchy passes `pred`.
+pub async fn fulfil_where(
+    cluster: &Cluster,
+    vectors: &[Vec<u32>],
+    pred: impl Fn(&str) -> bool,
+) -> Result<()> {
     for (i, dp) in cluster.options.data_providers.iter().enumerate() {
         let who = halo_identity::Principal::DataProvider(dp.clone());
-        let reqs = edp::wait_for_requisitions(cluster.kingdom_channel(&who)?, dp, 1, TIMEOUT).await?;
-        for r in reqs {
+        let reqs = edp::list(cluster.kingdom_channel(&who)?, dp).await?;
+        for r in reqs.into_iter().filter(|r| pred(&r.fulfilling_duchy)) {
             let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
-            let hmss = api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
-                api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
-                    secret_seed: None,
-                    register_count: vectors[i].len() as i64,
-                    data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
-                },
-            );
+            let hmss =
+                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+                    api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+                        secret_seed: None,
+                        register_count: vectors[i].len() as i64,
+                        data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
+                    },
+                );
             edp::fulfill(duchy, &r, Some(hmss), &le(&vectors[i]), 32 << 10).await?;
         }
     }

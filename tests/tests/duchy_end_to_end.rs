@@ -15,9 +15,18 @@ async fn test_sum_measurement_matches_ground_truth() {
     let created = create(&cluster, spec(1.0)).await.unwrap();
     let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 1, 5_000)).collect();
     fulfil_all(&cluster, &vectors).await.unwrap();
-    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "failure: {}", m.failure_message);
+    let mc_ch = cluster
+        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
+        .unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.state,
+        State::Succeeded as i32,
+        "failure: {}",
+        m.failure_message
+    );
     let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
     let (reach, hist) = truth(&vectors);
     assert_eq!(result["reach"].as_u64().unwrap(), reach);
@@ -25,14 +34,31 @@ async fn test_sum_measurement_matches_ground_truth() {
     let got: std::collections::BTreeMap<String, u64> =
         serde_json::from_value(result["frequency"].clone()).unwrap();
     assert_eq!(got, hist);
-    assert!(reach > 1000, "the data should overlap only partly: reach {reach}");
+    assert!(
+        reach > 1000,
+        "the data should overlap only partly: reach {reach}"
+    );
 
     // Every duchy pinned the same implementation and finished.
-    let gid = created.measurement.computation.trim_start_matches("computations/").to_string();
+    let gid = created
+        .measurement
+        .computation
+        .trim_start_matches("computations/")
+        .to_string();
     for d in halo_sim::DUCHIES {
-        let row = cluster.duchies[d].core.store.get(&gid).await.unwrap().unwrap();
+        let row = cluster.duchies[d]
+            .core
+            .store
+            .get(&gid)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(row.pin.name, "test-sum");
-        assert_eq!(row.terminal.as_deref(), Some("COMPLETE"), "{d}");
+        assert_eq!(
+            wait_local_terminal(&cluster, d, &gid).await.unwrap(),
+            "COMPLETE",
+            "{d}"
+        );
     }
     cluster.shutdown().await.unwrap();
 }
@@ -42,10 +68,18 @@ async fn invalid_dp_params_fail_the_computation_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path()).await.unwrap();
     let created = create(&cluster, spec(0.0)).await.unwrap();
-    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
+    let mc_ch = cluster
+        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
+        .unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(m.state, State::Failed as i32);
-    assert!(m.failure_message.contains("epsilon"), "{}", m.failure_message);
+    assert!(
+        m.failure_message.contains("epsilon"),
+        "{}",
+        m.failure_message
+    );
     cluster.shutdown().await.unwrap();
 }
 
@@ -54,25 +88,32 @@ async fn a_duchy_restart_mid_computation_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = start_cluster(dir.path()).await.unwrap();
     let created = create(&cluster, spec(1.0)).await.unwrap();
-    // Wait until every duchy has published its params (requisitions become listable), then
-    // stop worker2 before any data arrives and bring it back after the fulfilment.
-    let who = Principal::DataProvider("edp1".into());
-    halo_sim::edp::wait_for_requisitions(cluster.kingdom_channel(&who).unwrap(), "edp1", 1, TIMEOUT)
-        .await
-        .unwrap();
+    // Once every duchy has published its params (requisitions become listable), stop worker2,
+    // fulfil what is not assigned to it, bring it back (same data dir, same address: its
+    // herald resumes from its persisted token) and fulfil the rest.
+    wait_for_requisitions(&cluster).await.unwrap();
     cluster.stop_duchy("worker2").await.unwrap();
     let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 7, 2_000)).collect();
-    // Requisitions assigned to worker2 cannot be fulfilled while it is down: fulfil the
-    // others first, restart, then fulfil the rest.
-    let r = fulfil_all(&cluster, &vectors).await;
+    fulfil_where(&cluster, &vectors, |d| d != "worker2")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.start_duchy("worker2").await.unwrap();
-    if r.is_err() {
-        fulfil_all(&cluster, &vectors).await.unwrap();
-    }
-    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "failure: {}", m.failure_message);
+    fulfil_where(&cluster, &vectors, |d| d == "worker2")
+        .await
+        .unwrap();
+    let mc_ch = cluster
+        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
+        .unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.state,
+        State::Succeeded as i32,
+        "failure: {}",
+        m.failure_message
+    );
     let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
     assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
     cluster.shutdown().await.unwrap();
@@ -97,18 +138,38 @@ async fn transient_failures_are_retried_and_too_many_attempts_fail_the_computati
     // worker1 fails SHUFFLE_PHASE transiently twice, then succeeds.
     let dir = tempfile::tempdir().unwrap();
     let flaky = halo_duchy::testing::TestSumProtocol::new("1.0.0");
-    flaky.transient_failures.store(2, std::sync::atomic::Ordering::SeqCst);
+    flaky
+        .transient_failures
+        .store(2, std::sync::atomic::Ordering::SeqCst);
     let mut opts = halo_sim::ClusterOptions::new(dir.path(), registry_with(flaky));
     opts.mill.retry_base = Duration::from_millis(20);
     let cluster = halo_sim::Cluster::start(opts).await.unwrap();
     let created = create(&cluster, spec(1.0)).await.unwrap();
     let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 20, 1_000)).collect();
     fulfil_all(&cluster, &vectors).await.unwrap();
-    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "failure: {}", m.failure_message);
-    let gid = created.measurement.computation.trim_start_matches("computations/").to_string();
-    let log = cluster.duchies["worker1"].core.store.audit_log(&gid).await.unwrap();
+    let mc_ch = cluster
+        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
+        .unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(
+        m.state,
+        State::Succeeded as i32,
+        "failure: {}",
+        m.failure_message
+    );
+    let gid = created
+        .measurement
+        .computation
+        .trim_start_matches("computations/")
+        .to_string();
+    let log = cluster.duchies["worker1"]
+        .core
+        .store
+        .audit_log(&gid)
+        .await
+        .unwrap();
     assert_eq!(log.iter().filter(|(_, e, _)| e == "transient").count(), 2);
     cluster.shutdown().await.unwrap();
 
@@ -122,9 +183,17 @@ async fn transient_failures_are_retried_and_too_many_attempts_fail_the_computati
     let cluster = halo_sim::Cluster::start(opts).await.unwrap();
     let created = create(&cluster, spec(1.0)).await.unwrap();
     fulfil_all(&cluster, &vectors).await.unwrap();
-    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into())).unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT).await.unwrap();
+    let mc_ch = cluster
+        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
+        .unwrap();
+    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(m.state, State::Failed as i32);
-    assert!(m.failure_message.contains("maximum of 3 attempts"), "{}", m.failure_message);
+    assert!(
+        m.failure_message.contains("maximum of 3 attempts"),
+        "{}",
+        m.failure_message
+    );
     cluster.shutdown().await.unwrap();
 }

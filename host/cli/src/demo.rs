@@ -52,14 +52,21 @@ fn population(seed: u64, index: usize, registers: usize, max_frequency: u32) -> 
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 { 1 + (x >> 8) as u32 % max_frequency.max(1) } else { 0 }
+            if x % 3 == 0 {
+                1 + (x >> 8) as u32 % max_frequency.max(1)
+            } else {
+                0
+            }
         })
         .collect()
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     if args.protocol != "test-sum" {
-        bail!("protocol {:?} is not available yet; use --protocol test-sum", args.protocol);
+        bail!(
+            "protocol {:?} is not available yet; use --protocol test-sum",
+            args.protocol
+        );
     }
     if args.providers == 0 || args.registers == 0 {
         bail!("--providers and --registers must be positive");
@@ -72,18 +79,28 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let registry: Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync> =
-        Arc::new(|_| Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new("1.0.0"))])) as Arc<dyn ProtocolRegistry>);
+    let registry: Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync> = Arc::new(|_| {
+        Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new(
+            "1.0.0",
+        ))])) as Arc<dyn ProtocolRegistry>
+    });
     let mut options = ClusterOptions::new(&dir, registry);
     options.data_providers = (1..=args.providers).map(|i| format!("edp{i}")).collect();
     let started = Instant::now();
     let cluster = Cluster::start(options).await?;
     if !args.json {
-        eprintln!("kingdom at {}, duchies at {:?}", cluster.kingdom_url(),
-            halo_sim::DUCHIES.iter().map(|d| (d.to_string(), cluster.duchy_url(d).unwrap_or_default())).collect::<Vec<_>>());
+        eprintln!(
+            "kingdom at {}, duchies at {:?}",
+            cluster.kingdom_url(),
+            halo_sim::DUCHIES
+                .iter()
+                .map(|d| (d.to_string(), cluster.duchy_url(d).unwrap_or_default()))
+                .collect::<Vec<_>>()
+        );
     }
-    let vectors: Vec<Vec<u32>> =
-        (0..args.providers).map(|i| population(args.seed, i, args.registers, args.max_frequency)).collect();
+    let vectors: Vec<Vec<u32>> = (0..args.providers)
+        .map(|i| population(args.seed, i, args.registers, args.max_frequency))
+        .collect();
 
     let mc_id = cluster.options.measurement_consumer.clone();
     let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer(mc_id.clone()))?;
@@ -91,8 +108,14 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         measurement_public_key: b"demo".to_vec(),
         r#type: admin::measurement_spec::Type::ReachAndFrequency as i32,
         maximum_frequency: (args.max_frequency as usize * args.providers) as i32,
-        reach_privacy_params: Some(DifferentialPrivacyParams { epsilon: 1.0, delta: 1e-9 }),
-        frequency_privacy_params: Some(DifferentialPrivacyParams { epsilon: 1.0, delta: 1e-9 }),
+        reach_privacy_params: Some(DifferentialPrivacyParams {
+            epsilon: 1.0,
+            delta: 1e-9,
+        }),
+        frequency_privacy_params: Some(DifferentialPrivacyParams {
+            epsilon: 1.0,
+            delta: 1e-9,
+        }),
         vid_sampling_interval_start: 0.0,
         vid_sampling_interval_width: 1.0,
         nonce_hashes: vec![],
@@ -108,24 +131,35 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     .await?;
     for (i, dp) in cluster.options.data_providers.iter().enumerate() {
         let who = Principal::DataProvider(dp.clone());
-        let reqs = edp::wait_for_requisitions(cluster.kingdom_channel(&who)?, dp, 1, Duration::from_secs(60)).await?;
+        let reqs = edp::wait_for_requisitions(
+            cluster.kingdom_channel(&who)?,
+            dp,
+            1,
+            Duration::from_secs(60),
+        )
+        .await?;
         for r in reqs {
             let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
             let data: Vec<u8> = vectors[i].iter().flat_map(|x| x.to_le_bytes()).collect();
-            let hmss = api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
-                api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
-                    secret_seed: None,
-                    register_count: args.registers as i64,
-                    data_provider_certificate: String::new(),
-                },
-            );
+            let hmss =
+                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+                    api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+                        secret_seed: None,
+                        register_count: args.registers as i64,
+                        data_provider_certificate: String::new(),
+                    },
+                );
             edp::fulfill(duchy, &r, Some(hmss), &data, 1 << 20).await?;
         }
     }
     let m = mc::wait_until_done(mc_ch, &created.measurement.name, Duration::from_secs(600)).await?;
     let wall = started.elapsed().as_secs_f64();
     if m.state != State::Succeeded as i32 {
-        bail!("measurement ended in state {}: {}", m.state, m.failure_message);
+        bail!(
+            "measurement ended in state {}: {}",
+            m.state,
+            m.failure_message
+        );
     }
     let result: serde_json::Value =
         serde_json::from_slice(&m.encrypted_result).context("decoding the result")?;
@@ -138,7 +172,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             *expected.entry(f.to_string()).or_default() += 1;
         }
     }
-    let reach = result["reach"].as_u64().ok_or_else(|| anyhow!("result has no reach"))?;
+    let reach = result["reach"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("result has no reach"))?;
     let frequency = result["frequency"].clone();
     if args.json {
         let out = serde_json::json!({
@@ -153,7 +189,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         });
         println!("{out}");
     } else {
-        println!("measurement {} ({}): SUCCEEDED in {wall:.2}s", m.name, args.protocol);
+        println!(
+            "measurement {} ({}): SUCCEEDED in {wall:.2}s",
+            m.name, args.protocol
+        );
         println!("reach: {reach} (ground truth {expected_reach})");
         println!("frequency  result  truth");
         for (k, v) in &expected {
@@ -161,7 +200,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         }
     }
     if args.keep_running {
-        eprintln!("servers keep running (PKI in {}); Ctrl-C stops them", dir.join("pki").display());
+        eprintln!(
+            "servers keep running (PKI in {}); Ctrl-C stops them",
+            dir.join("pki").display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     cluster.shutdown().await

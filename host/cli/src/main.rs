@@ -24,7 +24,11 @@ use halo_identity::{DevPki, Principal};
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "halo", version, about = "Halo cross-media measurement: Kingdom, duchies and simulators")]
+#[command(
+    name = "halo",
+    version,
+    about = "Halo cross-media measurement: Kingdom, duchies and simulators"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,7 +79,9 @@ enum Command {
 }
 
 fn parse_peer(s: &str) -> Result<(String, String), String> {
-    let (id, url) = s.split_once('=').ok_or_else(|| format!("expected ID=URL, got {s:?}"))?;
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected ID=URL, got {s:?}"))?;
     Ok((id.to_string(), url.to_string()))
 }
 
@@ -95,10 +101,17 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -120,26 +133,51 @@ async fn shutdown_signal() {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Pki { out, data_providers, measurement_consumer } => {
-            let pki = DevPki::generate(&halo_sim::standard_principals(&data_providers, &measurement_consumer))?;
+        Command::Pki {
+            out,
+            data_providers,
+            measurement_consumer,
+        } => {
+            let pki = DevPki::generate(&halo_sim::standard_principals(
+                &data_providers,
+                &measurement_consumer,
+            ))?;
             pki.write(&out)?;
-            println!("wrote a development PKI for {} principals to {}", pki.principals().len(), out.display());
+            println!(
+                "wrote a development PKI for {} principals to {}",
+                pki.principals().len(),
+                out.display()
+            );
             Ok(())
         }
-        Command::Kingdom { pki, data_dir, listen } => {
+        Command::Kingdom {
+            pki,
+            data_dir,
+            listen,
+        } => {
             init_tracing("info");
             halo_identity::init_crypto();
-            let pki = DevPki::load(&pki).with_context(|| format!("loading PKI from {}", pki.display()))?;
+            let pki = DevPki::load(&pki)
+                .with_context(|| format!("loading PKI from {}", pki.display()))?;
             let config = halo_sim::kingdom_config(&pki, &data_dir, listen)?;
             let k = halo_kingdom::RunningKingdom::start(config).await?;
             tracing::info!(addr = %k.addr, "kingdom listening");
             shutdown_signal().await;
             k.shutdown().await
         }
-        Command::Duchy { id, pki, data_dir, listen, kingdom, peers, workers } => {
+        Command::Duchy {
+            id,
+            pki,
+            data_dir,
+            listen,
+            kingdom,
+            peers,
+            workers,
+        } => {
             init_tracing("info");
             halo_identity::init_crypto();
-            let pki = DevPki::load(&pki).with_context(|| format!("loading PKI from {}", pki.display()))?;
+            let pki = DevPki::load(&pki)
+                .with_context(|| format!("loading PKI from {}", pki.display()))?;
             let identity = pki
                 .identity(&Principal::Duchy(id.clone()))
                 .ok_or_else(|| anyhow!("the PKI has no identity for duchy {id}"))?
@@ -158,9 +196,14 @@ async fn run(cli: Cli) -> Result<()> {
                 kingdom_url: kingdom,
                 peers: directory,
                 roles: RoleConfig::default(),
-                mill: MillConfig { workers, ..MillConfig::default() },
+                mill: MillConfig {
+                    workers,
+                    ..MillConfig::default()
+                },
                 herald: HeraldConfig::default(),
-                protocols: Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new("1.0.0"))])),
+                protocols: Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new(
+                    "1.0.0",
+                ))])),
                 max_payload_bytes: 4 << 30,
             };
             let d = RunningDuchy::start(config).await?;

@@ -27,7 +27,13 @@ impl BlobWriter {
         let file = tokio::fs::File::create(&tmp)
             .await
             .with_context(|| format!("creating {}", tmp.display()))?;
-        Ok(BlobWriter { file, tmp, dest: dest.to_path_buf(), hasher: Sha256::new(), size: 0 })
+        Ok(BlobWriter {
+            file,
+            tmp,
+            dest: dest.to_path_buf(),
+            hasher: Sha256::new(),
+            size: 0,
+        })
     }
 
     pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
@@ -69,5 +75,7 @@ pub async fn write_blob(dest: &Path, data: &[u8]) -> Result<(u64, String)> {
 }
 
 pub async fn read_blob(path: &Path) -> Result<Vec<u8>> {
-    tokio::fs::read(path).await.with_context(|| format!("reading blob {}", path.display()))
+    tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading blob {}", path.display()))
 }

@@ -42,7 +42,9 @@ fn caller_duchy<T>(core: &Core, req: &Request<T>) -> Result<String, Status> {
     }
 }
 
-fn header_protocol(h: &sys::advance_computation_request::Header) -> Result<(SystemProtocol, i32), Status> {
+fn header_protocol(
+    h: &sys::advance_computation_request::Header,
+) -> Result<(SystemProtocol, i32), Status> {
     use sys::advance_computation_request::header::Protocol;
     match h.protocol.as_ref() {
         Some(Protocol::LiquidLegionsV2(p)) => Ok((SystemProtocol::LiquidLegionsV2, p.description)),
@@ -72,7 +74,11 @@ async fn drain(stream: &mut Streaming<sys::AdvanceComputationRequest>) -> Result
     while let Some(m) = stream.message().await? {
         match m.payload {
             Some(Payload::BodyChunk(_)) => chunks += 1,
-            _ => return Err(Status::invalid_argument("only body chunks may follow the header")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "only body chunks may follow the header",
+                ));
+            }
         }
     }
     if chunks == 0 {
@@ -93,15 +99,25 @@ impl ComputationControl for ControlService {
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             None => return Err(Status::invalid_argument("empty AdvanceComputation stream")),
-            Some(sys::AdvanceComputationRequest { payload: Some(Payload::Header(h)) }) => h,
-            Some(_) => return Err(Status::invalid_argument("the first message must be the header")),
+            Some(sys::AdvanceComputationRequest {
+                payload: Some(Payload::Header(h)),
+            }) => h,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be the header",
+                ));
+            }
         };
         let gid = names::parse_computation(&header.name)
-            .ok_or_else(|| Status::invalid_argument(format!("malformed computation name {:?}", header.name)))?
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("malformed computation name {:?}", header.name))
+            })?
             .to_string();
         let (protocol, description) = header_protocol(&header)?;
         if description <= 0 {
-            return Err(Status::invalid_argument("header description is unspecified"));
+            return Err(Status::invalid_argument(
+                "header description is unspecified",
+            ));
         }
         let row = core
             .store
@@ -116,21 +132,35 @@ impl ComputationControl for ControlService {
             )));
         }
         if !is_participant(&row.computation, &sender) {
-            return Err(Status::permission_denied(format!("duchy {sender} does not take part in {gid}")));
+            return Err(Status::permission_denied(format!(
+                "duchy {sender} does not take part in {gid}"
+            )));
         }
-        if core.store.input(&gid, description, &sender).await.map_err(internal)?.is_some() {
+        if core
+            .store
+            .input(&gid, description, &sender)
+            .await
+            .map_err(internal)?
+            .is_some()
+        {
             drain(&mut stream).await?;
             return Ok(Response::new(sys::AdvanceComputationResponse {}));
         }
         if row.terminal.is_some() {
-            return Err(Status::failed_precondition(format!("computation {gid} has finished here")));
+            return Err(Status::failed_precondition(format!(
+                "computation {gid} has finished here"
+            )));
         }
         let plugin = core.protocol_for(&row).map_err(internal)?;
         let stages = plugin.stages();
         let info = find_stage(&stages, row.stage)
             .ok_or_else(|| Status::internal(format!("stage {} not in stage table", row.stage)))?;
         let (from, next) = match &info.kind {
-            StageKind::WaitInputs { description: d, from, next } if *d == description => (from.clone(), *next),
+            StageKind::WaitInputs {
+                description: d,
+                from,
+                next,
+            } if *d == description => (from.clone(), *next),
             _ => {
                 return Err(Status::failed_precondition(format!(
                     "computation {gid} is in stage {} and does not wait for description {description}",
@@ -149,7 +179,9 @@ impl ComputationControl for ControlService {
         }
 
         let key = format!("inputs/{gid}/{description}-{sender}.bin");
-        let mut writer = BlobWriter::create(&core.store.blob_path(&key)).await.map_err(internal)?;
+        let mut writer = BlobWriter::create(&core.store.blob_path(&key))
+            .await
+            .map_err(internal)?;
         let mut chunks = 0usize;
         let max = core.config.max_payload_bytes;
         loop {
@@ -166,7 +198,9 @@ impl ComputationControl for ControlService {
                     chunks += 1;
                     if writer.size() + c.partial_data.len() as u64 > max {
                         writer.abort().await;
-                        return Err(Status::resource_exhausted(format!("payload larger than {max} bytes")));
+                        return Err(Status::resource_exhausted(format!(
+                            "payload larger than {max} bytes"
+                        )));
                     }
                     if let Err(e) = writer.write(&c.partial_data).await {
                         writer.abort().await;
@@ -175,7 +209,9 @@ impl ComputationControl for ControlService {
                 }
                 _ => {
                     writer.abort().await;
-                    return Err(Status::invalid_argument("only body chunks may follow the header"));
+                    return Err(Status::invalid_argument(
+                        "only body chunks may follow the header",
+                    ));
                 }
             }
         }
@@ -184,15 +220,39 @@ impl ComputationControl for ControlService {
             return Err(Status::invalid_argument("header without body"));
         }
         let (size, sha256) = writer.finish().await.map_err(internal)?;
-        let input = InputRow { description, sender: sender.clone(), blob: key, size: size as i64, sha256 };
-        if !core.store.record_input(&gid, row.stage, &input).await.map_err(internal)? {
-            if core.store.input(&gid, description, &sender).await.map_err(internal)?.is_some() {
+        let input = InputRow {
+            description,
+            sender: sender.clone(),
+            blob: key,
+            size: size as i64,
+            sha256,
+        };
+        if !core
+            .store
+            .record_input(&gid, row.stage, &input)
+            .await
+            .map_err(internal)?
+        {
+            if core
+                .store
+                .input(&gid, description, &sender)
+                .await
+                .map_err(internal)?
+                .is_some()
+            {
                 return Ok(Response::new(sys::AdvanceComputationResponse {}));
             }
-            return Err(Status::failed_precondition(format!("computation {gid} left stage {}", info.name)));
+            return Err(Status::failed_precondition(format!(
+                "computation {gid} left stage {}",
+                info.name
+            )));
         }
         core.store
-            .audit(&gid, "received", &format!("{size} bytes (description {description}) from {sender}"))
+            .audit(
+                &gid,
+                "received",
+                &format!("{size} bytes (description {description}) from {sender}"),
+            )
             .await
             .map_err(internal)?;
         let received: Vec<String> = core
@@ -209,7 +269,9 @@ impl ComputationControl for ControlService {
             None => !received.is_empty(),
         };
         if complete {
-            core.enter_stage(&gid, &stages, None, row.stage, next, None).await.map_err(internal)?;
+            core.enter_stage(&gid, &stages, None, row.stage, next, None)
+                .await
+                .map_err(internal)?;
         }
         Ok(Response::new(sys::AdvanceComputationResponse {}))
     }
@@ -221,10 +283,14 @@ impl ComputationControl for ControlService {
         let core = &self.core;
         caller_duchy(core, &request)?;
         let name = request.into_inner().name;
-        let (gid, duchy) = names::parse_computation_stage(&name)
-            .ok_or_else(|| Status::invalid_argument(format!("malformed ComputationStage name {name:?}")))?;
+        let (gid, duchy) = names::parse_computation_stage(&name).ok_or_else(|| {
+            Status::invalid_argument(format!("malformed ComputationStage name {name:?}"))
+        })?;
         if duchy != core.id() {
-            return Err(Status::invalid_argument(format!("this is duchy {}, not {duchy}", core.id())));
+            return Err(Status::invalid_argument(format!(
+                "this is duchy {}, not {duchy}",
+                core.id()
+            )));
         }
         let row = core
             .store
@@ -234,16 +300,29 @@ impl ComputationControl for ControlService {
             .ok_or_else(|| Status::not_found(format!("computation {gid} is unknown here")))?;
         use sys::computation_stage::Stage;
         let stage = match row.protocol {
-            SystemProtocol::LiquidLegionsV2 => Stage::LiquidLegionsV2Stage(sys::LiquidLegionsV2Stage { stage: row.stage }),
+            SystemProtocol::LiquidLegionsV2 => {
+                Stage::LiquidLegionsV2Stage(sys::LiquidLegionsV2Stage { stage: row.stage })
+            }
             SystemProtocol::ReachOnlyLiquidLegionsV2 => {
-                Stage::ReachOnlyLiquidLegionsStage(sys::ReachOnlyLiquidLegionsV2Stage { stage: row.stage })
+                Stage::ReachOnlyLiquidLegionsStage(sys::ReachOnlyLiquidLegionsV2Stage {
+                    stage: row.stage,
+                })
             }
             SystemProtocol::HonestMajorityShareShuffle => {
-                Stage::HonestMajorityShareShuffleStage(sys::HonestMajorityShareShuffleStage { stage: row.stage })
+                Stage::HonestMajorityShareShuffleStage(sys::HonestMajorityShareShuffleStage {
+                    stage: row.stage,
+                })
             }
         };
         use sha2::Digest;
-        let etag = format!("W/\"{}\"", hex::encode(&sha2::Sha256::digest(row.version.to_be_bytes())[..8]));
-        Ok(Response::new(sys::ComputationStage { name, stage: Some(stage), etag }))
+        let etag = format!(
+            "W/\"{}\"",
+            hex::encode(&sha2::Sha256::digest(row.version.to_be_bytes())[..8])
+        );
+        Ok(Response::new(sys::ComputationStage {
+            name,
+            stage: Some(stage),
+            etag,
+        }))
     }
 }

@@ -60,9 +60,15 @@ impl Core {
             .identity
             .channel(&config.trust, &config.kingdom_url)
             .with_context(|| format!("kingdom channel {}", config.kingdom_url))?;
-        let der = config.identity.certificate_der().context("duchy certificate")?;
-        let certificate_name =
-            format!("duchies/{}/certificates/{}", config.id, certificate_id(&der));
+        let der = config
+            .identity
+            .certificate_der()
+            .context("duchy certificate")?;
+        let certificate_name = format!(
+            "duchies/{}/certificates/{}",
+            config.id,
+            certificate_id(&der)
+        );
         Ok(Core {
             config,
             store,
@@ -93,7 +99,10 @@ impl Core {
             .peers
             .get(duchy)
             .ok_or_else(|| anyhow!("no address configured for duchy {duchy}"))?;
-        let mut peers = self.peers.lock().map_err(|_| anyhow!("peer cache poisoned"))?;
+        let mut peers = self
+            .peers
+            .lock()
+            .map_err(|_| anyhow!("peer cache poisoned"))?;
         if let Some((u, ch)) = peers.get(duchy)
             && *u == url
         {
@@ -190,11 +199,19 @@ impl Core {
         let info = find_stage(stages, to)
             .ok_or_else(|| anyhow!("stage {to} is not in the protocol's stage table"))?;
         let queued = matches!(info.kind, StageKind::Queued { .. });
-        if !self.store.advance(global_id, claim, from, to, queued, plugin_state).await? {
+        if !self
+            .store
+            .advance(global_id, claim, from, to, queued, plugin_state)
+            .await?
+        {
             return Ok(false);
         }
         self.store
-            .audit(global_id, "stage", &format!("{} -> {} ({})", from, to, info.name))
+            .audit(
+                global_id,
+                "stage",
+                &format!("{} -> {} ({})", from, to, info.name),
+            )
             .await?;
         tracing::info!(duchy = %self.config.id, computation = %global_id, stage = %info.name, "entered stage");
         self.after_enter(global_id, stages, to).await?;
@@ -202,7 +219,12 @@ impl Core {
     }
 
     /// Follow-ups after a computation entered `stage` (no claim involved).
-    pub async fn after_enter(&self, global_id: &str, stages: &[StageInfo], stage: i32) -> Result<()> {
+    pub async fn after_enter(
+        &self,
+        global_id: &str,
+        stages: &[StageInfo],
+        stage: i32,
+    ) -> Result<()> {
         let mut current = stage;
         loop {
             let info = find_stage(stages, current)
@@ -220,7 +242,9 @@ impl Core {
                     return Ok(());
                 }
                 StageKind::WaitKingdom { state, next } => {
-                    let Some(row) = self.store.get(global_id).await? else { return Ok(()) };
+                    let Some(row) = self.store.get(global_id).await? else {
+                        return Ok(());
+                    };
                     if !kingdom_state_reached(row.kingdom_state, *state) {
                         return Ok(());
                     }
@@ -228,11 +252,19 @@ impl Core {
                     let next_info = find_stage(stages, next)
                         .ok_or_else(|| anyhow!("stage {next} is not in the stage table"))?;
                     let queued = matches!(next_info.kind, StageKind::Queued { .. });
-                    if !self.store.advance(global_id, None, current, next, queued, None).await? {
+                    if !self
+                        .store
+                        .advance(global_id, None, current, next, queued, None)
+                        .await?
+                    {
                         return Ok(());
                     }
                     self.store
-                        .audit(global_id, "stage", &format!("{current} -> {next} ({})", next_info.name))
+                        .audit(
+                            global_id,
+                            "stage",
+                            &format!("{current} -> {next} ({})", next_info.name),
+                        )
                         .await?;
                     current = next;
                 }

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
+use api::requisition_fulfillment_server::{RequisitionFulfillment, RequisitionFulfillmentServer};
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1::MeasurementSpec;
 use halo_proto::system::v1alpha as sys;
 use prost::Message;
 use sha2::{Digest, Sha256};
-use api::requisition_fulfillment_server::{RequisitionFulfillment, RequisitionFulfillmentServer};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::BlobWriter;
@@ -44,11 +44,18 @@ impl RequisitionFulfillment for FulfillmentService {
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             None => return Err(Status::invalid_argument("empty FulfillRequisition stream")),
-            Some(api::FulfillRequisitionRequest { payload: Some(Payload::Header(h)) }) => h,
-            Some(_) => return Err(Status::invalid_argument("the first message must be the header")),
+            Some(api::FulfillRequisitionRequest {
+                payload: Some(Payload::Header(h)),
+            }) => h,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message must be the header",
+                ));
+            }
         };
-        let (dp, rid) = names::parse_public_requisition(&header.name)
-            .ok_or_else(|| Status::invalid_argument(format!("malformed requisition name {:?}", header.name)))?;
+        let (dp, rid) = names::parse_public_requisition(&header.name).ok_or_else(|| {
+            Status::invalid_argument(format!("malformed requisition name {:?}", header.name))
+        })?;
         if header.nonce == 0 {
             return Err(Status::invalid_argument("nonce must be set"));
         }
@@ -61,11 +68,15 @@ impl RequisitionFulfillment for FulfillmentService {
         let rows = core.store.find_requisition(rid).await.map_err(internal)?;
         let mut found = None;
         for r in rows {
-            let Some(c) = core.store.get(&r.global_id).await.map_err(internal)? else { continue };
+            let Some(c) = core.store.get(&r.global_id).await.map_err(internal)? else {
+                continue;
+            };
             let comp = sys::Computation::decode(c.computation.as_slice())
                 .map_err(|e| Status::internal(format!("stored computation: {e}")))?;
-            let fingerprint =
-                Sha256::new().chain_update(&comp.measurement_spec).chain_update(&r.requisition_spec_hash).finalize();
+            let fingerprint = Sha256::new()
+                .chain_update(&comp.measurement_spec)
+                .chain_update(&r.requisition_spec_hash)
+                .finalize();
             if fingerprint.as_slice() == header.requisition_fingerprint.as_slice() {
                 found = Some((r, c, comp));
                 break;
@@ -79,12 +90,20 @@ impl RequisitionFulfillment for FulfillmentService {
         };
         let nonce_hash = Sha256::digest(header.nonce.to_be_bytes());
         if nonce_hash.as_slice() != req.nonce_hash.as_slice() {
-            return Err(Status::failed_precondition("nonce does not match the requisition's nonce hash"));
+            return Err(Status::failed_precondition(
+                "nonce does not match the requisition's nonce hash",
+            ));
         }
         let spec = MeasurementSpec::decode(comp.measurement_spec.as_slice())
             .map_err(|e| Status::failed_precondition(format!("measurement spec: {e}")))?;
-        if !spec.nonce_hashes.iter().any(|h| h.as_slice() == nonce_hash.as_slice()) {
-            return Err(Status::failed_precondition("nonce hash is not listed in the measurement spec"));
+        if !spec
+            .nonce_hashes
+            .iter()
+            .any(|h| h.as_slice() == nonce_hash.as_slice())
+        {
+            return Err(Status::failed_precondition(
+                "nonce hash is not listed in the measurement spec",
+            ));
         }
         if !req.fulfilling_duchy.is_empty() && req.fulfilling_duchy != core.id() {
             return Err(Status::failed_precondition(format!(
@@ -94,12 +113,17 @@ impl RequisitionFulfillment for FulfillmentService {
             )));
         }
         if row.terminal.is_some() {
-            return Err(Status::failed_precondition(format!("computation {} has finished", row.global_id)));
+            return Err(Status::failed_precondition(format!(
+                "computation {} has finished",
+                row.global_id
+            )));
         }
 
         if req.blob.is_none() {
             let key = format!("requisitions/{}/{rid}.bin", row.global_id);
-            let mut writer = BlobWriter::create(&core.store.blob_path(&key)).await.map_err(internal)?;
+            let mut writer = BlobWriter::create(&core.store.blob_path(&key))
+                .await
+                .map_err(internal)?;
             let max = core.config.max_payload_bytes;
             loop {
                 let msg = match stream.message().await {
@@ -114,7 +138,9 @@ impl RequisitionFulfillment for FulfillmentService {
                     Some(Payload::BodyChunk(c)) => {
                         if writer.size() + c.data.len() as u64 > max {
                             writer.abort().await;
-                            return Err(Status::resource_exhausted(format!("requisition data larger than {max} bytes")));
+                            return Err(Status::resource_exhausted(format!(
+                                "requisition data larger than {max} bytes"
+                            )));
                         }
                         if let Err(e) = writer.write(&c.data).await {
                             writer.abort().await;
@@ -123,19 +149,32 @@ impl RequisitionFulfillment for FulfillmentService {
                     }
                     _ => {
                         writer.abort().await;
-                        return Err(Status::invalid_argument("only body chunks may follow the header"));
+                        return Err(Status::invalid_argument(
+                            "only body chunks may follow the header",
+                        ));
                     }
                 }
             }
             let (size, _) = writer.finish().await.map_err(internal)?;
             let recorded = core
                 .store
-                .record_requisition(&row.global_id, rid, &key, &header.encode_to_vec(), header.nonce, core.id())
+                .record_requisition(
+                    &row.global_id,
+                    rid,
+                    &key,
+                    &header.encode_to_vec(),
+                    header.nonce,
+                    core.id(),
+                )
                 .await
                 .map_err(internal)?;
             if recorded {
                 core.store
-                    .audit(&row.global_id, "requisition", &format!("{rid}: {size} bytes from {dp}"))
+                    .audit(
+                        &row.global_id,
+                        "requisition",
+                        &format!("{rid}: {size} bytes from {dp}"),
+                    )
                     .await
                     .map_err(internal)?;
             }
@@ -148,9 +187,11 @@ impl RequisitionFulfillment for FulfillmentService {
             .fulfill_requisition(sys::FulfillRequisitionRequest {
                 name: format!("computations/{}/requisitions/{rid}", row.global_id),
                 nonce: header.nonce,
-                fulfillment_context: header.fulfillment_context.map(|c| sys::requisition::FulfillmentContext {
-                    build_label: c.build_label,
-                    warnings: c.warnings,
+                fulfillment_context: header.fulfillment_context.map(|c| {
+                    sys::requisition::FulfillmentContext {
+                        build_label: c.build_label,
+                        warnings: c.warnings,
+                    }
                 }),
                 etag: header.etag,
             })

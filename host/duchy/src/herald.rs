@@ -48,7 +48,9 @@ async fn follow_stream(core: &Arc<Core>) -> Result<()> {
     let token = core.store.continuation_token().await?;
     let mut stream = core
         .computations_client()
-        .stream_active_computations(sys::StreamActiveComputationsRequest { continuation_token: token })
+        .stream_active_computations(sys::StreamActiveComputationsRequest {
+            continuation_token: token,
+        })
         .await?
         .into_inner();
     while let Some(item) = stream.message().await? {
@@ -74,7 +76,9 @@ async fn follow_stream(core: &Arc<Core>) -> Result<()> {
                 }
             }
         }
-        core.store.set_continuation_token(&item.continuation_token).await?;
+        core.store
+            .set_continuation_token(&item.continuation_token)
+            .await?;
     }
     Ok(())
 }
@@ -125,15 +129,27 @@ pub async fn process(core: &Arc<Core>, c: &sys::Computation) -> Result<()> {
     match core.store.get(global_id).await? {
         None => create(core, global_id, c, snapshot).await,
         Some(row) => {
-            core.store.update_snapshot(global_id, &snapshot, c.state).await?;
-            core.store.upsert_requisitions(&requisition_rows(global_id, c)).await?;
+            core.store
+                .update_snapshot(global_id, &snapshot, c.state)
+                .await?;
+            core.store
+                .upsert_requisitions(&requisition_rows(global_id, c))
+                .await?;
             if row.terminal.is_some() {
                 return Ok(());
             }
-            if c.state == ComputationState::Failed as i32 || c.state == ComputationState::Cancelled as i32 {
-                let outcome = if c.state == ComputationState::Failed as i32 { "FAILED" } else { "CANCELLED" };
+            if c.state == ComputationState::Failed as i32
+                || c.state == ComputationState::Cancelled as i32
+            {
+                let outcome = if c.state == ComputationState::Failed as i32 {
+                    "FAILED"
+                } else {
+                    "CANCELLED"
+                };
                 if core.store.finish(global_id, outcome).await? {
-                    core.store.audit(global_id, "finish", &format!("{outcome} at the Kingdom")).await?;
+                    core.store
+                        .audit(global_id, "finish", &format!("{outcome} at the Kingdom"))
+                        .await?;
                     tracing::info!(computation = %global_id, "{outcome} at the Kingdom");
                 }
                 return Ok(());
@@ -144,14 +160,20 @@ pub async fn process(core: &Arc<Core>, c: &sys::Computation) -> Result<()> {
                 && let StageKind::WaitKingdom { state, next } = info.kind
                 && crate::core::kingdom_state_reached(c.state, state)
             {
-                core.enter_stage(global_id, &stages, None, row.stage, next, None).await?;
+                core.enter_stage(global_id, &stages, None, row.stage, next, None)
+                    .await?;
             }
             Ok(())
         }
     }
 }
 
-async fn create(core: &Arc<Core>, global_id: &str, c: &sys::Computation, snapshot: Vec<u8>) -> Result<()> {
+async fn create(
+    core: &Arc<Core>,
+    global_id: &str,
+    c: &sys::Computation,
+    snapshot: Vec<u8>,
+) -> Result<()> {
     if is_terminal(c.state) {
         return Ok(());
     }
@@ -160,13 +182,17 @@ async fn create(core: &Arc<Core>, global_id: &str, c: &sys::Computation, snapsho
         .ok_or_else(|| anyhow!("computation {global_id} uses a protocol this host does not run"))?;
     let Some(role) = core.role_of(protocol, &me) else {
         let msg = format!("duchy {me} has no configured role for {protocol}");
-        core.fail_at_kingdom(global_id, &msg, None).await.map_err(|e| anyhow!(e))?;
+        core.fail_at_kingdom(global_id, &msg, None)
+            .await
+            .map_err(|e| anyhow!(e))?;
         return Ok(());
     };
     let Some(plugin) = core.config.protocols.select(protocol) else {
         let msg = format!("no implementation of {protocol} is loaded at duchy {me}");
         tracing::error!(computation = %global_id, "{msg}");
-        core.fail_at_kingdom(global_id, &msg, None).await.map_err(|e| anyhow!(e))?;
+        core.fail_at_kingdom(global_id, &msg, None)
+            .await
+            .map_err(|e| anyhow!(e))?;
         return Ok(());
     };
     let pin = plugin.pin();
@@ -187,7 +213,8 @@ async fn create(core: &Arc<Core>, global_id: &str, c: &sys::Computation, snapsho
         Ok(s) => (s.initial_stage, s.state, None),
         Err(e) => (0, Vec::new(), Some(e.to_string())),
     };
-    let queued = find_stage(&stages, stage).is_some_and(|i| matches!(i.kind, StageKind::Queued { .. }));
+    let queued =
+        find_stage(&stages, stage).is_some_and(|i| matches!(i.kind, StageKind::Queued { .. }));
     let created = core
         .store
         .insert(NewComputation {
@@ -202,21 +229,29 @@ async fn create(core: &Arc<Core>, global_id: &str, c: &sys::Computation, snapsho
             plugin_state: state,
         })
         .await?;
-    core.store.upsert_requisitions(&requisition_rows(global_id, c)).await?;
+    core.store
+        .upsert_requisitions(&requisition_rows(global_id, c))
+        .await?;
     if !created {
         return Ok(());
     }
-    core.store.audit(global_id, "create", &format!("role {role:?}, pinned {pin}")).await?;
+    core.store
+        .audit(global_id, "create", &format!("role {role:?}, pinned {pin}"))
+        .await?;
     tracing::info!(duchy = %me, computation = %global_id, plugin = %pin, ?role, "computation created");
     if let Some(msg) = failure {
         let msg = format!("{} rejected the computation: {msg}", pin);
         core.store.finish(global_id, "FAILED").await?;
         core.store.audit(global_id, "finish", &msg).await?;
-        core.fail_at_kingdom(global_id, &msg, None).await.map_err(|e| anyhow!(e))?;
+        core.fail_at_kingdom(global_id, &msg, None)
+            .await
+            .map_err(|e| anyhow!(e))?;
         return Ok(());
     }
     if find_stage(&stages, stage).is_none() {
-        return Err(anyhow!("{pin} started computation {global_id} in unknown stage {stage}"));
+        return Err(anyhow!(
+            "{pin} started computation {global_id} in unknown stage {stage}"
+        ));
     }
     core.after_enter(global_id, &stages, stage).await
 }

@@ -7,8 +7,8 @@ use sys::computation_participant::{RequisitionParams, State as ParticipantState}
 use sys::computation_participants_client::ComputationParticipantsClient;
 use sys::computations_client::ComputationsClient;
 use sys::requisitions_client::RequisitionsClient;
-use tonic::{Code, Status};
 use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::core::Core;
 use crate::names;
@@ -16,7 +16,10 @@ use crate::protocol::ComputationResult;
 
 /// Codes worth retrying (the reference mills treat these as transient).
 pub fn is_transient(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted)
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::ResourceExhausted
+    )
 }
 
 /// A failed effect: transient ones are retried with backoff, others fail the computation.
@@ -29,13 +32,22 @@ pub struct EffectError {
 
 impl EffectError {
     pub fn transient(message: impl Into<String>) -> Self {
-        EffectError { transient: true, message: message.into() }
+        EffectError {
+            transient: true,
+            message: message.into(),
+        }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
-        EffectError { transient: false, message: message.into() }
+        EffectError {
+            transient: false,
+            message: message.into(),
+        }
     }
     pub fn from_status(what: &str, s: &Status) -> Self {
-        EffectError { transient: is_transient(s.code()), message: format!("{what}: {:?}: {}", s.code(), s.message()) }
+        EffectError {
+            transient: is_transient(s.code()),
+            message: format!("{what}: {:?}: {}", s.code(), s.message()),
+        }
     }
 }
 
@@ -56,7 +68,10 @@ impl Core {
         RequisitionsClient::new(self.kingdom_channel())
     }
 
-    async fn my_participant(&self, global_id: &str) -> Result<sys::ComputationParticipant, EffectError> {
+    async fn my_participant(
+        &self,
+        global_id: &str,
+    ) -> Result<sys::ComputationParticipant, EffectError> {
         self.participants_client()
             .get_computation_participant(sys::GetComputationParticipantRequest {
                 name: names::participant_name(global_id, self.id()),
@@ -72,8 +87,9 @@ impl Core {
         global_id: &str,
         params: &[u8],
     ) -> Result<(), EffectError> {
-        let mut params = <RequisitionParams as prost::Message>::decode(params)
-            .map_err(|e| EffectError::permanent(format!("plugin produced invalid requisition params: {e}")))?;
+        let mut params = <RequisitionParams as prost::Message>::decode(params).map_err(|e| {
+            EffectError::permanent(format!("plugin produced invalid requisition params: {e}"))
+        })?;
         params.duchy_certificate = self.certificate_name().to_string();
         params.duchy_certificate_der = Vec::new();
         let p = self.my_participant(global_id).await?;

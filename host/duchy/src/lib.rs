@@ -97,7 +97,10 @@ pub struct HeraldConfig {
 
 impl Default for HeraldConfig {
     fn default() -> Self {
-        HeraldConfig { backoff_initial: Duration::from_millis(100), backoff_max: Duration::from_secs(10) }
+        HeraldConfig {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
     }
 }
 
@@ -170,10 +173,20 @@ impl RunningDuchy {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(herald::run(core.clone(), shutdown_rx.clone())));
         for i in 0..config.mill.workers.max(1) {
-            tasks.push(tokio::spawn(mill::run_worker(core.clone(), i, shutdown_rx.clone())));
+            tasks.push(tokio::spawn(mill::run_worker(
+                core.clone(),
+                i,
+                shutdown_rx.clone(),
+            )));
         }
         tracing::info!(duchy = %config.id, %addr, "duchy started");
-        Ok(RunningDuchy { addr, core, shutdown, tasks, server })
+        Ok(RunningDuchy {
+            addr,
+            core,
+            shutdown,
+            tasks,
+            server,
+        })
     }
 
     pub async fn shutdown(self) -> Result<()> {

@@ -84,7 +84,11 @@ fn stage_attempt(row: &ComputationRow, info: Option<&StageInfo>) -> sys::StageAt
 
 async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Result<()> {
     let gid = row.global_id.clone();
-    let claim = Claim { owner: owner.to_string(), stage: row.stage, attempt: row.attempt };
+    let claim = Claim {
+        owner: owner.to_string(),
+        stage: row.stage,
+        attempt: row.attempt,
+    };
     let protocol = match core.protocol_for(&row) {
         Ok(p) => p,
         Err(e) => return fail(core, &row, None, &format!("{e:#}")).await,
@@ -101,12 +105,34 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
         return fail(core, &row, Some(attempt_info), &msg).await;
     }
     let Some(info) = info else {
-        return fail(core, &row, Some(attempt_info), &format!("stage {} is not in {}'s stage table", row.stage, row.pin)).await;
+        return fail(
+            core,
+            &row,
+            Some(attempt_info),
+            &format!("stage {} is not in {}'s stage table", row.stage, row.pin),
+        )
+        .await;
     };
-    let StageKind::Queued { inputs: wanted, requisitions } = &info.kind else {
-        return fail(core, &row, Some(attempt_info), &format!("stage {} is not a queued stage", info.name)).await;
+    let StageKind::Queued {
+        inputs: wanted,
+        requisitions,
+    } = &info.kind
+    else {
+        return fail(
+            core,
+            &row,
+            Some(attempt_info),
+            &format!("stage {} is not a queued stage", info.name),
+        )
+        .await;
     };
-    core.store.audit(&gid, "claim", &format!("{} attempt {} by {owner}", info.name, row.attempt)).await?;
+    core.store
+        .audit(
+            &gid,
+            "claim",
+            &format!("{} attempt {} by {owner}", info.name, row.attempt),
+        )
+        .await?;
 
     let cached = match core.store.load_outcome(&gid, row.stage).await? {
         Some(json) => serde_json::from_str::<CachedOutcome>(&json).context("cached outcome")?,
@@ -120,23 +146,57 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
             let outcome = match res {
                 Ok(Ok(o)) => o,
                 Ok(Err(StageError::Transient(m))) => {
-                    return retry_later(core, &row, &claim, attempt_info, &format!("{}: {m}", row.pin)).await;
+                    return retry_later(
+                        core,
+                        &row,
+                        &claim,
+                        attempt_info,
+                        &format!("{}: {m}", row.pin),
+                    )
+                    .await;
                 }
                 Ok(Err(e)) => {
-                    return fail(core, &row, Some(attempt_info), &format!("{} stage {}: {e}", row.pin, info.name)).await;
+                    return fail(
+                        core,
+                        &row,
+                        Some(attempt_info),
+                        &format!("{} stage {}: {e}", row.pin, info.name),
+                    )
+                    .await;
                 }
                 Err(e) => {
-                    return fail(core, &row, Some(attempt_info), &format!("{} stage {} crashed: {e}", row.pin, info.name)).await;
+                    return fail(
+                        core,
+                        &row,
+                        Some(attempt_info),
+                        &format!("{} stage {} crashed: {e}", row.pin, info.name),
+                    )
+                    .await;
                 }
             };
             core.store
-                .audit(&gid, "executed", &format!("{} in {:.3}s", info.name, started.elapsed().as_secs_f64()))
+                .audit(
+                    &gid,
+                    "executed",
+                    &format!("{} in {:.3}s", info.name, started.elapsed().as_secs_f64()),
+                )
                 .await?;
             if find_stage(&stages, outcome.next_stage).is_none() {
-                return fail(core, &row, Some(attempt_info), &format!("{} chose unknown next stage {}", row.pin, outcome.next_stage)).await;
+                return fail(
+                    core,
+                    &row,
+                    Some(attempt_info),
+                    &format!(
+                        "{} chose unknown next stage {}",
+                        row.pin, outcome.next_stage
+                    ),
+                )
+                .await;
             }
             let cached = cache_outcome(core, &row, outcome).await?;
-            core.store.save_outcome(&gid, row.stage, &serde_json::to_string(&cached)?).await?;
+            core.store
+                .save_outcome(&gid, row.stage, &serde_json::to_string(&cached)?)
+                .await?;
             cached
         }
     };
@@ -153,7 +213,14 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
         };
     }
     let moved = core
-        .enter_stage(&gid, &stages, Some(&claim), row.stage, cached.next_stage, cached.state.as_deref())
+        .enter_stage(
+            &gid,
+            &stages,
+            Some(&claim),
+            row.stage,
+            cached.next_stage,
+            cached.state.as_deref(),
+        )
         .await?;
     if !moved {
         tracing::warn!(computation = %gid, "claim lost before advancing from {}", info.name);
@@ -172,7 +239,10 @@ async fn gather_inputs(
         if wanted.contains(&input.description) {
             let data = blobs::read_blob(&core.store.blob_path(&input.blob)).await?;
             out.push(StageInput {
-                origin: InputOrigin::Peer { duchy_id: input.sender, description: input.description },
+                origin: InputOrigin::Peer {
+                    duchy_id: input.sender,
+                    description: input.description,
+                },
                 data,
             });
         }
@@ -197,12 +267,23 @@ async fn gather_inputs(
     Ok(out)
 }
 
-async fn cache_outcome(core: &Arc<Core>, row: &ComputationRow, o: StageOutcome) -> Result<CachedOutcome> {
+async fn cache_outcome(
+    core: &Arc<Core>,
+    row: &ComputationRow,
+    o: StageOutcome,
+) -> Result<CachedOutcome> {
     let mut sends = Vec::new();
     for (i, s) in o.sends.into_iter().enumerate() {
-        let key = format!("outputs/{}/{}/{}-{}-{}.bin", row.global_id, row.stage, i, s.description, s.to);
+        let key = format!(
+            "outputs/{}/{}/{}-{}-{}.bin",
+            row.global_id, row.stage, i, s.description, s.to
+        );
         blobs::write_blob(&core.store.blob_path(&key), &s.payload).await?;
-        sends.push(CachedSend { to: s.to, description: s.description, blob: key });
+        sends.push(CachedSend {
+            to: s.to,
+            description: s.description,
+            blob: key,
+        });
     }
     Ok(CachedOutcome {
         next_stage: o.next_stage,
@@ -221,7 +302,8 @@ async fn apply_effects(
     o: &CachedOutcome,
 ) -> Result<(), EffectError> {
     if let Some(params) = &o.requisition_params {
-        core.publish_requisition_params(&row.global_id, params).await?;
+        core.publish_requisition_params(&row.global_id, params)
+            .await?;
     }
     if o.confirm {
         core.confirm_participation(&row.global_id).await?;
@@ -245,10 +327,16 @@ pub fn stage_number(s: &sys::ComputationStage) -> Option<i32> {
     })
 }
 
-pub fn advance_header(protocol: SystemProtocol, global_id: &str, description: i32) -> sys::AdvanceComputationRequest {
+pub fn advance_header(
+    protocol: SystemProtocol,
+    global_id: &str,
+    description: i32,
+) -> sys::AdvanceComputationRequest {
     use sys::advance_computation_request::{Header, Payload, header::Protocol};
     let p = match protocol {
-        SystemProtocol::LiquidLegionsV2 => Protocol::LiquidLegionsV2(sys::LiquidLegionsV2 { description }),
+        SystemProtocol::LiquidLegionsV2 => {
+            Protocol::LiquidLegionsV2(sys::LiquidLegionsV2 { description })
+        }
         SystemProtocol::ReachOnlyLiquidLegionsV2 => {
             Protocol::ReachOnlyLiquidLegionsV2(sys::ReachOnlyLiquidLegionsV2 { description })
         }
@@ -257,7 +345,10 @@ pub fn advance_header(protocol: SystemProtocol, global_id: &str, description: i3
         }
     };
     sys::AdvanceComputationRequest {
-        payload: Some(Payload::Header(Header { name: names::computation_name(global_id), protocol: Some(p) })),
+        payload: Some(Payload::Header(Header {
+            name: names::computation_name(global_id),
+            protocol: Some(p),
+        })),
     }
 }
 
@@ -274,7 +365,9 @@ async fn send_to_peer(
         .find(|i| matches!(i.kind, StageKind::WaitInputs { description, .. } if description == s.description))
         .map(|i| i.number)
         .ok_or_else(|| EffectError::permanent(format!("no stage waits for description {}", s.description)))?;
-    let mut client = core.peer(&s.to).map_err(|e| EffectError::permanent(format!("{e:#}")))?;
+    let mut client = core
+        .peer(&s.to)
+        .map_err(|e| EffectError::permanent(format!("{e:#}")))?;
     let stage = client
         .get_computation_stage(sys::GetComputationStageRequest {
             name: names::computation_stage_name(&row.global_id, &s.to),
@@ -283,12 +376,23 @@ async fn send_to_peer(
     let peer_stage = match stage {
         Ok(r) => stage_number(r.get_ref()),
         Err(st) if st.code() == tonic::Code::NotFound => {
-            return Err(EffectError::transient(format!("{} does not know the computation yet", s.to)));
+            return Err(EffectError::transient(format!(
+                "{} does not know the computation yet",
+                s.to
+            )));
         }
-        Err(st) => return Err(EffectError::from_status(&format!("GetComputationStage at {}", s.to), &st)),
+        Err(st) => {
+            return Err(EffectError::from_status(
+                &format!("GetComputationStage at {}", s.to),
+                &st,
+            ));
+        }
     };
     let Some(peer_stage) = peer_stage else {
-        return Err(EffectError::permanent(format!("{} reported no stage", s.to)));
+        return Err(EffectError::permanent(format!(
+            "{} reported no stage",
+            s.to
+        )));
     };
     if peer_stage > wait_stage {
         tracing::info!(computation = %row.global_id, to = %s.to, "peer already past stage {wait_stage}; not sending again");
@@ -309,14 +413,18 @@ async fn send_to_peer(
     for c in data.chunks(chunk) {
         msgs.push(sys::AdvanceComputationRequest {
             payload: Some(sys::advance_computation_request::Payload::BodyChunk(
-                sys::advance_computation_request::BodyChunk { partial_data: c.to_vec() },
+                sys::advance_computation_request::BodyChunk {
+                    partial_data: c.to_vec(),
+                },
             )),
         });
     }
     if data.is_empty() {
         msgs.push(sys::AdvanceComputationRequest {
             payload: Some(sys::advance_computation_request::Payload::BodyChunk(
-                sys::advance_computation_request::BodyChunk { partial_data: Vec::new() },
+                sys::advance_computation_request::BodyChunk {
+                    partial_data: Vec::new(),
+                },
             )),
         });
     }
@@ -325,7 +433,16 @@ async fn send_to_peer(
         .await
         .map_err(|st| EffectError::from_status(&format!("AdvanceComputation to {}", s.to), &st))?;
     core.store
-        .audit(&row.global_id, "sent", &format!("{} bytes (description {}) to {}", data.len(), s.description, s.to))
+        .audit(
+            &row.global_id,
+            "sent",
+            &format!(
+                "{} bytes (description {}) to {}",
+                data.len(),
+                s.description,
+                s.to
+            ),
+        )
         .await
         .map_err(|e| EffectError::transient(format!("{e:#}")))?;
     Ok(())
@@ -340,13 +457,24 @@ async fn retry_later(
 ) -> Result<()> {
     let cfg = &core.config.mill;
     let exp = row.attempt.saturating_sub(1).min(16);
-    let base = cfg.retry_base.saturating_mul(1u32 << exp).min(cfg.retry_max);
+    let base = cfg
+        .retry_base
+        .saturating_mul(1u32 << exp)
+        .min(cfg.retry_max);
     let jitter = Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 4 + 1));
     let delay = base + jitter;
     tracing::info!(computation = %row.global_id, "transient failure, retry in {delay:?}: {message}");
-    core.store.audit(&row.global_id, "transient", message).await?;
+    core.store
+        .audit(&row.global_id, "transient", message)
+        .await?;
     core.store.release(&row.global_id, claim, delay).await?;
-    core.log_to_kingdom(&row.global_id, &format!("transient: {message}"), true, Some(attempt)).await;
+    core.log_to_kingdom(
+        &row.global_id,
+        &format!("transient: {message}"),
+        true,
+        Some(attempt),
+    )
+    .await;
     let _ = now_ms();
     Ok(())
 }
@@ -360,7 +488,10 @@ async fn fail(
     tracing::error!(computation = %row.global_id, "failing computation: {message}");
     let mut last = None;
     for i in 0..3 {
-        match core.fail_at_kingdom(&row.global_id, message, attempt.clone()).await {
+        match core
+            .fail_at_kingdom(&row.global_id, message, attempt.clone())
+            .await
+        {
             Ok(()) => {
                 last = None;
                 break;
@@ -376,7 +507,9 @@ async fn fail(
         }
     }
     core.store.finish(&row.global_id, "FAILED").await?;
-    core.store.audit(&row.global_id, "finish", &format!("FAILED: {message}")).await?;
+    core.store
+        .audit(&row.global_id, "finish", &format!("FAILED: {message}"))
+        .await?;
     if let Some(e) = last {
         return Err(anyhow!("could not report the failure to the Kingdom: {e}"));
     }

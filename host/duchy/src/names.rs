@@ -4,7 +4,8 @@
 pub fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn split<'a>(name: &'a str, pattern: &[&str]) -> Option<Vec<&'a str>> {
@@ -38,7 +39,11 @@ pub fn parse_participant(name: &str) -> Option<(&str, &str)> {
 
 /// `computations/{c}/participants/{d}/computationStage` → (c, d)
 pub fn parse_computation_stage(name: &str) -> Option<(&str, &str)> {
-    split(name, &["computations", "*", "participants", "*", "computationStage"]).map(|v| (v[0], v[1]))
+    split(
+        name,
+        &["computations", "*", "participants", "*", "computationStage"],
+    )
+    .map(|v| (v[0], v[1]))
 }
 
 /// `computations/{c}/requisitions/{r}` → (c, r)
@@ -69,16 +74,28 @@ mod tests {
 
     #[test]
     fn parses_names() {
-        assert_eq!(parse_computation("computations/AAAAAAAAAAE"), Some("AAAAAAAAAAE"));
+        assert_eq!(
+            parse_computation("computations/AAAAAAAAAAE"),
+            Some("AAAAAAAAAAE")
+        );
         assert_eq!(parse_computation("computations/"), None);
         assert_eq!(parse_computation("computations/a/b"), None);
         assert_eq!(parse_computation("computations/a b"), None);
-        assert_eq!(parse_participant("computations/x/participants/worker1"), Some(("x", "worker1")));
+        assert_eq!(
+            parse_participant("computations/x/participants/worker1"),
+            Some(("x", "worker1"))
+        );
         assert_eq!(
             parse_computation_stage("computations/x/participants/w/computationStage"),
             Some(("x", "w"))
         );
-        assert_eq!(parse_public_requisition("dataProviders/e/requisitions/r"), Some(("e", "r")));
-        assert_eq!(parse_public_requisition("dataProviders/e/requisition/r"), None);
+        assert_eq!(
+            parse_public_requisition("dataProviders/e/requisitions/r"),
+            Some(("e", "r"))
+        );
+        assert_eq!(
+            parse_public_requisition("dataProviders/e/requisition/r"),
+            None
+        );
     }
 }

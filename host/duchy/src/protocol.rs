@@ -99,9 +99,16 @@ pub enum StageKind {
     /// The host claims it and calls [`Protocol::execute`]. `inputs` lists the
     /// AdvanceComputation descriptions whose received payloads the stage reads;
     /// `requisitions` says whether it reads the locally fulfilled requisition data.
-    Queued { inputs: Vec<i32>, requisitions: bool },
+    Queued {
+        inputs: Vec<i32>,
+        requisitions: bool,
+    },
     /// Parked until a payload under `description` arrived from every expected sender.
-    WaitInputs { description: i32, from: InputSource, next: i32 },
+    WaitInputs {
+        description: i32,
+        from: InputSource,
+        next: i32,
+    },
     /// Parked until the Kingdom reports the computation in `state` (or a later
     /// non-terminal state).
     WaitKingdom { state: ComputationState, next: i32 },
@@ -130,7 +137,13 @@ pub struct PluginPin {
 
 impl fmt::Display for PluginPin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{} ({})", self.name, self.version, short(&self.digest))
+        write!(
+            f,
+            "{}@{} ({})",
+            self.name,
+            self.version,
+            short(&self.digest)
+        )
     }
 }
 
@@ -170,7 +183,10 @@ pub enum InputOrigin {
     Peer { duchy_id: String, description: i32 },
     /// A requisition fulfilled at this duchy: `header` is the serialized
     /// `FulfillRequisitionRequest.Header` the data provider sent.
-    Requisition { requisition_id: String, header: Vec<u8> },
+    Requisition {
+        requisition_id: String,
+        header: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug)]

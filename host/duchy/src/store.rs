@@ -226,7 +226,10 @@ impl Store {
             .connect_with(opts)
             .await
             .with_context(|| format!("opening {}", db.display()))?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.context("creating schema")?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&pool)
+            .await
+            .context("creating schema")?;
         Ok(Store { pool, blob_root })
     }
 
@@ -500,10 +503,11 @@ impl Store {
     }
 
     pub async fn inputs(&self, global_id: &str) -> Result<Vec<InputRow>> {
-        let rows = sqlx::query("SELECT * FROM inputs WHERE global_id = ? ORDER BY description, sender")
-            .bind(global_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM inputs WHERE global_id = ? ORDER BY description, sender")
+                .bind(global_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| -> Result<InputRow> {
                 Ok(InputRow {
@@ -587,12 +591,11 @@ impl Store {
     }
 
     pub async fn requisitions(&self, global_id: &str) -> Result<Vec<RequisitionRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM requisitions WHERE global_id = ? ORDER BY requisition_id",
-        )
-        .bind(global_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT * FROM requisitions WHERE global_id = ? ORDER BY requisition_id")
+                .bind(global_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(row_to_requisition).collect()
     }
 
@@ -635,14 +638,19 @@ impl Store {
     }
 
     pub async fn audit_log(&self, global_id: &str) -> Result<Vec<(i64, String, String)>> {
-        let rows = sqlx::query(
-            "SELECT time_ms, event, detail FROM audit WHERE global_id = ? ORDER BY id",
-        )
-        .bind(global_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT time_ms, event, detail FROM audit WHERE global_id = ? ORDER BY id")
+                .bind(global_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("time_ms")?, r.try_get("event")?, r.try_get("detail")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("time_ms")?,
+                    r.try_get("event")?,
+                    r.try_get("detail")?,
+                ))
+            })
             .collect()
     }
 }
@@ -656,7 +664,11 @@ mod tests {
             global_id: id.into(),
             protocol: SystemProtocol::HonestMajorityShareShuffle,
             role: Role::Aggregator,
-            pin: PluginPin { name: "p".into(), version: "1".into(), digest: "d".into() },
+            pin: PluginPin {
+                name: "p".into(),
+                version: "1".into(),
+                digest: "d".into(),
+            },
             stage: 1,
             queued: true,
             kingdom_state: 1,
@@ -670,25 +682,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         assert!(store.insert(new("c1")).await.unwrap());
-        assert!(!store.insert(new("c1")).await.unwrap(), "insert is idempotent");
+        assert!(
+            !store.insert(new("c1")).await.unwrap(),
+            "insert is idempotent"
+        );
 
-        let first = store.claim("a", Duration::from_millis(50)).await.unwrap().unwrap();
+        let first = store
+            .claim("a", Duration::from_millis(50))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(first.attempt, 1);
-        assert!(store.claim("b", Duration::from_secs(60)).await.unwrap().is_none(), "leased");
+        assert!(
+            store
+                .claim("b", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none(),
+            "leased"
+        );
         tokio::time::sleep(Duration::from_millis(80)).await;
-        let second = store.claim("b", Duration::from_secs(60)).await.unwrap().unwrap();
+        let second = store
+            .claim("b", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(second.attempt, 2, "a reclaim counts as a new attempt");
 
-        let stale = Claim { owner: "a".into(), stage: 1, attempt: 1 };
-        let current = Claim { owner: "b".into(), stage: 1, attempt: 2 };
+        let stale = Claim {
+            owner: "a".into(),
+            stage: 1,
+            attempt: 1,
+        };
+        let current = Claim {
+            owner: "b".into(),
+            stage: 1,
+            attempt: 2,
+        };
         assert!(!store.holds("c1", &stale).await.unwrap());
         assert!(store.holds("c1", &current).await.unwrap());
-        assert!(!store.advance("c1", Some(&stale), 1, 2, false, None).await.unwrap());
-        assert!(store.advance("c1", Some(&current), 1, 2, false, Some(b"s")).await.unwrap());
+        assert!(
+            !store
+                .advance("c1", Some(&stale), 1, 2, false, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .advance("c1", Some(&current), 1, 2, false, Some(b"s"))
+                .await
+                .unwrap()
+        );
         let row = store.get("c1").await.unwrap().unwrap();
         assert_eq!((row.stage, row.attempt, row.queued), (2, 0, false));
         assert_eq!(row.plugin_state, b"s");
-        assert!(store.claim("b", Duration::from_secs(1)).await.unwrap().is_none(), "parked stages are not claimable");
+        assert!(
+            store
+                .claim("b", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none(),
+            "parked stages are not claimable"
+        );
     }
 
     #[tokio::test]
@@ -696,15 +751,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         store.insert(new("c2")).await.unwrap();
-        let row = store.claim("a", Duration::from_secs(60)).await.unwrap().unwrap();
-        let claim = Claim { owner: "a".into(), stage: row.stage, attempt: row.attempt };
-        assert!(store.release("c2", &claim, Duration::from_millis(60)).await.unwrap());
-        assert!(store.claim("a", Duration::from_secs(60)).await.unwrap().is_none());
+        let row = store
+            .claim("a", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        let claim = Claim {
+            owner: "a".into(),
+            stage: row.stage,
+            attempt: row.attempt,
+        };
+        assert!(
+            store
+                .release("c2", &claim, Duration::from_millis(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim("a", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none()
+        );
         tokio::time::sleep(Duration::from_millis(90)).await;
-        assert!(store.claim("a", Duration::from_secs(60)).await.unwrap().is_some());
+        assert!(
+            store
+                .claim("a", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_some()
+        );
         assert!(store.finish("c2", "FAILED").await.unwrap());
         assert!(!store.finish("c2", "COMPLETE").await.unwrap());
-        assert_eq!(store.get("c2").await.unwrap().unwrap().terminal.as_deref(), Some("FAILED"));
+        assert_eq!(
+            store.get("c2").await.unwrap().unwrap().terminal.as_deref(),
+            Some("FAILED")
+        );
     }
 
     #[tokio::test]

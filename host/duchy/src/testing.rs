@@ -44,15 +44,25 @@ pub struct TestSumProtocol {
 
 impl TestSumProtocol {
     pub fn new(version: &str) -> Self {
-        TestSumProtocol { version: version.into(), transient_failures: AtomicU32::new(0), always_transient: false }
+        TestSumProtocol {
+            version: version.into(),
+            transient_failures: AtomicU32::new(0),
+            always_transient: false,
+        }
     }
 }
 
 fn le_u32s(data: &[u8]) -> Result<Vec<u32>, StageError> {
     if !data.len().is_multiple_of(4) {
-        return Err(StageError::InvalidInput(format!("vector of {} bytes is not a multiple of 4", data.len())));
+        return Err(StageError::InvalidInput(format!(
+            "vector of {} bytes is not a multiple of 4",
+            data.len()
+        )));
     }
-    Ok(data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(data
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 fn to_le(v: &[u32]) -> Vec<u8> {
@@ -64,7 +74,11 @@ fn add_into(acc: &mut Vec<u32>, v: &[u32]) -> Result<(), StageError> {
         acc.resize(v.len(), 0);
     }
     if acc.len() != v.len() {
-        return Err(StageError::InvalidInput(format!("vector lengths differ: {} vs {}", acc.len(), v.len())));
+        return Err(StageError::InvalidInput(format!(
+            "vector lengths differ: {} vs {}",
+            acc.len(),
+            v.len()
+        )));
     }
     for (a, b) in acc.iter_mut().zip(v) {
         *a = a.wrapping_add(*b);
@@ -90,7 +104,11 @@ fn seed_of(state: &[u8]) -> Result<u64, StageError> {
 
 impl Protocol for TestSumProtocol {
     fn pin(&self) -> PluginPin {
-        PluginPin { name: "test-sum".into(), version: self.version.clone(), digest: format!("test-sum-{}", self.version) }
+        PluginPin {
+            name: "test-sum".into(),
+            version: self.version.clone(),
+            digest: format!("test-sum-{}", self.version),
+        }
     }
 
     fn system_protocol(&self) -> SystemProtocol {
@@ -98,32 +116,82 @@ impl Protocol for TestSumProtocol {
     }
 
     fn stages(&self) -> Vec<StageInfo> {
-        let s = |number, name: &str, kind| StageInfo { number, name: name.into(), kind };
+        let s = |number, name: &str, kind| StageInfo {
+            number,
+            name: name.into(),
+            kind,
+        };
         vec![
-            s(INITIALIZED, "INITIALIZED", StageKind::Queued { inputs: vec![], requisitions: false }),
-            s(WAIT_TO_START, "WAIT_TO_START", StageKind::WaitKingdom { state: ComputationState::PendingComputation, next: SETUP_PHASE }),
+            s(
+                INITIALIZED,
+                "INITIALIZED",
+                StageKind::Queued {
+                    inputs: vec![],
+                    requisitions: false,
+                },
+            ),
+            s(
+                WAIT_TO_START,
+                "WAIT_TO_START",
+                StageKind::WaitKingdom {
+                    state: ComputationState::PendingComputation,
+                    next: SETUP_PHASE,
+                },
+            ),
             s(
                 WAIT_ON_SHUFFLE_INPUT_PHASE_ONE,
                 "WAIT_ON_SHUFFLE_INPUT_PHASE_ONE",
-                StageKind::WaitInputs { description: SHUFFLE_PHASE_INPUT_ONE, from: InputSource::Roles(vec![Role::FirstNonAggregator]), next: SETUP_PHASE },
+                StageKind::WaitInputs {
+                    description: SHUFFLE_PHASE_INPUT_ONE,
+                    from: InputSource::Roles(vec![Role::FirstNonAggregator]),
+                    next: SETUP_PHASE,
+                },
             ),
-            s(SETUP_PHASE, "SETUP_PHASE", StageKind::Queued { inputs: vec![], requisitions: false }),
+            s(
+                SETUP_PHASE,
+                "SETUP_PHASE",
+                StageKind::Queued {
+                    inputs: vec![],
+                    requisitions: false,
+                },
+            ),
             s(
                 WAIT_ON_SHUFFLE_INPUT_PHASE_TWO,
                 "WAIT_ON_SHUFFLE_INPUT_PHASE_TWO",
-                StageKind::WaitInputs { description: SHUFFLE_PHASE_INPUT_TWO, from: InputSource::Roles(vec![Role::SecondNonAggregator]), next: SHUFFLE_PHASE },
+                StageKind::WaitInputs {
+                    description: SHUFFLE_PHASE_INPUT_TWO,
+                    from: InputSource::Roles(vec![Role::SecondNonAggregator]),
+                    next: SHUFFLE_PHASE,
+                },
             ),
             s(
                 WAIT_ON_AGGREGATION_INPUT,
                 "WAIT_ON_AGGREGATION_INPUT",
                 StageKind::WaitInputs {
                     description: AGGREGATION_PHASE_INPUT,
-                    from: InputSource::Roles(vec![Role::FirstNonAggregator, Role::SecondNonAggregator]),
+                    from: InputSource::Roles(vec![
+                        Role::FirstNonAggregator,
+                        Role::SecondNonAggregator,
+                    ]),
                     next: AGGREGATION_PHASE,
                 },
             ),
-            s(SHUFFLE_PHASE, "SHUFFLE_PHASE", StageKind::Queued { inputs: vec![SHUFFLE_PHASE_INPUT_ONE, SHUFFLE_PHASE_INPUT_TWO], requisitions: true }),
-            s(AGGREGATION_PHASE, "AGGREGATION_PHASE", StageKind::Queued { inputs: vec![AGGREGATION_PHASE_INPUT], requisitions: false }),
+            s(
+                SHUFFLE_PHASE,
+                "SHUFFLE_PHASE",
+                StageKind::Queued {
+                    inputs: vec![SHUFFLE_PHASE_INPUT_ONE, SHUFFLE_PHASE_INPUT_TWO],
+                    requisitions: true,
+                },
+            ),
+            s(
+                AGGREGATION_PHASE,
+                "AGGREGATION_PHASE",
+                StageKind::Queued {
+                    inputs: vec![AGGREGATION_PHASE_INPUT],
+                    requisitions: false,
+                },
+            ),
             s(COMPLETE, "COMPLETE", StageKind::Terminal),
         ]
     }
@@ -133,7 +201,10 @@ impl Protocol for TestSumProtocol {
             .map_err(|e| StageError::InvalidInput(format!("computation: {e}")))?;
         let spec = MeasurementSpec::decode(c.measurement_spec.as_slice())
             .map_err(|e| StageError::InvalidInput(format!("measurement spec: {e}")))?;
-        for (what, p) in [("reach", &spec.reach_privacy_params), ("frequency", &spec.frequency_privacy_params)] {
+        for (what, p) in [
+            ("reach", &spec.reach_privacy_params),
+            ("frequency", &spec.frequency_privacy_params),
+        ] {
             if let Some(p) = p
                 && (p.epsilon <= 0.0 || p.delta <= 0.0)
             {
@@ -144,10 +215,18 @@ impl Protocol for TestSumProtocol {
             }
         }
         let seed: u64 = rand::random();
-        Ok(StartOutcome { initial_stage: INITIALIZED, state: seed.to_le_bytes().to_vec() })
+        Ok(StartOutcome {
+            initial_stage: INITIALIZED,
+            state: seed.to_le_bytes().to_vec(),
+        })
     }
 
-    fn execute(&self, ctx: &ComputationContext, stage: i32, inputs: Vec<StageInput>) -> Result<StageOutcome, StageError> {
+    fn execute(
+        &self,
+        ctx: &ComputationContext,
+        stage: i32,
+        inputs: Vec<StageInput>,
+    ) -> Result<StageOutcome, StageError> {
         match stage {
             INITIALIZED => {
                 let hmss = match ctx.role {
@@ -159,7 +238,9 @@ impl Protocol for TestSumProtocol {
                     },
                 };
                 let params = RequisitionParams {
-                    protocol: Some(requisition_params::Protocol::HonestMajorityShareShuffle(hmss)),
+                    protocol: Some(requisition_params::Protocol::HonestMajorityShareShuffle(
+                        hmss,
+                    )),
                     ..Default::default()
                 };
                 let next = match ctx.role {
@@ -167,18 +248,38 @@ impl Protocol for TestSumProtocol {
                     Role::SecondNonAggregator => WAIT_ON_SHUFFLE_INPUT_PHASE_ONE,
                     _ => WAIT_ON_AGGREGATION_INPUT,
                 };
-                Ok(StageOutcome { next_stage: next, requisition_params: Some(params.encode_to_vec()), ..Default::default() })
+                Ok(StageOutcome {
+                    next_stage: next,
+                    requisition_params: Some(params.encode_to_vec()),
+                    ..Default::default()
+                })
             }
             SETUP_PHASE => {
                 let seed = seed_of(&ctx.state)?;
                 let (to, description, next) = match ctx.role {
-                    Role::FirstNonAggregator => (peer(ctx, Role::SecondNonAggregator)?, SHUFFLE_PHASE_INPUT_ONE, WAIT_ON_SHUFFLE_INPUT_PHASE_TWO),
-                    Role::SecondNonAggregator => (peer(ctx, Role::FirstNonAggregator)?, SHUFFLE_PHASE_INPUT_TWO, SHUFFLE_PHASE),
-                    r => return Err(StageError::Permanent(format!("role {r:?} has no SETUP_PHASE"))),
+                    Role::FirstNonAggregator => (
+                        peer(ctx, Role::SecondNonAggregator)?,
+                        SHUFFLE_PHASE_INPUT_ONE,
+                        WAIT_ON_SHUFFLE_INPUT_PHASE_TWO,
+                    ),
+                    Role::SecondNonAggregator => (
+                        peer(ctx, Role::FirstNonAggregator)?,
+                        SHUFFLE_PHASE_INPUT_TWO,
+                        SHUFFLE_PHASE,
+                    ),
+                    r => {
+                        return Err(StageError::Permanent(format!(
+                            "role {r:?} has no SETUP_PHASE"
+                        )));
+                    }
                 };
                 Ok(StageOutcome {
                     next_stage: next,
-                    sends: vec![Outgoing { to, description, payload: seed.to_le_bytes().to_vec() }],
+                    sends: vec![Outgoing {
+                        to,
+                        description,
+                        payload: seed.to_le_bytes().to_vec(),
+                    }],
                     ..Default::default()
                 })
             }
@@ -202,18 +303,26 @@ impl Protocol for TestSumProtocol {
                         InputOrigin::Requisition { .. } => add_into(&mut sum, &le_u32s(&i.data)?)?,
                     }
                 }
-                let peer_seed = peer_seed.ok_or_else(|| StageError::Permanent("no seed from the peer".into()))?;
+                let peer_seed = peer_seed
+                    .ok_or_else(|| StageError::Permanent("no seed from the peer".into()))?;
                 let mut payload = (own ^ peer_seed).to_le_bytes().to_vec();
                 payload.extend(to_le(&sum));
                 Ok(StageOutcome {
                     next_stage: COMPLETE,
-                    sends: vec![Outgoing { to: peer(ctx, Role::Aggregator)?, description: AGGREGATION_PHASE_INPUT, payload }],
+                    sends: vec![Outgoing {
+                        to: peer(ctx, Role::Aggregator)?,
+                        description: AGGREGATION_PHASE_INPUT,
+                        payload,
+                    }],
                     ..Default::default()
                 })
             }
             AGGREGATION_PHASE => {
                 if inputs.len() != 2 {
-                    return Err(StageError::Permanent(format!("expected 2 inputs, got {}", inputs.len())));
+                    return Err(StageError::Permanent(format!(
+                        "expected 2 inputs, got {}",
+                        inputs.len()
+                    )));
                 }
                 let mut seeds = Vec::new();
                 let mut total = Vec::new();
@@ -226,7 +335,9 @@ impl Protocol for TestSumProtocol {
                     }
                 }
                 if seeds[0] != seeds[1] {
-                    return Err(StageError::Permanent("non-aggregators disagree on the combined seed".into()));
+                    return Err(StageError::Permanent(
+                        "non-aggregators disagree on the combined seed".into(),
+                    ));
                 }
                 let mut freq: BTreeMap<String, u64> = BTreeMap::new();
                 let mut reach = 0u64;
@@ -237,15 +348,23 @@ impl Protocol for TestSumProtocol {
                 let result = format!(
                     "{{\"reach\":{reach},\"registers\":{},\"frequency\":{{{}}}}}",
                     total.len(),
-                    freq.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
+                    freq.iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
                 Ok(StageOutcome {
                     next_stage: COMPLETE,
-                    result: Some(ComputationResult { encrypted_result: result.into_bytes(), result_public_key: b"test".to_vec() }),
+                    result: Some(ComputationResult {
+                        encrypted_result: result.into_bytes(),
+                        result_public_key: b"test".to_vec(),
+                    }),
                     ..Default::default()
                 })
             }
-            other => Err(StageError::Permanent(format!("stage {other} is not a queued stage"))),
+            other => Err(StageError::Permanent(format!(
+                "stage {other} is not a queued stage"
+            ))),
         }
     }
 }

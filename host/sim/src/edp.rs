@@ -13,11 +13,15 @@ use crate::mc::nonce_of;
 
 /// Lists this data provider's requisitions that can be fulfilled now.
 pub async fn list(kingdom: Channel, edp: &str) -> Result<Vec<admin::DataProviderRequisition>> {
-    Ok(admin::data_provider_requisitions_client::DataProviderRequisitionsClient::new(kingdom)
-        .list_requisitions(admin::ListRequisitionsRequest { parent: format!("dataProviders/{edp}") })
-        .await?
-        .into_inner()
-        .requisitions)
+    Ok(
+        admin::data_provider_requisitions_client::DataProviderRequisitionsClient::new(kingdom)
+            .list_requisitions(admin::ListRequisitionsRequest {
+                parent: format!("dataProviders/{edp}"),
+            })
+            .await?
+            .into_inner()
+            .requisitions,
+    )
 }
 
 /// Waits until `count` requisitions are listed.
@@ -34,7 +38,10 @@ pub async fn wait_for_requisitions(
             return Ok(reqs);
         }
         if start.elapsed() > timeout {
-            bail!("{edp}: {} of {count} requisitions after {timeout:?}", reqs.len());
+            bail!(
+                "{edp}: {} of {count} requisitions after {timeout:?}",
+                reqs.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -42,7 +49,11 @@ pub async fn wait_for_requisitions(
 
 /// The requisition fingerprint: SHA-256(measurement_spec ‖ SHA-256(encrypted_requisition_spec)).
 pub fn fingerprint(r: &admin::DataProviderRequisition) -> Vec<u8> {
-    let spec = r.computation.as_ref().map(|c| c.measurement_spec.as_slice()).unwrap_or_default();
+    let spec = r
+        .computation
+        .as_ref()
+        .map(|c| c.measurement_spec.as_slice())
+        .unwrap_or_default();
     Sha256::new()
         .chain_update(spec)
         .chain_update(Sha256::digest(&r.encrypted_requisition_spec))
@@ -72,7 +83,9 @@ pub async fn fulfill(
         })),
     }];
     for c in data.chunks(chunk_size.max(1)) {
-        msgs.push(api::FulfillRequisitionRequest { payload: Some(Payload::BodyChunk(BodyChunk { data: c.to_vec() })) });
+        msgs.push(api::FulfillRequisitionRequest {
+            payload: Some(Payload::BodyChunk(BodyChunk { data: c.to_vec() })),
+        });
     }
     api::requisition_fulfillment_client::RequisitionFulfillmentClient::new(duchy)
         .fulfill_requisition(tokio_stream::iter(msgs))

@@ -22,17 +22,28 @@ pub const DUCHIES: [&str; 3] = ["aggregator", "worker1", "worker2"];
 
 /// A Kingdom configuration serving every principal of `pki` (duchies `aggregator`,
 /// `worker1`, `worker2` in the standard roles).
-pub fn kingdom_config(pki: &DevPki, data_dir: &Path, listen: std::net::SocketAddr) -> Result<KingdomConfig> {
-    let identity = |p: &Principal| pki.identity(p).ok_or_else(|| anyhow!("no identity for {}", p.resource_name()));
+pub fn kingdom_config(
+    pki: &DevPki,
+    data_dir: &Path,
+    listen: std::net::SocketAddr,
+) -> Result<KingdomConfig> {
+    let identity = |p: &Principal| {
+        pki.identity(p)
+            .ok_or_else(|| anyhow!("no identity for {}", p.resource_name()))
+    };
     let mut duchies = Vec::new();
     let mut data_providers = Vec::new();
     let mut measurement_consumers = Vec::new();
     for p in pki.principals() {
         match &p {
-            Principal::Duchy(d) => duchies.push(DuchyEntry { id: d.clone(), certificate_der: identity(&p)?.certificate_der()? }),
-            Principal::DataProvider(d) => {
-                data_providers.push(CertEntry { id: d.clone(), certificate_der: identity(&p)?.certificate_der()? })
-            }
+            Principal::Duchy(d) => duchies.push(DuchyEntry {
+                id: d.clone(),
+                certificate_der: identity(&p)?.certificate_der()?,
+            }),
+            Principal::DataProvider(d) => data_providers.push(CertEntry {
+                id: d.clone(),
+                certificate_der: identity(&p)?.certificate_der()?,
+            }),
             Principal::MeasurementConsumer(m) => measurement_consumers.push(m.clone()),
             Principal::Kingdom => {}
         }
@@ -58,11 +69,20 @@ pub fn kingdom_config(pki: &DevPki, data_dir: &Path, listen: std::net::SocketAdd
 }
 
 /// The standard principals of a demo deployment.
-pub fn standard_principals(data_providers: &[String], measurement_consumer: &str) -> Vec<Principal> {
+pub fn standard_principals(
+    data_providers: &[String],
+    measurement_consumer: &str,
+) -> Vec<Principal> {
     let mut v = vec![Principal::Kingdom];
     v.extend(DUCHIES.iter().map(|d| Principal::Duchy(d.to_string())));
-    v.extend(data_providers.iter().map(|d| Principal::DataProvider(d.clone())));
-    v.push(Principal::MeasurementConsumer(measurement_consumer.to_string()));
+    v.extend(
+        data_providers
+            .iter()
+            .map(|d| Principal::DataProvider(d.clone())),
+    );
+    v.push(Principal::MeasurementConsumer(
+        measurement_consumer.to_string(),
+    ));
     v
 }
 
@@ -78,13 +98,19 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
-    pub fn new(dir: &Path, protocols: Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>) -> Self {
+    pub fn new(
+        dir: &Path,
+        protocols: Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>,
+    ) -> Self {
         ClusterOptions {
             dir: dir.to_path_buf(),
             data_providers: vec!["edp1".into(), "edp2".into(), "edp3".into()],
             measurement_consumer: "mc1".into(),
             protocols,
-            mill: MillConfig { poll: Duration::from_millis(100), ..MillConfig::default() },
+            mill: MillConfig {
+                poll: Duration::from_millis(100),
+                ..MillConfig::default()
+            },
             stream_max_duration: Duration::from_secs(600),
         }
     }
@@ -106,11 +132,17 @@ fn all_principals(opts: &ClusterOptions) -> Vec<Principal> {
 
 impl Cluster {
     pub fn identity(&self, p: &Principal) -> Result<&Identity> {
-        self.pki.identity(p).ok_or_else(|| anyhow!("no identity for {}", p.resource_name()))
+        self.pki
+            .identity(p)
+            .ok_or_else(|| anyhow!("no identity for {}", p.resource_name()))
     }
 
     fn kingdom_config(&self) -> Result<KingdomConfig> {
-        let mut cfg = kingdom_config(&self.pki, &self.options.dir.join("kingdom"), self.kingdom_listen)?;
+        let mut cfg = kingdom_config(
+            &self.pki,
+            &self.options.dir.join("kingdom"),
+            self.kingdom_listen,
+        )?;
         cfg.stream_max_duration = self.options.stream_max_duration;
         Ok(cfg)
     }
@@ -118,7 +150,8 @@ impl Cluster {
     /// Generates a PKI, starts the Kingdom and the three duchies.
     pub async fn start(options: ClusterOptions) -> Result<Cluster> {
         halo_identity::init_crypto();
-        std::fs::create_dir_all(&options.dir).with_context(|| format!("creating {}", options.dir.display()))?;
+        std::fs::create_dir_all(&options.dir)
+            .with_context(|| format!("creating {}", options.dir.display()))?;
         let pki = DevPki::generate(&all_principals(&options))?;
         pki.write(&options.dir.join("pki"))?;
         let trust = pki.trust_store()?;
@@ -190,12 +223,16 @@ impl Cluster {
 
     /// A channel to the Kingdom authenticated as `who`.
     pub fn kingdom_channel(&self, who: &Principal) -> Result<Channel> {
-        Ok(self.identity(who)?.channel(&self.trust, &self.kingdom_url())?)
+        Ok(self
+            .identity(who)?
+            .channel(&self.trust, &self.kingdom_url())?)
     }
 
     /// A channel to a duchy authenticated as `who`.
     pub fn duchy_channel(&self, who: &Principal, duchy: &str) -> Result<Channel> {
-        let url = self.duchy_url(duchy).ok_or_else(|| anyhow!("duchy {duchy} is not running"))?;
+        let url = self
+            .duchy_url(duchy)
+            .ok_or_else(|| anyhow!("duchy {duchy} is not running"))?;
         Ok(self.identity(who)?.channel(&self.trust, &url)?)
     }
 

@@ -59,7 +59,10 @@ pub async fn create_measurement(
         })
         .await?
         .into_inner();
-    Ok(CreatedMeasurement { measurement: m, nonces })
+    Ok(CreatedMeasurement {
+        measurement: m,
+        nonces,
+    })
 }
 
 pub fn is_terminal(state: i32) -> bool {
@@ -69,16 +72,28 @@ pub fn is_terminal(state: i32) -> bool {
 }
 
 /// Polls until the measurement is terminal.
-pub async fn wait_until_done(kingdom: Channel, name: &str, timeout: Duration) -> Result<admin::Measurement> {
+pub async fn wait_until_done(
+    kingdom: Channel,
+    name: &str,
+    timeout: Duration,
+) -> Result<admin::Measurement> {
     let mut client = admin::measurements_client::MeasurementsClient::new(kingdom);
     let start = Instant::now();
     loop {
-        let m = client.get_measurement(admin::GetMeasurementRequest { name: name.to_string() }).await?.into_inner();
+        let m = client
+            .get_measurement(admin::GetMeasurementRequest {
+                name: name.to_string(),
+            })
+            .await?
+            .into_inner();
         if is_terminal(m.state) {
             return Ok(m);
         }
         if start.elapsed() > timeout {
-            bail!("measurement {name} still in state {} after {timeout:?}", m.state);
+            bail!(
+                "measurement {name} still in state {} after {timeout:?}",
+                m.state
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -86,6 +101,9 @@ pub async fn wait_until_done(kingdom: Channel, name: &str, timeout: Duration) ->
 
 /// Extracts the nonce from a simulated requisition spec.
 pub fn nonce_of(spec: &[u8]) -> Result<u64> {
-    let b: [u8; 8] = spec.get(..8).and_then(|s| s.try_into().ok()).ok_or_else(|| anyhow!("requisition spec too short"))?;
+    let b: [u8; 8] = spec
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| anyhow!("requisition spec too short"))?;
     Ok(u64::from_be_bytes(b))
 }
