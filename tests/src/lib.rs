@@ -25,10 +25,10 @@ pub fn init_logging() {
 }
 
 /// Builds the protocol registry of each duchy.
-pub type RegistryFn = Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>;
+pub use halo_sim::RegistryFn;
 
 /// Every duchy runs the in-crate test protocol.
-pub fn test_sum_registry() -> Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync> {
+pub fn test_sum_registry() -> RegistryFn {
     Arc::new(|_| {
         Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new(
             "1.0.0",
@@ -69,7 +69,7 @@ pub fn vector(seed: u64, len: usize) -> Vec<u32> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 { (x % 4) as u32 } else { 0 }
+            if x.is_multiple_of(3) { (x % 4) as u32 } else { 0 }
         })
         .collect()
 }

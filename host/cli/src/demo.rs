@@ -52,7 +52,7 @@ fn population(seed: u64, index: usize, registers: usize, max_frequency: u32) -> 
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 1 + (x >> 8) as u32 % max_frequency.max(1)
             } else {
                 0
@@ -79,7 +79,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let registry: Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync> = Arc::new(|_| {
+    let registry: halo_sim::RegistryFn = Arc::new(|_| {
         Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new(
             "1.0.0",
         ))])) as Arc<dyn ProtocolRegistry>

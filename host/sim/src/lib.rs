@@ -18,6 +18,9 @@ use halo_identity::{DevPki, Identity, Principal, TrustStore};
 use halo_kingdom::{CertEntry, DuchyEntry, HmssRoles, KingdomConfig, RunningKingdom};
 use tonic::transport::Channel;
 
+/// Builds the protocol registry a duchy serves, by duchy id.
+pub type RegistryFn = Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>;
+
 pub const DUCHIES: [&str; 3] = ["aggregator", "worker1", "worker2"];
 
 /// A Kingdom configuration serving every principal of `pki` (duchies `aggregator`,
@@ -92,16 +95,13 @@ pub struct ClusterOptions {
     pub data_providers: Vec<String>,
     pub measurement_consumer: String,
     /// The protocol implementations each duchy serves (by duchy id).
-    pub protocols: Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>,
+    pub protocols: RegistryFn,
     pub mill: MillConfig,
     pub stream_max_duration: Duration,
 }
 
 impl ClusterOptions {
-    pub fn new(
-        dir: &Path,
-        protocols: Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>,
-    ) -> Self {
+    pub fn new(dir: &Path, protocols: RegistryFn) -> Self {
         ClusterOptions {
             dir: dir.to_path_buf(),
             data_providers: vec!["edp1".into(), "edp2".into(), "edp3".into()],
