@@ -69,7 +69,11 @@ pub fn vector(seed: u64, len: usize) -> Vec<u32> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x.is_multiple_of(3) { (x % 4) as u32 } else { 0 }
+            if x.is_multiple_of(3) {
+                (x % 4) as u32
+            } else {
+                0
+            }
         })
         .collect()
 }

@@ -79,3 +79,49 @@ pub async fn read_blob(path: &Path) -> Result<Vec<u8>> {
         .await
         .with_context(|| format!("reading blob {}", path.display()))
 }
+
+/// Receives the body chunks of a client stream into a new blob at `dest`.
+///
+/// `chunk_of` returns the bytes of a body-chunk message and `None` for any other message
+/// (which is refused). At least one chunk is required when `require_body` is set; more than
+/// `max` bytes is RESOURCE_EXHAUSTED. On any error the partial blob is removed.
+pub async fn receive_body<T, F>(
+    stream: &mut tonic::Streaming<T>,
+    dest: &Path,
+    max: u64,
+    require_body: bool,
+    chunk_of: F,
+) -> Result<(u64, String), tonic::Status>
+where
+    F: Fn(T) -> Option<Vec<u8>>,
+{
+    let internal = |e: anyhow::Error| tonic::Status::internal(format!("{e:#}"));
+    let mut writer = BlobWriter::create(dest).await.map_err(internal)?;
+    let mut chunks = 0usize;
+    let outcome: Result<(), tonic::Status> = async {
+        while let Some(msg) = stream.message().await? {
+            let data = chunk_of(msg).ok_or_else(|| {
+                tonic::Status::invalid_argument("only body chunks may follow the header")
+            })?;
+            chunks += 1;
+            if writer.size() + data.len() as u64 > max {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "payload larger than {max} bytes"
+                )));
+            }
+            writer.write(&data).await.map_err(internal)?;
+        }
+        if require_body && chunks == 0 {
+            return Err(tonic::Status::invalid_argument("header without body"));
+        }
+        Ok(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => writer.finish().await.map_err(internal),
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
+        }
+    }
+}

@@ -11,7 +11,7 @@ use prost::Message;
 use sys::computation_control_server::{ComputationControl, ComputationControlServer};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::blobs::BlobWriter;
+use crate::blobs::receive_body;
 use crate::core::Core;
 use crate::names;
 use crate::protocol::{StageKind, SystemProtocol, find_stage};
@@ -179,47 +179,17 @@ impl ComputationControl for ControlService {
         }
 
         let key = format!("inputs/{gid}/{description}-{sender}.bin");
-        let mut writer = BlobWriter::create(&core.store.blob_path(&key))
-            .await
-            .map_err(internal)?;
-        let mut chunks = 0usize;
-        let max = core.config.max_payload_bytes;
-        loop {
-            let msg = match stream.message().await {
-                Ok(m) => m,
-                Err(e) => {
-                    writer.abort().await;
-                    return Err(e);
-                }
-            };
-            let Some(msg) = msg else { break };
-            match msg.payload {
-                Some(Payload::BodyChunk(c)) => {
-                    chunks += 1;
-                    if writer.size() + c.partial_data.len() as u64 > max {
-                        writer.abort().await;
-                        return Err(Status::resource_exhausted(format!(
-                            "payload larger than {max} bytes"
-                        )));
-                    }
-                    if let Err(e) = writer.write(&c.partial_data).await {
-                        writer.abort().await;
-                        return Err(internal(e));
-                    }
-                }
-                _ => {
-                    writer.abort().await;
-                    return Err(Status::invalid_argument(
-                        "only body chunks may follow the header",
-                    ));
-                }
-            }
-        }
-        if chunks == 0 {
-            writer.abort().await;
-            return Err(Status::invalid_argument("header without body"));
-        }
-        let (size, sha256) = writer.finish().await.map_err(internal)?;
+        let (size, sha256) = receive_body(
+            &mut stream,
+            &core.store.blob_path(&key),
+            core.config.max_payload_bytes,
+            true,
+            |m| match m.payload {
+                Some(Payload::BodyChunk(c)) => Some(c.partial_data),
+                _ => None,
+            },
+        )
+        .await?;
         let input = InputRow {
             description,
             sender: sender.clone(),

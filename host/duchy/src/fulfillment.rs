@@ -14,7 +14,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::blobs::BlobWriter;
+use crate::blobs::receive_body;
 use crate::core::Core;
 use crate::names;
 
@@ -121,41 +121,17 @@ impl RequisitionFulfillment for FulfillmentService {
 
         if req.blob.is_none() {
             let key = format!("requisitions/{}/{rid}.bin", row.global_id);
-            let mut writer = BlobWriter::create(&core.store.blob_path(&key))
-                .await
-                .map_err(internal)?;
-            let max = core.config.max_payload_bytes;
-            loop {
-                let msg = match stream.message().await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        writer.abort().await;
-                        return Err(e);
-                    }
-                };
-                let Some(msg) = msg else { break };
-                match msg.payload {
-                    Some(Payload::BodyChunk(c)) => {
-                        if writer.size() + c.data.len() as u64 > max {
-                            writer.abort().await;
-                            return Err(Status::resource_exhausted(format!(
-                                "requisition data larger than {max} bytes"
-                            )));
-                        }
-                        if let Err(e) = writer.write(&c.data).await {
-                            writer.abort().await;
-                            return Err(internal(e));
-                        }
-                    }
-                    _ => {
-                        writer.abort().await;
-                        return Err(Status::invalid_argument(
-                            "only body chunks may follow the header",
-                        ));
-                    }
-                }
-            }
-            let (size, _) = writer.finish().await.map_err(internal)?;
+            let (size, _) = receive_body(
+                &mut stream,
+                &core.store.blob_path(&key),
+                core.config.max_payload_bytes,
+                false,
+                |m| match m.payload {
+                    Some(Payload::BodyChunk(c)) => Some(c.data),
+                    _ => None,
+                },
+            )
+            .await?;
             let recorded = core
                 .store
                 .record_requisition(
