@@ -122,6 +122,21 @@ pub async fn wait_local_terminal(cluster: &Cluster, duchy: &str, gid: &str) -> R
     }
 }
 
+/// Waits (as the measurement consumer) until the measurement is terminal.
+pub async fn wait_for_result(
+    cluster: &Cluster,
+    created: &mc::CreatedMeasurement,
+) -> Result<admin::Measurement> {
+    let who =
+        halo_identity::Principal::MeasurementConsumer(cluster.options.measurement_consumer.clone());
+    mc::wait_until_done(
+        cluster.kingdom_channel(&who)?,
+        &created.measurement.name,
+        TIMEOUT,
+    )
+    .await
+}
+
 /// Creates a test-sum (HMSS) measurement as mc1.
 pub async fn create(
     cluster: &Cluster,

@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use halo_identity::Principal;
 use halo_proto::system::v1alpha::computation::State;
-use halo_sim::mc;
 use halo_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -15,12 +13,7 @@ async fn test_sum_measurement_matches_ground_truth() {
     let created = create(&cluster, spec(1.0)).await.unwrap();
     let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 1, 5_000)).collect();
     fulfil_all(&cluster, &vectors).await.unwrap();
-    let mc_ch = cluster
-        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
-        .unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
-        .await
-        .unwrap();
+    let m = wait_for_result(&cluster, &created).await.unwrap();
     assert_eq!(
         m.state,
         State::Succeeded as i32,
@@ -68,12 +61,7 @@ async fn invalid_dp_params_fail_the_computation_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path()).await.unwrap();
     let created = create(&cluster, spec(0.0)).await.unwrap();
-    let mc_ch = cluster
-        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
-        .unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
-        .await
-        .unwrap();
+    let m = wait_for_result(&cluster, &created).await.unwrap();
     assert_eq!(m.state, State::Failed as i32);
     assert!(
         m.failure_message.contains("epsilon"),
@@ -102,12 +90,7 @@ async fn a_duchy_restart_mid_computation_loses_nothing() {
     fulfil_where(&cluster, &vectors, |d| d == "worker2")
         .await
         .unwrap();
-    let mc_ch = cluster
-        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
-        .unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
-        .await
-        .unwrap();
+    let m = wait_for_result(&cluster, &created).await.unwrap();
     assert_eq!(
         m.state,
         State::Succeeded as i32,
@@ -147,12 +130,7 @@ async fn transient_failures_are_retried_and_too_many_attempts_fail_the_computati
     let created = create(&cluster, spec(1.0)).await.unwrap();
     let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 20, 1_000)).collect();
     fulfil_all(&cluster, &vectors).await.unwrap();
-    let mc_ch = cluster
-        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
-        .unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
-        .await
-        .unwrap();
+    let m = wait_for_result(&cluster, &created).await.unwrap();
     assert_eq!(
         m.state,
         State::Succeeded as i32,
@@ -183,12 +161,7 @@ async fn transient_failures_are_retried_and_too_many_attempts_fail_the_computati
     let cluster = halo_sim::Cluster::start(opts).await.unwrap();
     let created = create(&cluster, spec(1.0)).await.unwrap();
     fulfil_all(&cluster, &vectors).await.unwrap();
-    let mc_ch = cluster
-        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
-        .unwrap();
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, TIMEOUT)
-        .await
-        .unwrap();
+    let m = wait_for_result(&cluster, &created).await.unwrap();
     assert_eq!(m.state, State::Failed as i32);
     assert!(
         m.failure_message.contains("maximum of 3 attempts"),

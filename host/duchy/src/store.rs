@@ -193,6 +193,16 @@ fn row_to_computation(r: &sqlx::sqlite::SqliteRow) -> Result<ComputationRow> {
     })
 }
 
+fn row_to_input(r: &sqlx::sqlite::SqliteRow) -> Result<InputRow> {
+    Ok(InputRow {
+        description: r.try_get::<i64, _>("description")? as i32,
+        sender: r.try_get("sender")?,
+        blob: r.try_get("blob")?,
+        size: r.try_get("size")?,
+        sha256: r.try_get("sha256")?,
+    })
+}
+
 fn row_to_requisition(r: &sqlx::sqlite::SqliteRow) -> Result<RequisitionRow> {
     let nonce: Option<i64> = r.try_get("nonce")?;
     Ok(RequisitionRow {
@@ -490,16 +500,7 @@ impl Store {
         .bind(sender)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| -> Result<InputRow> {
-            Ok(InputRow {
-                description: r.try_get::<i64, _>("description")? as i32,
-                sender: r.try_get("sender")?,
-                blob: r.try_get("blob")?,
-                size: r.try_get("size")?,
-                sha256: r.try_get("sha256")?,
-            })
-        })
-        .transpose()
+        row.as_ref().map(row_to_input).transpose()
     }
 
     pub async fn inputs(&self, global_id: &str) -> Result<Vec<InputRow>> {
@@ -508,17 +509,7 @@ impl Store {
                 .bind(global_id)
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter()
-            .map(|r| -> Result<InputRow> {
-                Ok(InputRow {
-                    description: r.try_get::<i64, _>("description")? as i32,
-                    sender: r.try_get("sender")?,
-                    blob: r.try_get("blob")?,
-                    size: r.try_get("size")?,
-                    sha256: r.try_get("sha256")?,
-                })
-            })
-            .collect()
+        rows.iter().map(row_to_input).collect()
     }
 
     /// Records a received input while the computation is still at `stage`; returns false
