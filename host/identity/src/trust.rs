@@ -186,26 +186,28 @@ fn authority_key_identifier(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
         })
 }
 
-/// Reads the SKID of a PEM certificate (hex helpers for configuration files and logs).
-pub fn certificate_skid(cert_pem: &str) -> Result<Option<Vec<u8>>, IdentityError> {
+/// Parses a PEM certificate and extracts a key identifier from it with `get`.
+fn pem_key_id(
+    cert_pem: &str,
+    get: fn(&X509Certificate<'_>) -> Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, IdentityError> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
         .map_err(IdentityError::pem("certificate"))?;
     let cert = parse_cert(&der).map_err(|message| IdentityError::X509 {
         context: "certificate".to_owned(),
         message,
     })?;
-    Ok(subject_key_identifier(&cert))
+    Ok(get(&cert))
+}
+
+/// Reads the SKID of a PEM certificate (hex helpers for configuration files and logs).
+pub fn certificate_skid(cert_pem: &str) -> Result<Option<Vec<u8>>, IdentityError> {
+    pem_key_id(cert_pem, subject_key_identifier)
 }
 
 /// Reads the AKID key identifier of a PEM certificate.
 pub fn certificate_akid(cert_pem: &str) -> Result<Option<Vec<u8>>, IdentityError> {
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .map_err(IdentityError::pem("certificate"))?;
-    let cert = parse_cert(&der).map_err(|message| IdentityError::X509 {
-        context: "certificate".to_owned(),
-        message,
-    })?;
-    Ok(authority_key_identifier(&cert))
+    pem_key_id(cert_pem, authority_key_identifier)
 }
 
 /// PEM-encodes one DER certificate (64-column base64, trailing newline).

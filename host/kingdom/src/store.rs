@@ -409,6 +409,31 @@ pub(crate) async fn set_participant_state(
 }
 
 /// Moves all requisitions of a computation in state `from` to `to`, bumping their etags.
+/// Ends a measurement unsuccessfully: withdraws its unfulfilled requisitions, moves it to
+/// `state` (FAILED or CANCELLED) and records `message` as its failure message.
+pub(crate) async fn end_measurement(
+    tx: &mut WriteTx,
+    external_computation_id: i64,
+    state: i32,
+    message: &str,
+) -> Result<(), Status> {
+    set_requisition_states(
+        tx,
+        external_computation_id,
+        halo_proto::system::v1alpha::requisition::State::Unfulfilled as i32,
+        halo_proto::system::v1alpha::requisition::State::Withdrawn as i32,
+    )
+    .await?;
+    set_measurement_state(tx, external_computation_id, state).await?;
+    sqlx::query("UPDATE measurements SET failure_message = ?1 WHERE external_computation_id = ?2")
+        .bind(message)
+        .bind(external_computation_id)
+        .execute(tx.conn())
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
 pub(crate) async fn set_requisition_states(
     tx: &mut WriteTx,
     external_computation_id: i64,

@@ -301,22 +301,13 @@ impl Measurements for MeasurementsService {
             )));
         }
         let id = row.external_computation_id;
-        store::set_requisition_states(
+        store::end_measurement(
             &mut tx,
             id,
-            RequisitionState::Unfulfilled as i32,
-            RequisitionState::Withdrawn as i32,
+            ComputationState::Cancelled as i32,
+            "Cancelled by the measurement consumer",
         )
         .await?;
-        store::set_measurement_state(&mut tx, id, ComputationState::Cancelled as i32).await?;
-        sqlx::query(
-            "UPDATE measurements SET failure_message = ?1 WHERE external_computation_id = ?2",
-        )
-        .bind("Cancelled by the measurement consumer")
-        .bind(id)
-        .execute(tx.conn())
-        .await
-        .map_err(db_error)?;
         let row = store::measurement_by_computation_id(tx.conn(), id)
             .await?
             .ok_or_else(|| Status::internal("measurement vanished"))?;

@@ -8,7 +8,6 @@ use halo_proto::system::v1alpha::computation_log_entry::{ErrorDetails, error_det
 use halo_proto::system::v1alpha::computation_participant::State as ParticipantState;
 use halo_proto::system::v1alpha::computation_participant::requisition_params::Protocol as ParamsProtocol;
 use halo_proto::system::v1alpha::computation_participants_server::ComputationParticipants;
-use halo_proto::system::v1alpha::requisition::State as RequisitionState;
 use halo_proto::system::v1alpha::{
     ComputationLogEntry, ComputationParticipant, ConfirmComputationParticipantRequest,
     FailComputationParticipantRequest, GetComputationParticipantRequest,
@@ -258,25 +257,13 @@ impl ComputationParticipants for ComputationParticipantsService {
         .execute(tx.conn())
         .await
         .map_err(db_error)?;
-        store::set_requisition_states(
+        store::end_measurement(
             &mut tx,
             id,
-            RequisitionState::Unfulfilled as i32,
-            RequisitionState::Withdrawn as i32,
+            ComputationState::Failed as i32,
+            &format!("Computation Participant failed. {}", failure.error_message),
         )
         .await?;
-        store::set_measurement_state(&mut tx, id, ComputationState::Failed as i32).await?;
-        sqlx::query(
-            "UPDATE measurements SET failure_message = ?1 WHERE external_computation_id = ?2",
-        )
-        .bind(format!(
-            "Computation Participant failed. {}",
-            failure.error_message
-        ))
-        .bind(id)
-        .execute(tx.conn())
-        .await
-        .map_err(db_error)?;
         // The permanent error record (the reference writes a DuchyMeasurementLogEntry).
         let entry = ComputationLogEntry {
             name: String::new(),
