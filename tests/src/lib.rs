@@ -97,6 +97,41 @@ pub fn truth(vectors: &[Vec<u32>]) -> (u64, BTreeMap<String, u64>) {
     (reach, hist)
 }
 
+/// Every data provider fulfils its requisition of computation `computation` (waiting until
+/// it is listed).
+pub async fn fulfil_for(cluster: &Cluster, computation: &str, vectors: &[Vec<u32>]) -> Result<()> {
+    for (i, dp) in cluster.options.data_providers.iter().enumerate() {
+        let who = halo_identity::Principal::DataProvider(dp.clone());
+        let start = std::time::Instant::now();
+        let reqs = loop {
+            let reqs: Vec<_> = edp::list(cluster.kingdom_channel(&who)?, dp)
+                .await?
+                .into_iter()
+                .filter(|r| r.computation.as_ref().is_some_and(|c| c.name == computation))
+                .collect();
+            if !reqs.is_empty() {
+                break reqs;
+            }
+            if start.elapsed() > TIMEOUT {
+                anyhow::bail!("{dp}: no requisition for {computation}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for r in reqs {
+            let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
+            let hmss = api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+                api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+                    secret_seed: None,
+                    register_count: vectors[i].len() as i64,
+                    data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
+                },
+            );
+            edp::fulfill(duchy, &r, Some(hmss), &le(&vectors[i]), 32 << 10).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Waits until every data provider can see its requisition.
 pub async fn wait_for_requisitions(cluster: &Cluster) -> Result<()> {
     for dp in &cluster.options.data_providers {

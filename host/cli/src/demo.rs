@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use halo_duchy::protocol::{ProtocolRegistry, StaticRegistry};
-use halo_duchy::testing::TestSumProtocol;
+use halo_duchy::protocol::ProtocolRegistry;
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
@@ -18,10 +17,14 @@ use halo_sim::{Cluster, ClusterOptions, edp, mc};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Protocol to run. Until the MPC plugins land, only the built-in `test-sum` protocol
-    /// (secret-free, for exercising the host) is available.
+    /// Protocol to run. Until the MPC plugins land, only the `test-sum` plugin (secret-free,
+    /// for exercising the host) is available.
     #[arg(long, default_value = "test-sum")]
     protocol: String,
+    /// Plugin directory shared by the three duchies (default: the components built from
+    /// plugins/, copied into <out>/plugins).
+    #[arg(long)]
+    plugins: Option<PathBuf>,
     /// Number of data providers.
     #[arg(long, default_value_t = 3)]
     providers: usize,
@@ -79,11 +82,30 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let registry: halo_sim::RegistryFn = Arc::new(|_| {
-        Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new(
-            "1.0.0",
-        ))])) as Arc<dyn ProtocolRegistry>
-    });
+    let plugin_dir = match &args.plugins {
+        Some(d) => d.clone(),
+        None => {
+            let d = dir.join("plugins");
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            let src = PathBuf::from(halo_plugin_build::TEST_SUM_V1_0);
+            let name = src.file_name().ok_or_else(|| anyhow!("bad plugin path"))?;
+            std::fs::copy(&src, d.join(name)).with_context(|| {
+                format!("copying {} (built by the halo-plugin-build crate)", src.display())
+            })?;
+            d
+        }
+    };
+    let runtime = halo_engine::Runtime::new(halo_engine::EngineConfig {
+        cache_dir: Some(dir.join("plugin-cache")),
+        ..halo_engine::EngineConfig::default()
+    })?;
+    let plugins = halo_registry::PluginRegistry::open(runtime, halo_registry::RegistryConfig::new(&plugin_dir))?;
+    for (path, why) in plugins.refused() {
+        eprintln!("plugin refused: {}: {why}", path.display());
+    }
+    let _watch = plugins.watch()?;
+    let shared: Arc<dyn ProtocolRegistry> = plugins.clone();
+    let registry: halo_sim::RegistryFn = Arc::new(move |_| shared.clone());
     let mut options = ClusterOptions::new(&dir, registry);
     options.data_providers = (1..=args.providers).map(|i| format!("edp{i}")).collect();
     let started = Instant::now();

@@ -4,8 +4,10 @@
 //! * `halo kingdom` — serve the system API and the admin API.
 //! * `halo duchy` — run a duchy (herald, mills, ComputationControl, RequisitionFulfillment).
 //! * `halo demo` — everything on loopback in one process, one measurement, result vs truth.
+//! * `halo plugin` — keygen / sign / verify / inspect / list protocol components.
 
 mod demo;
+mod plugin;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,8 +17,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
-use halo_duchy::protocol::StaticRegistry;
-use halo_duchy::testing::TestSumProtocol;
 use halo_duchy::{DuchyConfig, HeraldConfig, MillConfig, PeerDirectory, RoleConfig, RunningDuchy};
 use halo_identity::{DevPki, Principal};
 
@@ -73,9 +73,73 @@ enum Command {
         /// Mill workers.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        #[command(flatten)]
+        plugins: PluginArgs,
     },
+    /// Inspect, sign, verify and list protocol plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Run a whole measurement on this machine and print it beside the ground truth.
     Demo(demo::DemoArgs),
+}
+
+/// Where a duchy finds its protocol plugins and how it runs them.
+#[derive(clap::Args, Clone)]
+pub struct PluginArgs {
+    /// Plugin directory (components named <protocol>-<version>.wasm); watched for changes.
+    #[arg(long = "plugins", env = "HALO_PLUGINS")]
+    pub dir: PathBuf,
+    /// Refuse components without a valid signature from a trusted key.
+    #[arg(long, env = "HALO_REQUIRE_SIGNATURES")]
+    pub require_signatures: bool,
+    /// Directory of trusted ed25519 public keys (*.pem / *.pub).
+    #[arg(long, env = "HALO_TRUSTED_KEYS")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Wall-clock budget of one stage execution, in seconds.
+    #[arg(long, env = "HALO_STAGE_DEADLINE_SECS", default_value_t = 600)]
+    pub stage_deadline_secs: u64,
+    /// Memory limit of one plugin instance, in MiB.
+    #[arg(long, env = "HALO_PLUGIN_MEMORY_MIB", default_value_t = 4096)]
+    pub max_memory_mib: u64,
+    /// AOT compilation cache (default: <data-dir>/plugin-cache).
+    #[arg(long, env = "HALO_PLUGIN_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl PluginArgs {
+    /// Opens the registry over the plugin directory and starts watching it.
+    pub fn open(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<(Arc<halo_registry::PluginRegistry>, halo_registry::WatchHandle)> {
+        let engine = halo_engine::EngineConfig {
+            max_memory_bytes: self.max_memory_mib << 20,
+            stage_deadline: std::time::Duration::from_secs(self.stage_deadline_secs),
+            cache_dir: Some(self.cache_dir.clone().unwrap_or_else(|| data_dir.join("plugin-cache"))),
+            ..halo_engine::EngineConfig::default()
+        };
+        let runtime = halo_engine::Runtime::new(engine)?;
+        let mut config = halo_registry::RegistryConfig::new(&self.dir);
+        if let Some(keys) = &self.trusted_keys {
+            config.trusted = halo_signing::TrustedKeys::load_dir(keys)
+                .with_context(|| format!("loading trusted keys from {}", keys.display()))?;
+        }
+        if self.require_signatures {
+            if config.trusted.is_empty() {
+                return Err(anyhow!("--require-signatures needs --trusted-keys with at least one key"));
+            }
+            config.policy = halo_signing::SignaturePolicy::Required;
+        }
+        let registry = halo_registry::PluginRegistry::open(runtime, config)?;
+        for p in registry.list() {
+            tracing::info!(plugin = %p.id, version = %p.version, digest = %p.digest, wit = %p.wit_package, "plugin available");
+        }
+        for (path, why) in registry.refused() {
+            tracing::error!(file = %path.display(), "plugin refused: {why}");
+        }
+        let watch = registry.watch()?;
+        Ok((registry, watch))
+    }
 }
 
 fn parse_peer(s: &str) -> Result<(String, String), String> {
@@ -165,6 +229,10 @@ async fn run(cli: Cli) -> Result<()> {
             shutdown_signal().await;
             k.shutdown().await
         }
+        Command::Plugin(cmd) => {
+            init_tracing("warn");
+            plugin::run(cmd)
+        }
         Command::Duchy {
             id,
             pki,
@@ -173,6 +241,7 @@ async fn run(cli: Cli) -> Result<()> {
             kingdom,
             peers,
             workers,
+            plugins,
         } => {
             init_tracing("info");
             halo_identity::init_crypto();
@@ -182,6 +251,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .identity(&Principal::Duchy(id.clone()))
                 .ok_or_else(|| anyhow!("the PKI has no identity for duchy {id}"))?
                 .clone();
+            let (registry, _watch) = plugins.open(&data_dir)?;
             let directory = PeerDirectory::default();
             let peers: HashMap<String, String> = peers.into_iter().collect();
             for (d, url) in &peers {
@@ -201,9 +271,7 @@ async fn run(cli: Cli) -> Result<()> {
                     ..MillConfig::default()
                 },
                 herald: HeraldConfig::default(),
-                protocols: Arc::new(StaticRegistry::new(vec![Arc::new(TestSumProtocol::new(
-                    "1.0.0",
-                ))])),
+                protocols: registry,
                 max_payload_bytes: 4 << 30,
             };
             let d = RunningDuchy::start(config).await?;

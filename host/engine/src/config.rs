@@ -1,0 +1,112 @@
+//! Engine configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The largest linear memory a 32-bit wasm guest can address.
+pub const MAX_WASM32_MEMORY: u64 = 4 << 30;
+
+/// Limits and caching for the plugin runtime. One per process (one [`crate::Runtime`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Memory cap of one Store (one stage call), in bytes. At most 4 GiB.
+    pub max_memory_bytes: u64,
+    /// Wall-clock budget of one call into a plugin.
+    pub stage_deadline: Duration,
+    /// Period of the epoch ticker (the deadline's resolution).
+    pub epoch_tick: Duration,
+    /// Directory of compiled (AOT) artifacts; `None` compiles every load.
+    pub cache_dir: Option<PathBuf>,
+    /// Pooling allocator capacity: how many plugin instances may exist at once.
+    pub max_instances: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_memory_bytes: 1 << 30,
+            stage_deadline: Duration::from_secs(600),
+            epoch_tick: Duration::from_millis(10),
+            cache_dir: None,
+            max_instances: 64,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks the values are usable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1 << 16..=MAX_WASM32_MEMORY).contains(&self.max_memory_bytes),
+            "max_memory_bytes must be between 64 KiB and 4 GiB, got {}",
+            self.max_memory_bytes
+        );
+        anyhow::ensure!(
+            !self.epoch_tick.is_zero(),
+            "epoch_tick must be positive"
+        );
+        anyhow::ensure!(
+            self.stage_deadline >= self.epoch_tick,
+            "stage_deadline ({:?}) must be at least one epoch_tick ({:?})",
+            self.stage_deadline,
+            self.epoch_tick
+        );
+        anyhow::ensure!(self.max_instances > 0, "max_instances must be positive");
+        Ok(())
+    }
+
+    /// The epoch deadline of one call, in ticks: enough whole ticks to cover
+    /// `stage_deadline`, plus one because the first tick may come at once.
+    pub fn deadline_ticks(&self) -> u64 {
+        let tick = self.epoch_tick.as_nanos().max(1);
+        let ticks = self.stage_deadline.as_nanos().div_ceil(tick);
+        u64::try_from(ticks).unwrap_or(u64::MAX - 1).saturating_add(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = EngineConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.deadline_ticks(), 60_001);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad = [
+            EngineConfig {
+                max_memory_bytes: 5 << 30,
+                ..Default::default()
+            },
+            EngineConfig {
+                epoch_tick: Duration::ZERO,
+                ..Default::default()
+            },
+            EngineConfig {
+                stage_deadline: Duration::from_millis(1),
+                ..Default::default()
+            },
+            EngineConfig {
+                max_instances: 0,
+                ..Default::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn deadline_ticks_round_up() {
+        let c = EngineConfig {
+            stage_deadline: Duration::from_millis(305),
+            epoch_tick: Duration::from_millis(10),
+            ..Default::default()
+        };
+        assert_eq!(c.deadline_ticks(), 32);
+    }
+}

@@ -1,0 +1,290 @@
+//! Bindings for the `halo:mpc@1.x` world `protocol-plugin`, the host side of its imports, and
+//! the conversions between the WIT types and [`halo_duchy::protocol`].
+//!
+//! One module per WIT major (STYLE 6): a future `halo:mpc@2.0.0` gets its own `v2` module
+//! beside this one, and [`crate::plugin::Bindings`] holds one variant per major. Newer minors
+//! of 1.x are served by the Linker's semver fallback, as long as every function a component
+//! imports exists here.
+
+use halo_duchy::protocol as host;
+use halo_proto::system::v1alpha::computation::State as ComputationState;
+use semver::Version;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::host::HostState;
+
+wasmtime::component::bindgen!({
+    path: "../../wit/halo-mpc@1.0.0",
+    world: "protocol-plugin",
+    imports: {
+        // Asking for more randomness than the host hands out is a plugin bug: trap.
+        "halo:mpc/random.fill": trappable,
+    },
+});
+
+use halo::mpc::types as wit;
+
+/// The WIT package this module serves.
+pub const PACKAGE: &str = "halo:mpc";
+/// The major version this module serves.
+pub const MAJOR: u64 = 1;
+/// Oldest version served (inclusive).
+pub const MIN_VERSION: Version = Version::new(1, 0, 0);
+/// Newest version whose every function this host implements. Components built against a
+/// newer 1.x minor load as long as they only use functions this version has.
+pub const MAX_VERSION: Version = Version::new(1, 0, 0);
+
+pub(crate) use self::ProtocolPlugin as Plugin;
+pub(crate) use self::ProtocolPluginPre as PluginPre;
+
+/// Adds the `halo:mpc@1.x` host imports to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    ProtocolPlugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host imports: thin adapters over the version-independent implementations in `crate::host`.
+
+impl wit::Host for HostState {}
+
+impl halo::mpc::log::Host for HostState {
+    fn log(&mut self, level: halo::mpc::log::Level, message: String) {
+        use crate::host::LogLevel;
+        use halo::mpc::log::Level;
+        let level = match level {
+            Level::Trace => LogLevel::Trace,
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        HostState::log(self, level, &message);
+    }
+}
+
+impl halo::mpc::random::Host for HostState {
+    fn fill(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
+        HostState::random_fill(self, len)
+    }
+}
+
+impl halo::mpc::crypto::Host for HostState {
+    fn aes256_ctr_keystream(
+        &mut self,
+        key: Vec<u8>,
+        iv: Vec<u8>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, String> {
+        HostState::aes256_ctr_keystream(self, &key, &iv, offset, len)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls into the guest. Each returns the guest's own result (data) inside the wasmtime result
+// (traps and host errors).
+
+pub(crate) fn describe(
+    plugin: &Plugin,
+    store: &mut wasmtime::Store<HostState>,
+) -> wasmtime::Result<Description> {
+    let d = plugin.halo_mpc_protocol().call_describe(store)?;
+    Ok(Description {
+        id: d.id,
+        version: d.version,
+        serves: system_protocol_from_wit(d.serves),
+        stages: d.stages.into_iter().map(stage_from_wit).collect(),
+    })
+}
+
+pub(crate) fn start(
+    plugin: &Plugin,
+    store: &mut wasmtime::Store<HostState>,
+    ctx: &host::ComputationContext,
+) -> wasmtime::Result<Result<host::StartOutcome, host::StageError>> {
+    let ctx = context_to_wit(ctx);
+    let r = plugin.halo_mpc_protocol().call_start(store, &ctx)?;
+    Ok(r.map(|o| host::StartOutcome {
+        initial_stage: o.initial_stage,
+        state: o.state,
+    })
+    .map_err(stage_error_from_wit))
+}
+
+pub(crate) fn execute(
+    plugin: &Plugin,
+    store: &mut wasmtime::Store<HostState>,
+    ctx: &host::ComputationContext,
+    stage: i32,
+    inputs: Vec<host::StageInput>,
+) -> wasmtime::Result<Result<host::StageOutcome, host::StageError>> {
+    let ctx = context_to_wit(ctx);
+    let inputs: Vec<wit::StageInput> = inputs.into_iter().map(input_to_wit).collect();
+    let r = plugin
+        .halo_mpc_protocol()
+        .call_execute(store, &ctx, stage, &inputs)?;
+    Ok(r.map(outcome_from_wit).map_err(stage_error_from_wit))
+}
+
+/// What `describe()` returned, in host types.
+pub(crate) struct Description {
+    pub id: String,
+    pub version: String,
+    pub serves: host::SystemProtocol,
+    pub stages: Vec<host::StageInfo>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions.
+
+fn system_protocol_from_wit(p: wit::SystemProtocol) -> host::SystemProtocol {
+    match p {
+        wit::SystemProtocol::LiquidLegionsV2 => host::SystemProtocol::LiquidLegionsV2,
+        wit::SystemProtocol::ReachOnlyLiquidLegionsV2 => {
+            host::SystemProtocol::ReachOnlyLiquidLegionsV2
+        }
+        wit::SystemProtocol::HonestMajorityShareShuffle => {
+            host::SystemProtocol::HonestMajorityShareShuffle
+        }
+    }
+}
+
+fn system_protocol_to_wit(p: host::SystemProtocol) -> wit::SystemProtocol {
+    match p {
+        host::SystemProtocol::LiquidLegionsV2 => wit::SystemProtocol::LiquidLegionsV2,
+        host::SystemProtocol::ReachOnlyLiquidLegionsV2 => {
+            wit::SystemProtocol::ReachOnlyLiquidLegionsV2
+        }
+        host::SystemProtocol::HonestMajorityShareShuffle => {
+            wit::SystemProtocol::HonestMajorityShareShuffle
+        }
+    }
+}
+
+fn role_from_wit(r: wit::Role) -> host::Role {
+    match r {
+        wit::Role::Aggregator => host::Role::Aggregator,
+        wit::Role::NonAggregator => host::Role::NonAggregator,
+        wit::Role::FirstNonAggregator => host::Role::FirstNonAggregator,
+        wit::Role::SecondNonAggregator => host::Role::SecondNonAggregator,
+    }
+}
+
+fn role_to_wit(r: host::Role) -> wit::Role {
+    match r {
+        host::Role::Aggregator => wit::Role::Aggregator,
+        host::Role::NonAggregator => wit::Role::NonAggregator,
+        host::Role::FirstNonAggregator => wit::Role::FirstNonAggregator,
+        host::Role::SecondNonAggregator => wit::Role::SecondNonAggregator,
+    }
+}
+
+fn kingdom_state_from_wit(s: wit::KingdomState) -> ComputationState {
+    match s {
+        wit::KingdomState::PendingRequisitionParams => ComputationState::PendingRequisitionParams,
+        wit::KingdomState::PendingRequisitionFulfillment => {
+            ComputationState::PendingRequisitionFulfillment
+        }
+        wit::KingdomState::PendingParticipantConfirmation => {
+            ComputationState::PendingParticipantConfirmation
+        }
+        wit::KingdomState::PendingComputation => ComputationState::PendingComputation,
+    }
+}
+
+fn stage_from_wit(s: wit::StageInfo) -> host::StageInfo {
+    let kind = match s.kind {
+        wit::StageKind::Queued(q) => host::StageKind::Queued {
+            inputs: q.inputs,
+            requisitions: q.requisitions,
+        },
+        wit::StageKind::WaitInputs(w) => host::StageKind::WaitInputs {
+            description: w.description,
+            from: match w.from {
+                wit::InputSource::Roles(roles) => {
+                    host::InputSource::Roles(roles.into_iter().map(role_from_wit).collect())
+                }
+                wit::InputSource::AnyOne => host::InputSource::AnyOne,
+            },
+            next: w.next,
+        },
+        wit::StageKind::WaitKingdom(w) => host::StageKind::WaitKingdom {
+            state: kingdom_state_from_wit(w.state),
+            next: w.next,
+        },
+        wit::StageKind::Terminal => host::StageKind::Terminal,
+    };
+    host::StageInfo {
+        number: s.number,
+        name: s.name,
+        kind,
+    }
+}
+
+fn context_to_wit(ctx: &host::ComputationContext) -> wit::ComputationContext {
+    wit::ComputationContext {
+        global_id: ctx.global_id.clone(),
+        duchy_id: ctx.duchy_id.clone(),
+        role: role_to_wit(ctx.role),
+        protocol: system_protocol_to_wit(ctx.protocol),
+        computation: ctx.computation.clone(),
+        participants: ctx
+            .participants
+            .iter()
+            .map(|p| wit::Participant {
+                duchy_id: p.duchy_id.clone(),
+                role: role_to_wit(p.role),
+                requisition_params: p.requisition_params.clone(),
+            })
+            .collect(),
+        state: ctx.state.clone(),
+        attempt: ctx.attempt,
+    }
+}
+
+fn input_to_wit(i: host::StageInput) -> wit::StageInput {
+    let origin = match i.origin {
+        host::InputOrigin::Peer {
+            duchy_id,
+            description,
+        } => wit::InputOrigin::Peer((duchy_id, description)),
+        host::InputOrigin::Requisition {
+            requisition_id,
+            header,
+        } => wit::InputOrigin::Requisition((requisition_id, header)),
+    };
+    wit::StageInput {
+        origin,
+        data: i.data,
+    }
+}
+
+fn outcome_from_wit(o: wit::StageOutcome) -> host::StageOutcome {
+    host::StageOutcome {
+        next_stage: o.next_stage,
+        state: o.state,
+        requisition_params: o.requisition_params,
+        confirm: o.confirm,
+        result: o.result.map(|r| host::ComputationResult {
+            encrypted_result: r.encrypted_result,
+            result_public_key: r.result_public_key,
+        }),
+        sends: o
+            .sends
+            .into_iter()
+            .map(|s| host::Outgoing {
+                to: s.to,
+                description: s.description,
+                payload: s.payload,
+            })
+            .collect(),
+    }
+}
+
+fn stage_error_from_wit(e: wit::StageError) -> host::StageError {
+    match e {
+        wit::StageError::Transient(m) => host::StageError::Transient(m),
+        wit::StageError::Permanent(m) => host::StageError::Permanent(m),
+        wit::StageError::InvalidInput(m) => host::StageError::InvalidInput(m),
+    }
+}
