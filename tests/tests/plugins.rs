@@ -106,6 +106,14 @@ async fn hot_swap_mid_flight_keeps_pinned_versions() {
         assert_eq!((ra.pin.version.as_str(), ra.pin.digest.as_str()), ("1.0.0", v10.as_str()), "{d}");
         assert_eq!((rb.pin.version.as_str(), rb.pin.digest.as_str()), ("1.1.0", v11.as_str()), "{d}");
     }
+    // Stage metrics carry the plugin version that ran.
+    let text = cluster.duchies["aggregator"].core.metrics.encode();
+    for v in ["1.0.0", "1.1.0"] {
+        let needle = format!(
+            r#"halo_duchy_stage_executions_total{{plugin="test-sum",version="{v}",stage="AGGREGATION_PHASE",outcome="ok"}} 1"#
+        );
+        assert!(text.contains(&needle), "{text}");
+    }
     drop(watches);
     cluster.shutdown().await.unwrap();
 }

@@ -75,6 +75,10 @@ enum Command {
         workers: usize,
         #[command(flatten)]
         plugins: PluginArgs,
+        /// Serve OpenMetrics text at http://ADDR/metrics (loaded plugin versions, stage
+        /// executions and times by plugin, version, stage and outcome).
+        #[arg(long, env = "HALO_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Inspect, sign, verify and list protocol plugins.
     #[command(subcommand)]
@@ -242,6 +246,7 @@ async fn run(cli: Cli) -> Result<()> {
             peers,
             workers,
             plugins,
+            metrics_listen,
         } => {
             init_tracing("info");
             halo_identity::init_crypto();
@@ -252,6 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .ok_or_else(|| anyhow!("the PKI has no identity for duchy {id}"))?
                 .clone();
             let (registry, _watch) = plugins.open(&data_dir)?;
+            let registry_for_metrics = registry.clone();
             let directory = PeerDirectory::default();
             let peers: HashMap<String, String> = peers.into_iter().collect();
             for (d, url) in &peers {
@@ -276,7 +282,31 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let d = RunningDuchy::start(config).await?;
             tracing::info!(addr = %d.addr, "duchy listening");
+            let (stop_metrics, stop_rx) = tokio::sync::watch::channel(false);
+            if let Some(addr) = metrics_listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding metrics listener {addr}"))?;
+                tracing::info!(%addr, "metrics at /metrics");
+                let reg = registry_for_metrics.clone();
+                let refresh: Arc<dyn Fn(&halo_duchy::metrics::Metrics) + Send + Sync> =
+                    Arc::new(move |m| {
+                        let list: Vec<_> = reg
+                            .list()
+                            .into_iter()
+                            .map(|p| (p.id, p.version, p.wit_package, p.offered))
+                            .collect();
+                        m.set_plugins(&list);
+                    });
+                tokio::spawn(halo_duchy::metrics::serve(
+                    listener,
+                    d.core.metrics.clone(),
+                    refresh,
+                    stop_rx,
+                ));
+            }
             shutdown_signal().await;
+            let _ = stop_metrics.send(true);
             d.shutdown().await
         }
         Command::Demo(args) => demo::run(args).await,

@@ -25,6 +25,7 @@ pub struct Core {
     pub store: Store,
     /// Woken whenever a stage becomes claimable.
     pub work: Notify,
+    pub metrics: Arc<crate::metrics::Metrics>,
     kingdom: Channel,
     peers: Mutex<HashMap<String, (String, Channel)>>,
     certificate_name: String,
@@ -73,6 +74,7 @@ impl Core {
             config,
             store,
             work: Notify::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             kingdom,
             peers: Mutex::new(HashMap::new()),
             certificate_name,

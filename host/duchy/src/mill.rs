@@ -143,6 +143,20 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
             let stage = row.stage;
             let started = std::time::Instant::now();
             let res = tokio::task::spawn_blocking(move || p.execute(&ctx, stage, inputs)).await;
+            let outcome_label = match &res {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(StageError::Transient(_))) => "transient",
+                Ok(Err(StageError::Permanent(_))) => "permanent",
+                Ok(Err(StageError::InvalidInput(_))) => "invalid_input",
+                Err(_) => "crashed",
+            };
+            core.metrics.record_stage(
+                &row.pin.name,
+                &row.pin.version,
+                &info.name,
+                outcome_label,
+                started.elapsed().as_secs_f64(),
+            );
             let outcome = match res {
                 Ok(Ok(o)) => o,
                 Ok(Err(StageError::Transient(m))) => {

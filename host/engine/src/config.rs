@@ -41,10 +41,7 @@ impl EngineConfig {
             "max_memory_bytes must be between 64 KiB and 4 GiB, got {}",
             self.max_memory_bytes
         );
-        anyhow::ensure!(
-            !self.epoch_tick.is_zero(),
-            "epoch_tick must be positive"
-        );
+        anyhow::ensure!(!self.epoch_tick.is_zero(), "epoch_tick must be positive");
         anyhow::ensure!(
             self.stage_deadline >= self.epoch_tick,
             "stage_deadline ({:?}) must be at least one epoch_tick ({:?})",
@@ -58,9 +55,17 @@ impl EngineConfig {
     /// The epoch deadline of one call, in ticks: enough whole ticks to cover
     /// `stage_deadline`, plus one because the first tick may come at once.
     pub fn deadline_ticks(&self) -> u64 {
+        self.ticks_for(self.stage_deadline)
+    }
+
+    /// The epoch deadline for a budget of `budget`, in ticks (see
+    /// [`EngineConfig::deadline_ticks`]).
+    pub fn ticks_for(&self, budget: Duration) -> u64 {
         let tick = self.epoch_tick.as_nanos().max(1);
-        let ticks = self.stage_deadline.as_nanos().div_ceil(tick);
-        u64::try_from(ticks).unwrap_or(u64::MAX - 1).saturating_add(1)
+        let ticks = budget.as_nanos().div_ceil(tick);
+        u64::try_from(ticks)
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
     }
 }
 

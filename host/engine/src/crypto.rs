@@ -84,7 +84,14 @@ mod tests {
     #[test]
     fn nist_keystream_at_unaligned_offsets() {
         let (key, iv, want) = kat();
-        for (offset, len) in [(1u64, 7u64), (13, 19), (16, 16), (17, 40), (31, 33), (63, 1)] {
+        for (offset, len) in [
+            (1u64, 7u64),
+            (13, 19),
+            (16, 16),
+            (17, 40),
+            (31, 33),
+            (63, 1),
+        ] {
             let got = aes256_ctr_keystream(&key, &iv, offset, len).unwrap();
             let (o, l) = (offset as usize, len as usize);
             assert_eq!(got, want[o..o + l], "offset {offset} len {len}");

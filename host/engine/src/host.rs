@@ -46,7 +46,8 @@ impl HostState {
     pub fn log(&mut self, level: LogLevel, message: &str) {
         let message = truncate(message, MAX_LOG_MESSAGE);
         if let LogLevel::Error = level {
-            self.last_error_log = Some(truncate(message, MAX_TRAP_CONTEXT).to_owned());
+            self.last_error_log =
+                Some(truncate(message, MAX_TRAP_CONTEXT).replace(['\n', '\r'], " "));
         }
         let (plugin, version, computation) = (
             &*self.who.plugin,

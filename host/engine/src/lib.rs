@@ -31,7 +31,7 @@ mod v1;
 pub use crate::config::{EngineConfig, MAX_WASM32_MEMORY};
 pub use crate::error::LoadError;
 pub use crate::host::{MAX_LOG_MESSAGE, MAX_RANDOM_FILL};
-pub use crate::plugin::{LoadedPlugin, PluginInfo};
+pub use crate::plugin::{DESCRIBE_DEADLINE, LoadedPlugin, PluginInfo};
 pub use crate::runtime::{CacheStats, Runtime};
 
 /// The WIT versions this host serves.

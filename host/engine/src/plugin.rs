@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use halo_duchy::protocol::{
     ComputationContext, PluginPin, Protocol, StageError, StageInfo, StageInput, StageKind,
@@ -17,6 +17,9 @@ use crate::host::{Attribution, HostState};
 use crate::probe::{self, Major};
 use crate::runtime::RuntimeInner;
 use crate::v1;
+
+/// The budget of the one `describe()` call at load time (capped by the stage deadline).
+pub const DESCRIBE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What the host knows about a loaded plugin.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +63,8 @@ pub struct LoadedPlugin {
     who: Attribution,
     /// `id@version`, the prefix of every error.
     label: String,
+    /// Wall-clock budget of one call, and the same in epoch ticks.
+    deadline: Duration,
     deadline_ticks: u64,
 }
 
@@ -121,7 +126,12 @@ impl LoadedPlugin {
                 version: "?".into(),
             },
             label: format!("component sha256:{short}"),
-            deadline_ticks: runtime.config.deadline_ticks(),
+            // `describe()` must be quick: a plugin stuck in it must not hold up loading for
+            // a whole stage budget.
+            deadline: DESCRIBE_DEADLINE.min(runtime.config.stage_deadline),
+            deadline_ticks: runtime
+                .config
+                .ticks_for(DESCRIBE_DEADLINE.min(runtime.config.stage_deadline)),
             runtime,
             bindings,
         };
@@ -143,6 +153,8 @@ impl LoadedPlugin {
         validate_stages(&d.stages)
             .map_err(|e| LoadError::InvalidStageTable(format!("{}@{}: {e}", d.id, d.version)))?;
 
+        plugin.deadline = plugin.runtime.config.stage_deadline;
+        plugin.deadline_ticks = plugin.runtime.config.deadline_ticks();
         plugin.label = format!("{}@{}", d.id, d.version);
         plugin.who = Attribution {
             plugin: d.id.as_str().into(),
@@ -186,7 +198,7 @@ impl LoadedPlugin {
 
     /// One call in a fresh Store: guest errors (data) get the plugin's name; traps and host
     /// errors become stage errors by [`LoadedPlugin::classify`].
-    #[instrument(skip_all, fields(plugin = %self.label, op, computation))]
+    #[instrument(skip_all, fields(plugin = %self.label, op = op, computation = computation))]
     fn call<R>(
         &self,
         computation: &str,
@@ -241,7 +253,7 @@ impl LoadedPlugin {
         if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
             return StageError::Transient(format!(
                 "{label}: stage deadline of {}s exceeded",
-                self.runtime.config.stage_deadline.as_secs_f64()
+                self.deadline.as_secs_f64()
             ));
         }
         if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
@@ -290,9 +302,13 @@ impl Protocol for LoadedPlugin {
         stage: i32,
         inputs: Vec<StageInput>,
     ) -> Result<StageOutcome, StageError> {
-        self.call(&ctx.global_id, "execute", |instance, store| match instance {
-            Instance::V1(p) => v1::execute(p, store, ctx, stage, inputs),
-        })
+        self.call(
+            &ctx.global_id,
+            "execute",
+            |instance, store| match instance {
+                Instance::V1(p) => v1::execute(p, store, ctx, stage, inputs),
+            },
+        )
     }
 }
 
@@ -322,25 +338,52 @@ fn trap_summary(err: &wasmtime::Error) -> String {
         None => err.root_cause().to_string(),
     };
     if let Some(bt) = err.downcast_ref::<WasmBacktrace>() {
-        let frames: Vec<String> = bt
+        let all: Vec<String> = bt
             .frames()
             .iter()
-            .take(TRAP_FRAMES)
             .map(|f| match f.func_name() {
                 Some(name) => format!("{:#}", rustc_demangle::demangle(name)),
                 None => format!("<wasm function {}>", f.func_index()),
             })
             .collect();
+        // Start at the first frame that is not the panic or abort machinery.
+        let skip = all
+            .iter()
+            .take_while(|f| RUNTIME_FRAMES.iter().any(|p| f.starts_with(p)))
+            .count();
+        let frames = if skip < all.len() {
+            &all[skip..]
+        } else {
+            &all[..]
+        };
         if !frames.is_empty() {
             s.push_str(" at ");
-            s.push_str(&frames.join(" <- "));
-            if bt.frames().len() > TRAP_FRAMES {
+            s.push_str(&frames[..frames.len().min(TRAP_FRAMES)].join(" <- "));
+            if frames.len() > TRAP_FRAMES {
                 s.push_str(" <- ...");
             }
         }
     }
     s
 }
+
+/// Leading backtrace frames that say nothing about where a guest failed.
+const RUNTIME_FRAMES: &[&str] = &[
+    "__rustc::",
+    "__rust_",
+    "rust_panic",
+    "std::panicking::",
+    "std::sys::",
+    "std::rt::",
+    "std::alloc::",
+    "std::process::abort",
+    "core::panicking::",
+    "core::option::",
+    "core::result::",
+    "alloc::alloc::",
+    "alloc::raw_vec::",
+    "abort",
+];
 
 /// Checks a stage table: stage numbers and names unique, every `next` of a waiting stage in
 /// the table and later than the waiting stage, at least one terminal stage.

@@ -127,7 +127,11 @@ pub(crate) fn probe(imports: &[String], exports: &[String]) -> Result<Probe, Loa
             found: vec![if exports.is_empty() {
                 "no exports".to_owned()
             } else {
-                format!("no {}/protocol export (exports: {})", v1::PACKAGE, exports.join(", "))
+                format!(
+                    "no {}/protocol export (exports: {})",
+                    v1::PACKAGE,
+                    exports.join(", ")
+                )
             }],
             supported: SUPPORTED_WIT.to_owned(),
         }),
@@ -189,7 +193,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(msg.contains("halo:mpc@2.0.0") && msg.contains(SUPPORTED_WIT), "{msg}");
+        assert!(
+            msg.contains("halo:mpc@2.0.0") && msg.contains(SUPPORTED_WIT),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -39,6 +39,16 @@ pub struct Runtime {
     pub(crate) inner: Arc<RuntimeInner>,
 }
 
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .field("compat", &self.inner.compat)
+            .field("cache", &self.cache_stats())
+            .finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct RuntimeInner {
     pub engine: Engine,
     pub linker: Linker<HostState>,
@@ -195,7 +205,10 @@ impl Runtime {
     /// artifact for this digest under the current engine.
     #[instrument(skip(self))]
     pub fn load_cached(&self, digest: &str) -> Result<Option<Arc<LoadedPlugin>>, LoadError> {
-        if digest.len() != 64 || !digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        if digest.len() != 64
+            || !digest
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
             return Err(LoadError::Invalid(format!(
                 "digest {digest:?} is not a lowercase hex SHA-256"
@@ -316,7 +329,9 @@ fn write_artifact(path: &Path, component: &Component) -> anyhow::Result<()> {
         .context("serializing")?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact"),
         std::process::id(),
         rand::random::<u64>()
     ));

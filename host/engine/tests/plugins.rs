@@ -2,6 +2,8 @@
 //! versions side by side, limits obeyed and violated (deadline, memory, panic), WIT major
 //! refusal, the AOT cache, and large payloads. After every failure a good plugin still runs.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,7 +65,7 @@ fn computation(epsilon: f64) -> Vec<u8> {
         delta: 1e-9,
     };
     let spec = MeasurementSpec {
-        reach_privacy_params: Some(dp.clone()),
+        reach_privacy_params: Some(dp),
         frequency_privacy_params: Some(dp),
         ..Default::default()
     };
@@ -139,7 +141,9 @@ fn test_sum_versions_load_side_by_side() {
     );
     // Both versions run in one engine, interleaved.
     for p in [&v10, &v11, &v10] {
-        let s = p.start(&ctx("worker2", Role::SecondNonAggregator, vec![])).unwrap();
+        let s = p
+            .start(&ctx("worker2", Role::SecondNonAggregator, vec![]))
+            .unwrap();
         assert_eq!(s.initial_stage, ts::INITIALIZED);
         assert_eq!(s.state.len(), 8);
     }
@@ -187,7 +191,9 @@ fn test_sum_computes_what_the_in_crate_protocol_computes() {
         for (d, r) in roles {
             let s = p.start(&ctx(d, r, vec![])).unwrap();
             assert_eq!(s.initial_stage, ts::INITIALIZED);
-            let out = p.execute(&ctx(d, r, s.state.clone()), ts::INITIALIZED, vec![]).unwrap();
+            let out = p
+                .execute(&ctx(d, r, s.state.clone()), ts::INITIALIZED, vec![])
+                .unwrap();
             assert!(out.requisition_params.is_some());
             state.insert(d, s.state);
         }
@@ -392,7 +398,10 @@ fn aot_cache_is_hit_and_load_cached_works() {
     let first = rt.load(&bytes).unwrap();
     assert!(!first.info().loaded_from_cache);
     let stats = rt.cache_stats();
-    assert_eq!((stats.hits, stats.misses, stats.compiles, stats.writes), (0, 1, 1, 1));
+    assert_eq!(
+        (stats.hits, stats.misses, stats.compiles, stats.writes),
+        (0, 1, 1, 1)
+    );
     let artifact = rt.cache_path(&first.info().digest).unwrap();
     assert!(artifact.is_file(), "{}", artifact.display());
 
@@ -411,7 +420,10 @@ fn aot_cache_is_hit_and_load_cached_works() {
     assert_eq!(cached.pin(), first.pin());
     assert_eq!(cached.stages(), first.stages());
     assert_eq!(
-        cached.start(&ctx("worker1", Role::FirstNonAggregator, vec![])).unwrap().initial_stage,
+        cached
+            .start(&ctx("worker1", Role::FirstNonAggregator, vec![]))
+            .unwrap()
+            .initial_stage,
         1
     );
 
@@ -441,7 +453,9 @@ fn aot_cache_is_hit_and_load_cached_works() {
 fn echo_round_trips_4_mib() {
     let rt = runtime();
     let p = load(&rt, plugins::ECHO);
-    let a: Vec<u8> = (0..3 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let a: Vec<u8> = (0..3 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let b: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
     let want = [a.as_slice(), b.as_slice()].concat();
     assert_eq!(want.len(), 4 << 20);
