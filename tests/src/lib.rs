@@ -107,7 +107,11 @@ pub async fn fulfil_for(cluster: &Cluster, computation: &str, vectors: &[Vec<u32
             let reqs: Vec<_> = edp::list(cluster.kingdom_channel(&who)?, dp)
                 .await?
                 .into_iter()
-                .filter(|r| r.computation.as_ref().is_some_and(|c| c.name == computation))
+                .filter(|r| {
+                    r.computation
+                        .as_ref()
+                        .is_some_and(|c| c.name == computation)
+                })
                 .collect();
             if !reqs.is_empty() {
                 break reqs;
@@ -119,13 +123,14 @@ pub async fn fulfil_for(cluster: &Cluster, computation: &str, vectors: &[Vec<u32
         };
         for r in reqs {
             let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
-            let hmss = api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
-                api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
-                    secret_seed: None,
-                    register_count: vectors[i].len() as i64,
-                    data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
-                },
-            );
+            let hmss =
+                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+                    api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+                        secret_seed: None,
+                        register_count: vectors[i].len() as i64,
+                        data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
+                    },
+                );
             edp::fulfill(duchy, &r, Some(hmss), &le(&vectors[i]), 32 << 10).await?;
         }
     }

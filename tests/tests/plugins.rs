@@ -50,16 +50,28 @@ async fn hot_swap_mid_flight_keeps_pinned_versions() {
     let regs2 = regs.clone();
     let factory: halo_sim::RegistryFn =
         Arc::new(move |id: &str| regs2[id].clone() as Arc<dyn ProtocolRegistry>);
-    let cluster = halo_sim::Cluster::start(halo_sim::ClusterOptions::new(&dir.path().join("cluster"), factory))
-        .await
-        .unwrap();
+    let cluster = halo_sim::Cluster::start(halo_sim::ClusterOptions::new(
+        &dir.path().join("cluster"),
+        factory,
+    ))
+    .await
+    .unwrap();
 
     // Computation A starts on 1.0.0 and parks waiting for data.
     let a = create(&cluster, spec(1.0)).await.unwrap();
-    let a_id = a.measurement.computation.trim_start_matches("computations/").to_string();
+    let a_id = a
+        .measurement
+        .computation
+        .trim_start_matches("computations/")
+        .to_string();
     let start = Instant::now();
     loop {
-        let row = cluster.duchies["aggregator"].core.store.get(&a_id).await.unwrap();
+        let row = cluster.duchies["aggregator"]
+            .core
+            .store
+            .get(&a_id)
+            .await
+            .unwrap();
         if row.is_some_and(|r| r.stage == WAIT_ON_AGGREGATION_INPUT) {
             break;
         }
@@ -74,10 +86,16 @@ async fn hot_swap_mid_flight_keeps_pinned_versions() {
     std::fs::remove_file(regs["worker1"].dir().join("test-sum-1.0.0.wasm")).unwrap();
     let start = Instant::now();
     for d in halo_sim::DUCHIES {
-        while regs[d].select(SystemProtocol::HonestMajorityShareShuffle).map(|p| p.pin().version).as_deref()
+        while regs[d]
+            .select(SystemProtocol::HonestMajorityShareShuffle)
+            .map(|p| p.pin().version)
+            .as_deref()
             != Some("1.1.0")
         {
-            assert!(start.elapsed() < Duration::from_secs(30), "{d} did not pick up 1.1.0");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{d} did not pick up 1.1.0"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -86,14 +104,27 @@ async fn hot_swap_mid_flight_keeps_pinned_versions() {
 
     // Computation B is created after the swap.
     let b = create(&cluster, spec(1.0)).await.unwrap();
-    let b_id = b.measurement.computation.trim_start_matches("computations/").to_string();
+    let b_id = b
+        .measurement
+        .computation
+        .trim_start_matches("computations/")
+        .to_string();
     let va: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 40, 3_000)).collect();
     let vb: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 50, 3_000)).collect();
-    fulfil_for(&cluster, &a.measurement.computation, &va).await.unwrap();
-    fulfil_for(&cluster, &b.measurement.computation, &vb).await.unwrap();
+    fulfil_for(&cluster, &a.measurement.computation, &va)
+        .await
+        .unwrap();
+    fulfil_for(&cluster, &b.measurement.computation, &vb)
+        .await
+        .unwrap();
     for (created, vectors) in [(&a, &va), (&b, &vb)] {
         let m = wait_for_result(&cluster, created).await.unwrap();
-        assert_eq!(m.state, State::Succeeded as i32, "failure: {}", m.failure_message);
+        assert_eq!(
+            m.state,
+            State::Succeeded as i32,
+            "failure: {}",
+            m.failure_message
+        );
         let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
         assert_eq!(result["reach"].as_u64().unwrap(), truth(vectors).0);
     }
@@ -103,8 +134,16 @@ async fn hot_swap_mid_flight_keeps_pinned_versions() {
         let store = &cluster.duchies[d].core.store;
         let ra = store.get(&a_id).await.unwrap().unwrap();
         let rb = store.get(&b_id).await.unwrap().unwrap();
-        assert_eq!((ra.pin.version.as_str(), ra.pin.digest.as_str()), ("1.0.0", v10.as_str()), "{d}");
-        assert_eq!((rb.pin.version.as_str(), rb.pin.digest.as_str()), ("1.1.0", v11.as_str()), "{d}");
+        assert_eq!(
+            (ra.pin.version.as_str(), ra.pin.digest.as_str()),
+            ("1.0.0", v10.as_str()),
+            "{d}"
+        );
+        assert_eq!(
+            (rb.pin.version.as_str(), rb.pin.digest.as_str()),
+            ("1.1.0", v11.as_str()),
+            "{d}"
+        );
     }
     // Stage metrics carry the plugin version that ran.
     let text = cluster.duchies["aggregator"].core.metrics.encode();

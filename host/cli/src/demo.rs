@@ -90,7 +90,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             let src = PathBuf::from(halo_plugin_build::TEST_SUM_V1_0);
             let name = src.file_name().ok_or_else(|| anyhow!("bad plugin path"))?;
             std::fs::copy(&src, d.join(name)).with_context(|| {
-                format!("copying {} (built by the halo-plugin-build crate)", src.display())
+                format!(
+                    "copying {} (built by the halo-plugin-build crate)",
+                    src.display()
+                )
             })?;
             d
         }
@@ -99,7 +102,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         cache_dir: Some(dir.join("plugin-cache")),
         ..halo_engine::EngineConfig::default()
     })?;
-    let plugins = halo_registry::PluginRegistry::open(runtime, halo_registry::RegistryConfig::new(&plugin_dir))?;
+    let plugins = halo_registry::PluginRegistry::open(
+        runtime,
+        halo_registry::RegistryConfig::new(&plugin_dir),
+    )?;
     for (path, why) in plugins.refused() {
         eprintln!("plugin refused: {}: {why}", path.display());
     }

@@ -115,11 +115,18 @@ impl PluginArgs {
     pub fn open(
         &self,
         data_dir: &std::path::Path,
-    ) -> Result<(Arc<halo_registry::PluginRegistry>, halo_registry::WatchHandle)> {
+    ) -> Result<(
+        Arc<halo_registry::PluginRegistry>,
+        halo_registry::WatchHandle,
+    )> {
         let engine = halo_engine::EngineConfig {
             max_memory_bytes: self.max_memory_mib << 20,
             stage_deadline: std::time::Duration::from_secs(self.stage_deadline_secs),
-            cache_dir: Some(self.cache_dir.clone().unwrap_or_else(|| data_dir.join("plugin-cache"))),
+            cache_dir: Some(
+                self.cache_dir
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("plugin-cache")),
+            ),
             ..halo_engine::EngineConfig::default()
         };
         let runtime = halo_engine::Runtime::new(engine)?;
@@ -130,7 +137,9 @@ impl PluginArgs {
         }
         if self.require_signatures {
             if config.trusted.is_empty() {
-                return Err(anyhow!("--require-signatures needs --trusted-keys with at least one key"));
+                return Err(anyhow!(
+                    "--require-signatures needs --trusted-keys with at least one key"
+                ));
             }
             config.policy = halo_signing::SignaturePolicy::Required;
         }

@@ -45,7 +45,8 @@ pub enum PluginCommand {
 
 fn trusted(dir: Option<&Path>) -> Result<TrustedKeys> {
     match dir {
-        Some(d) => TrustedKeys::load_dir(d).with_context(|| format!("loading trusted keys from {}", d.display())),
+        Some(d) => TrustedKeys::load_dir(d)
+            .with_context(|| format!("loading trusted keys from {}", d.display())),
         None => Ok(TrustedKeys::default()),
     }
 }
@@ -64,16 +65,28 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
         PluginCommand::Keygen { secret, public } => {
             let key = SigningKey::generate();
             key.write(&secret, &public)?;
-            println!("key {} written: secret {}, public {}", key.public().key_id(), secret.display(), public.display());
+            println!(
+                "key {} written: secret {}, public {}",
+                key.public().key_id(),
+                secret.display(),
+                public.display()
+            );
             Ok(())
         }
         PluginCommand::Sign { file, key } => {
             let key = SigningKey::read(&key)?;
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let sig = halo_signing::sign(&key, &bytes);
             let path = halo_signing::signature_path(&file);
             sig.write(&path)?;
-            println!("signed {} ({}) with key {}: {}", file.display(), sig.digest, sig.key_id, path.display());
+            println!(
+                "signed {} ({}) with key {}: {}",
+                file.display(),
+                sig.digest,
+                sig.key_id,
+                path.display()
+            );
             Ok(())
         }
         PluginCommand::Verify { file, trusted_keys } => {
@@ -88,14 +101,19 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
         PluginCommand::Inspect { file, trusted_keys } => {
             let keys = trusted(trusted_keys.as_deref())?;
             let runtime = Runtime::new(EngineConfig::default())?;
-            let plugin = runtime.load_file(&file).with_context(|| format!("loading {}", file.display()))?;
+            let plugin = runtime
+                .load_file(&file)
+                .with_context(|| format!("loading {}", file.display()))?;
             let info = plugin.info();
             println!("file:        {}", file.display());
             println!("protocol:    {} {}", info.id, info.version);
             println!("serves:      {}", info.system_protocol);
             println!("wit:         {}", info.wit_package);
             println!("digest:      sha256:{}", info.digest);
-            println!("signature:   {}", describe_status(&halo_signing::check_file(&file, &keys)?));
+            println!(
+                "signature:   {}",
+                describe_status(&halo_signing::check_file(&file, &keys)?)
+            );
             println!("imports:     {}", info.imports.join(", "));
             println!("exports:     {}", info.exports.join(", "));
             println!("stages:");
@@ -104,7 +122,11 @@ pub fn run(cmd: PluginCommand) -> Result<()> {
             }
             Ok(())
         }
-        PluginCommand::List { dir, trusted_keys, require_signatures } => {
+        PluginCommand::List {
+            dir,
+            trusted_keys,
+            require_signatures,
+        } => {
             let mut config = halo_registry::RegistryConfig::new(&dir);
             config.trusted = trusted(trusted_keys.as_deref())?;
             if require_signatures {

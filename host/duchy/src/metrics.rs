@@ -56,13 +56,37 @@ impl Metrics {
             Histogram::new(exponential_buckets(0.001, 4.0, 10))
         });
         let plugins_loaded = Family::<PluginLabels, Gauge>::default();
-        registry.register("stage_executions", "Stage executions by plugin, version, stage and outcome", stage_executions.clone());
-        registry.register("stage_seconds", "Wall time of stage executions", stage_seconds.clone());
-        registry.register("plugin_loaded", "Protocol plugin versions loaded in this duchy", plugins_loaded.clone());
-        Metrics { registry: Mutex::new(registry), stage_executions, stage_seconds, plugins_loaded }
+        registry.register(
+            "stage_executions",
+            "Stage executions by plugin, version, stage and outcome",
+            stage_executions.clone(),
+        );
+        registry.register(
+            "stage_seconds",
+            "Wall time of stage executions",
+            stage_seconds.clone(),
+        );
+        registry.register(
+            "plugin_loaded",
+            "Protocol plugin versions loaded in this duchy",
+            plugins_loaded.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            stage_executions,
+            stage_seconds,
+            plugins_loaded,
+        }
     }
 
-    pub fn record_stage(&self, plugin: &str, version: &str, stage: &str, outcome: &str, seconds: f64) {
+    pub fn record_stage(
+        &self,
+        plugin: &str,
+        version: &str,
+        stage: &str,
+        outcome: &str,
+        seconds: f64,
+    ) {
         self.stage_executions
             .get_or_create(&StageLabels {
                 plugin: plugin.into(),
@@ -72,7 +96,11 @@ impl Metrics {
             })
             .inc();
         self.stage_seconds
-            .get_or_create(&StageTimeLabels { plugin: plugin.into(), version: version.into(), stage: stage.into() })
+            .get_or_create(&StageTimeLabels {
+                plugin: plugin.into(),
+                version: version.into(),
+                stage: stage.into(),
+            })
             .observe(seconds);
     }
 
@@ -120,7 +148,12 @@ pub async fn serve(
             let mut buf = vec![0u8; 8192];
             let mut len = 0;
             while len < buf.len() {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf[len..])).await {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sock.read(&mut buf[len..]),
+                )
+                .await
+                {
                     Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
                     Ok(Ok(n)) => {
                         len += n;
@@ -139,7 +172,8 @@ pub async fn serve(
                     body.len()
                 )
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
             };
             let _ = sock.write_all(response.as_bytes()).await;
         });
@@ -164,7 +198,9 @@ mod tests {
         });
         tokio::spawn(serve(listener, m.clone(), refresh, rx));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");

@@ -156,7 +156,8 @@ impl PluginRegistry {
         let mut report = ScanReport::default();
         let mut files: BTreeMap<PathBuf, FileStatus> = BTreeMap::new();
         let mut by_digest = old.by_digest.clone();
-        let mut available: BTreeMap<String, BTreeMap<semver::Version, Arc<LoadedPlugin>>> = BTreeMap::new();
+        let mut available: BTreeMap<String, BTreeMap<semver::Version, Arc<LoadedPlugin>>> =
+            BTreeMap::new();
 
         let entries = match std::fs::read_dir(&self.config.dir) {
             Ok(e) => e,
@@ -212,7 +213,13 @@ impl PluginRegistry {
                         && let Some(p) = by_digest.get(&pin.digest)
                     {
                         offer(&mut available, p.clone());
-                        files.insert(path.clone(), FileStatus { serving: Some(pin.clone()), ..status });
+                        files.insert(
+                            path.clone(),
+                            FileStatus {
+                                serving: Some(pin.clone()),
+                                ..status
+                            },
+                        );
                         continue;
                     }
                 }
@@ -228,7 +235,11 @@ impl PluginRegistry {
                 }
             }
         }
-        self.snapshot.store(Arc::new(Snapshot { available, by_digest, files }));
+        self.snapshot.store(Arc::new(Snapshot {
+            available,
+            by_digest,
+            files,
+        }));
         report
     }
 
@@ -261,7 +272,8 @@ impl PluginRegistry {
             match halo_signing::Signature::read(&sig_path) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    status.outcome = Err(format!("malformed signature {}: {e}", sig_path.display()));
+                    status.outcome =
+                        Err(format!("malformed signature {}: {e}", sig_path.display()));
                     return status;
                 }
             }
@@ -270,7 +282,8 @@ impl PluginRegistry {
         };
         let sig = halo_signing::check(&bytes, signature.as_ref(), &self.config.trusted);
         status.signature = Some(sig.clone());
-        if let Err(e) = halo_signing::enforce(path, &sig, self.config.policy, &self.config.trusted) {
+        if let Err(e) = halo_signing::enforce(path, &sig, self.config.policy, &self.config.trusted)
+        {
             status.outcome = Err(e.to_string());
             return status;
         }
@@ -318,7 +331,11 @@ impl PluginRegistry {
                 let file = snap
                     .files
                     .values()
-                    .find(|f| f.serving.as_ref().is_some_and(|pin| pin.digest == info.digest))
+                    .find(|f| {
+                        f.serving
+                            .as_ref()
+                            .is_some_and(|pin| pin.digest == info.digest)
+                    })
                     .map(|f| f.path.clone());
                 let offered = semver::Version::parse(&info.version).ok().is_some_and(|v| {
                     snap.available
@@ -346,7 +363,12 @@ impl PluginRegistry {
         self.snapshot()
             .files
             .values()
-            .filter_map(|f| f.outcome.as_ref().err().map(|e| (f.path.clone(), e.clone())))
+            .filter_map(|f| {
+                f.outcome
+                    .as_ref()
+                    .err()
+                    .map(|e| (f.path.clone(), e.clone()))
+            })
             .collect()
     }
 
@@ -390,17 +412,26 @@ impl PluginRegistry {
                 }
             })
             .context("spawning the plugin watcher thread")?;
-        Ok(WatchHandle { _watcher: watcher, stop: Some(tx), thread: Some(thread) })
+        Ok(WatchHandle {
+            _watcher: watcher,
+            stop: Some(tx),
+            thread: Some(thread),
+        })
     }
 }
 
 impl FileStatus {
     fn signature_modified(&self) -> Option<SystemTime> {
-        std::fs::metadata(halo_signing::signature_path(&self.path)).and_then(|m| m.modified()).ok()
+        std::fs::metadata(halo_signing::signature_path(&self.path))
+            .and_then(|m| m.modified())
+            .ok()
     }
 }
 
-fn offer(available: &mut BTreeMap<String, BTreeMap<semver::Version, Arc<LoadedPlugin>>>, p: Arc<LoadedPlugin>) {
+fn offer(
+    available: &mut BTreeMap<String, BTreeMap<semver::Version, Arc<LoadedPlugin>>>,
+    p: Arc<LoadedPlugin>,
+) {
     let info = p.info();
     if let Ok(v) = semver::Version::parse(&info.version) {
         available.entry(info.id.clone()).or_default().insert(v, p);
@@ -433,7 +464,11 @@ impl ProtocolRegistry for PluginRegistry {
             if preferred.is_some_and(|p| p != id) {
                 continue;
             }
-            if let Some((_, p)) = versions.iter().rev().find(|(_, p)| p.info().system_protocol == protocol) {
+            if let Some((_, p)) = versions
+                .iter()
+                .rev()
+                .find(|(_, p)| p.info().system_protocol == protocol)
+            {
                 // Several ids serving one protocol without a preference: the first id wins.
                 if best.is_none() {
                     best = Some(p);
@@ -455,7 +490,11 @@ impl ProtocolRegistry for PluginRegistry {
                 self.snapshot.rcu(|s| {
                     let mut by_digest = s.by_digest.clone();
                     by_digest.insert(pin.digest.clone(), p2.clone());
-                    Snapshot { available: s.available.clone(), by_digest, files: s.files.clone() }
+                    Snapshot {
+                        available: s.available.clone(),
+                        by_digest,
+                        files: s.files.clone(),
+                    }
                 });
                 Some(p as Arc<dyn Protocol>)
             }
@@ -474,10 +513,16 @@ mod tests {
 
     #[test]
     fn file_names() {
-        assert_eq!(parse_file_name(Path::new("/x/hmss-1.1.0.wasm")), Some(("hmss".into(), semver::Version::new(1, 1, 0))));
+        assert_eq!(
+            parse_file_name(Path::new("/x/hmss-1.1.0.wasm")),
+            Some(("hmss".into(), semver::Version::new(1, 1, 0)))
+        );
         assert_eq!(
             parse_file_name(Path::new("ro-llv2-2.0.0-rc.1.wasm")),
-            Some(("ro-llv2".into(), semver::Version::parse("2.0.0-rc.1").unwrap()))
+            Some((
+                "ro-llv2".into(),
+                semver::Version::parse("2.0.0-rc.1").unwrap()
+            ))
         );
         assert_eq!(parse_file_name(Path::new("hmss.wasm")), None);
         assert_eq!(parse_file_name(Path::new("hmss-x.wasm")), None);

@@ -18,7 +18,11 @@ fn copy(src: &str, dir: &Path) -> PathBuf {
 }
 
 fn runtime(cache: &Path) -> Runtime {
-    Runtime::new(EngineConfig { cache_dir: Some(cache.to_path_buf()), ..EngineConfig::default() }).unwrap()
+    Runtime::new(EngineConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        ..EngineConfig::default()
+    })
+    .unwrap()
 }
 
 fn selected_version(reg: &PluginRegistry) -> Option<String> {
@@ -43,12 +47,17 @@ fn newest_version_is_offered_and_removed_versions_stay_pinnable() {
     let report = reg.rescan();
     assert_eq!(report.withdrawn.len(), 1, "{report:?}");
     // Not offered any more, still served to computations that pinned it.
-    assert!(reg.list().iter().any(|p| p.version == "1.0.0" && !p.offered));
+    assert!(
+        reg.list()
+            .iter()
+            .any(|p| p.version == "1.0.0" && !p.offered)
+    );
     let p = reg.pinned(&pin_v1).expect("removed version stays pinnable");
     assert_eq!(p.pin(), pin_v1);
 
     // A fresh process (new registry, same AOT cache) can still resume the pinned version.
-    let reg2 = PluginRegistry::open(runtime(cache.path()), RegistryConfig::new(dir.path())).unwrap();
+    let reg2 =
+        PluginRegistry::open(runtime(cache.path()), RegistryConfig::new(dir.path())).unwrap();
     assert_eq!(reg2.pinned(&pin_v1).map(|p| p.pin()), Some(pin_v1));
 }
 
@@ -62,9 +71,16 @@ fn broken_or_unsupported_components_are_reported_and_never_replace_a_working_one
     let reg = PluginRegistry::open(runtime(cache.path()), RegistryConfig::new(dir.path())).unwrap();
     let refused = reg.refused();
     assert_eq!(refused.len(), 2, "{refused:?}");
-    let wrong = refused.iter().find(|(p, _)| p.to_string_lossy().contains("wrong-major")).unwrap();
+    let wrong = refused
+        .iter()
+        .find(|(p, _)| p.to_string_lossy().contains("wrong-major"))
+        .unwrap();
     assert!(wrong.1.contains("halo:mpc@2.0.0"), "{}", wrong.1);
-    assert!(wrong.1.contains("halo:mpc@1.0.0"), "names the supported versions: {}", wrong.1);
+    assert!(
+        wrong.1.contains("halo:mpc@1.0.0"),
+        "names the supported versions: {}",
+        wrong.1
+    );
 
     // Overwrite the working file with garbage: still offered, refusal reported.
     std::thread::sleep(Duration::from_millis(20));
@@ -74,9 +90,19 @@ fn broken_or_unsupported_components_are_reported_and_never_replace_a_working_one
     assert_eq!(selected_version(&reg).as_deref(), Some("1.0.0"));
 
     // A file name that lies about the version is refused.
-    std::fs::copy(halo_plugin_build::TEST_SUM_V1_1, dir.path().join("test-sum-9.9.9.wasm")).unwrap();
+    std::fs::copy(
+        halo_plugin_build::TEST_SUM_V1_1,
+        dir.path().join("test-sum-9.9.9.wasm"),
+    )
+    .unwrap();
     let report = reg.rescan();
-    assert!(report.refused.iter().any(|(_, why)| why.contains("file name")), "{report:?}");
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|(_, why)| why.contains("file name")),
+        "{report:?}"
+    );
     assert_eq!(selected_version(&reg).as_deref(), Some("1.0.0"));
 }
 
@@ -86,12 +112,15 @@ fn signatures_are_enforced_when_required() {
     let cache = tempfile::tempdir().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let key = SigningKey::generate();
-    key.write(&keys.path().join("dev.key"), &keys.path().join("dev.pem")).unwrap();
+    key.write(&keys.path().join("dev.key"), &keys.path().join("dev.pem"))
+        .unwrap();
     let trusted = TrustedKeys::load_dir(keys.path()).unwrap();
 
     // Signed v1.0: loads. Unsigned v1.1: refused. Tampered copy: refused.
     let v1 = copy(halo_plugin_build::TEST_SUM_V1_0, dir.path());
-    halo_signing::sign(&key, &std::fs::read(&v1).unwrap()).write(&halo_signing::signature_path(&v1)).unwrap();
+    halo_signing::sign(&key, &std::fs::read(&v1).unwrap())
+        .write(&halo_signing::signature_path(&v1))
+        .unwrap();
     copy(halo_plugin_build::TEST_SUM_V1_1, dir.path());
     let mut config = RegistryConfig::new(dir.path());
     config.policy = SignaturePolicy::Required;
@@ -108,7 +137,13 @@ fn signatures_are_enforced_when_required() {
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&v1, &bytes).unwrap();
     let report = reg.rescan();
-    assert!(report.refused.iter().any(|(_, why)| why.contains("tampered")), "{report:?}");
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|(_, why)| why.contains("tampered")),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -123,7 +158,10 @@ fn the_watcher_picks_up_a_new_version_within_seconds() {
     copy(halo_plugin_build::TEST_SUM_V1_1, dir.path());
     let start = Instant::now();
     while selected_version(&reg).as_deref() != Some("1.1.0") {
-        assert!(start.elapsed() < Duration::from_secs(30), "new version not picked up");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "new version not picked up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
