@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! ComputationControl over real gRPC + mTLS: a 20 MiB payload in 1 MiB chunks arrives
 //! byte-identical, a duplicate send is idempotent, and bad requests get the right status.
 

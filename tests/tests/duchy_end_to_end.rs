@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The duchy host core end to end with the in-crate test protocol: Kingdom + three duchies
 //! over real gRPC with mutual TLS on loopback, storage in temp dirs.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Protocol plugins in a running deployment: three duchies run the test-sum protocol as a
 //! real wasm component from their plugin directories; a new version dropped in mid-flight is
 //! used by new computations while the running one finishes on the version it pinned.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! RequisitionFulfillment over real gRPC + mTLS: only the owning data provider, with the
 //! right fingerprint and nonce, at the assigned duchy, may fulfil; a retry is idempotent.
 

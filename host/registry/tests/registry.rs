@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The registry over a real plugin directory with real components built from plugins/.
 
 use std::path::{Path, PathBuf};
