@@ -1,0 +1,228 @@
+//! The HMSS PRNG and its derived samplers (spec §6.3, AS `open_ssl_uniform_random_generator.cc`).
+
+use crate::error::{HmssError, invalid};
+use crate::keystream::Keystream;
+
+/// The reference `OpenSslUniformRandomGenerator` over an injected [`Keystream`] (spec §6.3).
+///
+/// Every method consumes exactly the bytes the reference consumes, so two parties with the
+/// same seed stay in lock-step (§6.4 "PRNG consumption order").
+pub struct Prng<K: Keystream> {
+    ks: K,
+}
+
+/// `⌈log2 q⌉` for `q ≥ 2` (spec §6.3 `bl`).
+fn bit_length(q: u32) -> u32 {
+    32 - (q - 1).leading_zeros()
+}
+
+impl<K: Keystream> Prng<K> {
+    /// Wraps a keystream (spec §6.3 `PRNG(key, iv)`).
+    pub fn new(ks: K) -> Self {
+        Prng { ks }
+    }
+
+    /// Returns the underlying keystream.
+    pub fn into_inner(self) -> K {
+        self.ks
+    }
+
+    /// The next `n` raw keystream bytes (spec §6.3; e.g. the 48-byte shuffle seed `seed'` of §6.4 step 5).
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        self.ks.fill(&mut out);
+        out
+    }
+
+    /// The next 48 bytes as a shuffle seed `seed' = prng.bytes(48)` (spec §6.4 step 5).
+    pub fn seed(&mut self) -> crate::Seed {
+        let mut out = [0u8; crate::SEED_LEN];
+        self.ks.fill(&mut out);
+        out
+    }
+
+    /// `UniformRange(size, q)`: `size` values uniform in `[0, q)` by rejection sampling, with the
+    /// reference's exact chunking (spec §6.3): `bl = ⌈log2 q⌉`, `bpv = ⌈bl/8⌉`,
+    /// `fail = (2^bl − q)/2^bl`; per round `chunk = (u64)(cur + 1.0 + fail·cur/(1 − fail))` values
+    /// (`f64` arithmetic) whose `chunk·bpv` bytes are all drawn; each big-endian `bpv`-byte group
+    /// is masked to `bl` bits and accepted if `< q`; the rest of the chunk is discarded once
+    /// `size` values are accepted.
+    ///
+    /// For `q > 256` the reference reads past its chunk (undefined behaviour, §6.3 ⚠); this
+    /// implementation processes whole `bpv`-byte groups, which is the well-defined intent.
+    /// Production uses `q = 127` (bit-compatible).
+    pub fn uniform_range(&mut self, size: usize, q: u32) -> Result<Vec<u32>, HmssError> {
+        if q < 2 {
+            return Err(invalid(format!("modulus q = {q} must be at least 2")));
+        }
+        let bl = bit_length(q);
+        let bpv = bl.div_ceil(8) as usize;
+        let mask: u64 = (1u64 << bl) - 1;
+        let range = (1u64 << bl) as f64;
+        let fail = (range - q as f64) / range;
+        let mut out = Vec::with_capacity(size);
+        let mut buf = Vec::new();
+        while out.len() < size {
+            let cur = (size - out.len()) as f64;
+            let chunk = (cur + 1.0 + fail * cur / (1.0 - fail)) as u64 as usize;
+            buf.resize(chunk * bpv, 0);
+            self.ks.fill(&mut buf);
+            for group in buf.chunks_exact(bpv) {
+                let v = group.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)) & mask;
+                if v < u64::from(q) {
+                    out.push(v as u32);
+                    if out.len() == size {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `NonZeroRange(size, q)`: `size` values uniform in `[1, q)` (spec §6.3): per round
+    /// `chunk = (i64)(cur + 1.0 + fail·cur/(1 − fail))` with `fail = 1/q`, then a nested
+    /// `UniformRange(chunk, q)` (which consumes its own chunks), keeping non-zero values in order.
+    pub fn non_zero_range(&mut self, size: usize, q: u32) -> Result<Vec<u32>, HmssError> {
+        if q < 2 {
+            return Err(invalid(format!("modulus q = {q} must be at least 2")));
+        }
+        let fail = 1.0 / q as f64;
+        let mut out = Vec::with_capacity(size);
+        while out.len() < size {
+            let cur = (size - out.len()) as f64;
+            let chunk = (cur + 1.0 + fail * cur / (1.0 - fail)) as i64 as usize;
+            for v in self.uniform_range(chunk, q)? {
+                if v != 0 {
+                    out.push(v);
+                    if out.len() == size {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A uniform `f64` in `[0, 1)` from the next 8 keystream bytes (big-endian, top 53 bits).
+    /// Used only by the local noise samplers of spec §5.1, whose randomness is not part of the
+    /// wire contract (§9 item 11).
+    pub fn uniform_f64(&mut self) -> f64 {
+        let mut b = [0u8; 8];
+        self.ks.fill(&mut b);
+        (u64::from_be_bytes(b) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+#[cfg(all(test, feature = "ctr-keystream"))]
+mod tests {
+    use super::*;
+    use crate::keystream::CtrKeystream;
+    use crate::test_vectors::nist_seed;
+
+    fn nist() -> Prng<CtrKeystream> {
+        Prng::new(CtrKeystream::from_seed(&nist_seed()))
+    }
+
+    fn keystream(range: core::ops::Range<usize>) -> Vec<u8> {
+        let mut ks = CtrKeystream::from_seed(&nist_seed());
+        let mut all = vec![0u8; range.end];
+        ks.fill(&mut all);
+        all[range].to_vec()
+    }
+
+    const UR20_127: [u32; 20] = [
+        11, 95, 125, 113, 89, 23, 22, 51, 94, 26, 11, 21, 72, 96, 69, 2, 90, 110, 105, 29,
+    ];
+
+    #[test]
+    fn bit_length_is_ceil_log2() {
+        assert_eq!(bit_length(2), 1);
+        assert_eq!(bit_length(5), 3);
+        assert_eq!(bit_length(127), 7);
+        assert_eq!(bit_length(128), 7);
+        assert_eq!(bit_length(129), 8);
+        assert_eq!(bit_length(256), 8);
+        assert_eq!(bit_length(257), 9);
+    }
+
+    /// §6.3 KAT `UniformRange(20, 127)`.
+    #[test]
+    fn kat_uniform_range_20_127() {
+        assert_eq!(nist().uniform_range(20, 127), Ok(UR20_127.to_vec()));
+    }
+
+    /// §6.3 KAT `UniformRange(20, 5)`.
+    #[test]
+    fn kat_uniform_range_20_5() {
+        assert_eq!(
+            nist().uniform_range(20, 5),
+            Ok(vec![
+                3, 1, 1, 3, 2, 3, 0, 0, 2, 2, 1, 3, 1, 1, 4, 3, 4, 3, 4, 3
+            ])
+        );
+    }
+
+    /// §6.3 KAT `NonZeroRange(20, 127)` = `UniformRange(20, 127)`.
+    #[test]
+    fn kat_non_zero_range_20_127() {
+        assert_eq!(nist().non_zero_range(20, 127), Ok(UR20_127.to_vec()));
+    }
+
+    /// §6.3 chunk-consumption KAT: two `UniformRange(6, 127)` then 48 seed bytes = keystream[14:62].
+    #[test]
+    fn kat_chunk_consumption() {
+        let mut p = nist();
+        assert_eq!(p.uniform_range(6, 127), Ok(vec![11, 95, 125, 113, 89, 23]));
+        assert_eq!(p.uniform_range(6, 127), Ok(vec![51, 94, 26, 11, 21, 72]));
+        let seed = p.seed();
+        let h = hex::encode(seed);
+        assert!(h.starts_with("c5025a6e"), "{h}");
+        assert!(h.ends_with("e99c73a315"), "{h}");
+        assert_eq!(seed.to_vec(), keystream(14..62));
+    }
+
+    /// §6.3 RO-order KAT: `NonZeroRange(10, 127)` consumes 12 bytes; seed = keystream[12:60].
+    #[test]
+    fn kat_non_zero_range_consumes_12_bytes() {
+        let mut p = nist();
+        assert_eq!(
+            p.non_zero_range(10, 127),
+            Ok(vec![11, 95, 125, 113, 89, 23, 22, 51, 94, 26])
+        );
+        let seed = p.seed();
+        let h = hex::encode(seed);
+        assert!(h.starts_with("c860c5025a6e"), "{h}");
+        assert!(h.ends_with("9c73"), "{h}");
+        assert_eq!(seed.to_vec(), keystream(12..60));
+    }
+
+    #[test]
+    fn zero_size_consumes_nothing_and_small_q_rejected() {
+        let mut p = nist();
+        assert_eq!(p.uniform_range(0, 127), Ok(vec![]));
+        assert_eq!(p.non_zero_range(0, 127), Ok(vec![]));
+        assert_eq!(p.bytes(4), keystream(0..4));
+        assert!(p.uniform_range(3, 1).is_err());
+        assert!(p.non_zero_range(3, 0).is_err());
+    }
+
+    #[test]
+    fn values_stay_in_range_for_multibyte_q() {
+        let mut p = nist();
+        let v = p.uniform_range(1000, 1000).unwrap_or_default();
+        assert_eq!(v.len(), 1000);
+        assert!(v.iter().all(|&x| x < 1000));
+        let nz = p.non_zero_range(1000, 2).unwrap_or_default();
+        assert!(nz.iter().all(|&x| x == 1));
+    }
+
+    #[test]
+    fn uniform_f64_in_unit_interval() {
+        let mut p = nist();
+        for _ in 0..1000 {
+            let u = p.uniform_f64();
+            assert!((0.0..1.0).contains(&u));
+        }
+    }
+}
