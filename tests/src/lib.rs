@@ -122,16 +122,7 @@ pub async fn fulfil_for(cluster: &Cluster, computation: &str, vectors: &[Vec<u32
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         for r in reqs {
-            let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
-            let hmss =
-                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
-                    api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
-                        secret_seed: None,
-                        register_count: vectors[i].len() as i64,
-                        data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
-                    },
-                );
-            edp::fulfill(duchy, &r, Some(hmss), &le(&vectors[i]), 32 << 10).await?;
+            fulfil_one(cluster, dp, &r, &vectors[i]).await?;
         }
     }
     Ok(())
@@ -202,6 +193,25 @@ pub async fn fulfil_all(cluster: &Cluster, vectors: &[Vec<u32>]) -> Result<()> {
     fulfil_where(cluster, vectors, |_| true).await
 }
 
+/// Data provider `dp` sends `vector` for requisition `r` to its fulfilling duchy.
+async fn fulfil_one(
+    cluster: &Cluster,
+    dp: &str,
+    r: &admin::DataProviderRequisition,
+    vector: &[u32],
+) -> Result<()> {
+    let who = halo_identity::Principal::DataProvider(dp.to_string());
+    let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
+    let hmss = api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+        api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+            secret_seed: None,
+            register_count: vector.len() as i64,
+            data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
+        },
+    );
+    edp::fulfill(duchy, r, Some(hmss), &le(vector), 32 << 10).await
+}
+
 /// Every data provider fulfils its listed requisitions whose fulfilling duchy passes `pred`.
 pub async fn fulfil_where(
     cluster: &Cluster,
@@ -212,16 +222,7 @@ pub async fn fulfil_where(
         let who = halo_identity::Principal::DataProvider(dp.clone());
         let reqs = edp::list(cluster.kingdom_channel(&who)?, dp).await?;
         for r in reqs.into_iter().filter(|r| pred(&r.fulfilling_duchy)) {
-            let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
-            let hmss =
-                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
-                    api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
-                        secret_seed: None,
-                        register_count: vectors[i].len() as i64,
-                        data_provider_certificate: format!("dataProviders/{dp}/certificates/x"),
-                    },
-                );
-            edp::fulfill(duchy, &r, Some(hmss), &le(&vectors[i]), 32 << 10).await?;
+            fulfil_one(cluster, dp, &r, &vectors[i]).await?;
         }
     }
     Ok(())

@@ -171,6 +171,28 @@ pub fn validate(d: &Description) -> Result<(), String> {
     Ok(())
 }
 
+/// The smallest valid protocol: one queued stage (1, `INITIALIZED`) then a terminal stage
+/// (9, `COMPLETE`), serving HMSS. For test fixtures and first experiments.
+pub fn single_stage(id: &str, version: &str) -> Description {
+    Description {
+        id: id.into(),
+        version: version.into(),
+        serves: crate::types::SystemProtocol::HonestMajorityShareShuffle,
+        stages: StageTable::new()
+            .queued(1, "INITIALIZED", &[], false)
+            .terminal(9, "COMPLETE")
+            .build(),
+    }
+}
+
+/// The start outcome matching [`single_stage`]: begin at stage 1 with empty state.
+pub fn single_stage_start() -> crate::types::StartOutcome {
+    crate::types::StartOutcome {
+        initial_stage: 1,
+        state: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
