@@ -4,6 +4,7 @@
 //! that talk to them over real gRPC with mutual TLS.
 
 pub mod edp;
+pub mod hmss;
 pub mod mc;
 
 use std::collections::HashMap;
