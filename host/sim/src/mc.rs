@@ -21,13 +21,27 @@ pub struct CreatedMeasurement {
     pub nonces: HashMap<String, u64>,
 }
 
-/// Creates a measurement over `data_providers` as consumer `mc`.
+/// Creates a measurement over `data_providers` as consumer `mc` with the Kingdom's default
+/// protocol configuration.
 pub async fn create_measurement(
+    kingdom: Channel,
+    mc: &str,
+    protocol: admin::Protocol,
+    spec: admin::MeasurementSpec,
+    data_providers: &[String],
+) -> Result<CreatedMeasurement> {
+    create_measurement_with(kingdom, mc, protocol, spec, data_providers, None).await
+}
+
+/// Creates a measurement, optionally overriding the protocol configuration (ring moduli,
+/// noise mechanism, ...).
+pub async fn create_measurement_with(
     kingdom: Channel,
     mc: &str,
     protocol: admin::Protocol,
     mut spec: admin::MeasurementSpec,
     data_providers: &[String],
+    protocol_config: Option<halo_proto::system::v1alpha::computation::MpcProtocolConfig>,
 ) -> Result<CreatedMeasurement> {
     let mut nonces = HashMap::new();
     let mut entries = Vec::new();
@@ -55,7 +69,7 @@ pub async fn create_measurement(
             protocol: protocol as i32,
             measurement_spec: spec.encode_to_vec(),
             data_providers: entries,
-            protocol_config: None,
+            protocol_config,
         })
         .await?
         .into_inner();
