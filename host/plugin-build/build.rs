@@ -35,6 +35,14 @@ struct Plugin {
 
 const PLUGINS: &[Plugin] = &[
     Plugin {
+        konst: "HMSS",
+        package: "hmss",
+        features: &[],
+        id: "hmss",
+        version: "1.0.0",
+        wit: "halo:mpc@1.0.0",
+    },
+    Plugin {
         konst: "TEST_SUM_V1_0",
         package: "test-sum",
         features: &[],

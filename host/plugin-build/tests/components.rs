@@ -35,7 +35,7 @@ fn world_of(c: &Component) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[test]
 fn every_component_exists_under_plugin_dir() {
-    assert_eq!(COMPONENTS.len(), 7);
+    assert_eq!(COMPONENTS.len(), 8);
     for c in COMPONENTS {
         let path = Path::new(c.path);
         assert!(path.is_absolute(), "{}", c.path);
@@ -47,6 +47,7 @@ fn every_component_exists_under_plugin_dir() {
         assert!(path.is_file(), "{} is missing", c.path);
     }
     let consts = [
+        halo_plugin_build::HMSS,
         halo_plugin_build::TEST_SUM_V1_0,
         halo_plugin_build::TEST_SUM_V1_1,
         halo_plugin_build::RUNAWAY,
