@@ -3,6 +3,7 @@
 use aes::Aes256;
 use ctr::Ctr128BE;
 use ctr::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+use rayon::prelude::*;
 
 /// The largest keystream one call hands out (the host allocates it before copying it into the
 /// guest, whose own memory limit may be lower still).
@@ -10,7 +11,7 @@ pub const MAX_KEYSTREAM_LEN: u64 = 1 << 30;
 
 /// The reference PRNG keystream: AES-256-CTR over zero blocks with a 128-bit big-endian
 /// counter initialised to `iv`, bytes `[offset, offset + len)`. Uses AES-NI where the CPU has
-/// it (RustCrypto `aes` detects it at run time).
+/// it (RustCrypto `aes` detects it at run time), and every core for long requests.
 pub fn aes256_ctr_keystream(
     key: &[u8],
     iv: &[u8],
@@ -39,15 +40,39 @@ pub(crate) fn aes256_ctr_keystream_limited(
         ));
     }
     let len = usize::try_from(len).map_err(|_| format!("length {len} does not fit in memory"))?;
+    let mut out = vec![0u8; len];
+    if len <= PARALLEL_PIECE {
+        fill_keystream(key, iv, offset, &mut out)?;
+    } else {
+        // CTR is seekable: pieces are independent, so a long request runs on every core.
+        out.par_chunks_mut(PARALLEL_PIECE)
+            .enumerate()
+            .try_for_each(|(i, piece)| {
+                fill_keystream(key, iv, offset + (i * PARALLEL_PIECE) as u64, piece)
+            })?;
+    }
+    Ok(out)
+}
+
+/// Requests longer than this are split into pieces of this size and computed in parallel.
+const PARALLEL_PIECE: usize = 128 << 10;
+
+fn fill_keystream(
+    key: &[u8; 32],
+    iv: &[u8; 16],
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), String> {
     let mut cipher = Ctr128BE::<Aes256>::new(key.into(), iv.into());
     cipher
         .try_seek(offset)
         .map_err(|e| format!("aes256-ctr cannot seek to offset {offset}: {e}"))?;
-    let mut out = vec![0u8; len];
-    cipher
-        .try_apply_keystream(&mut out)
-        .map_err(|e| format!("aes256-ctr keystream of {len} bytes at {offset}: {e}"))?;
-    Ok(out)
+    cipher.try_apply_keystream(out).map_err(|e| {
+        format!(
+            "aes256-ctr keystream of {} bytes at {offset}: {e}",
+            out.len()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -105,6 +130,18 @@ mod tests {
         let a = aes256_ctr_keystream(&key, &iv, 5, 333).unwrap();
         let b = aes256_ctr_keystream(&key, &iv, 338, 667).unwrap();
         assert_eq!([a, b].concat(), whole);
+    }
+
+    #[test]
+    fn parallel_pieces_equal_one_stream() {
+        let (key, iv, _) = kat();
+        let len = 3 * PARALLEL_PIECE + 12_345;
+        let whole = aes256_ctr_keystream(&key, &iv, 7, len as u64).unwrap();
+        let mut serial = vec![0u8; len];
+        let key: &[u8; 32] = key.as_slice().try_into().unwrap();
+        let iv: &[u8; 16] = iv.as_slice().try_into().unwrap();
+        fill_keystream(key, iv, 7, &mut serial).unwrap();
+        assert_eq!(whole, serial);
     }
 
     #[test]

@@ -97,6 +97,14 @@ pub enum IdentityError {
         /// What is wrong.
         reason: String,
     },
+    /// Signing failed, or a signature or the certificate behind it did not verify.
+    #[error("{context}: {message}")]
+    Signature {
+        /// What was being signed or verified.
+        context: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Building a tonic endpoint failed (bad URL or TLS configuration).
     #[error("cannot configure channel to {url}: {source}")]
     Transport {

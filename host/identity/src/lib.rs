@@ -16,6 +16,7 @@ mod error;
 mod identity;
 mod pki;
 mod principal;
+mod signing;
 mod trust;
 
 pub use error::IdentityError;
@@ -25,6 +26,7 @@ pub use pki::{
     identity_with_two_cert_chain, identity_without_akid, impostor_identity,
 };
 pub use principal::Principal;
+pub use signing::ECDSA_WITH_SHA256_OID;
 pub use trust::{
     INVALID_CLIENT_CERTIFICATE, MULTIPLE_CLIENT_CERTIFICATES, NO_AKID, NO_CLIENT_CERTIFICATE,
     NO_IDENTITY, TrustStore, certificate_akid, certificate_skid,

@@ -28,6 +28,7 @@ struct Root {
     principal: Principal,
     skid: Vec<u8>,
     pem: String,
+    der: Vec<u8>,
 }
 
 /// Trusted roots: each principal has its OWN self-signed root CA; a client is identified by the
@@ -82,6 +83,7 @@ impl TrustStore {
             principal,
             skid,
             pem,
+            der: der.to_vec(),
         });
         Ok(())
     }
@@ -104,6 +106,14 @@ impl TrustStore {
     /// `(principal, root SKID)` of every configured root, in insertion order.
     pub fn roots(&self) -> impl Iterator<Item = (&Principal, &[u8])> {
         self.roots.iter().map(|r| (&r.principal, r.skid.as_slice()))
+    }
+
+    /// DER of the roots of `principal` whose SKID is `skid`.
+    pub(crate) fn root_der(&self, principal: &Principal, skid: &[u8]) -> Option<&[u8]> {
+        self.roots
+            .iter()
+            .find(|r| r.principal == *principal && r.skid == skid)
+            .map(|r| r.der.as_slice())
     }
 
     /// The principal whose root has Subject Key Identifier `akid`.
@@ -158,7 +168,7 @@ impl TrustStore {
     }
 }
 
-fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, String> {
+pub(crate) fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, String> {
     match X509Certificate::from_der(der.as_ref()) {
         Ok(([], cert)) => Ok(cert),
         Ok(_) => Err("trailing data after certificate".to_owned()),
@@ -176,7 +186,7 @@ fn subject_key_identifier(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
 }
 
 /// The key identifier of the Authority Key Identifier extension of `cert`, if present.
-fn authority_key_identifier(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+pub(crate) fn authority_key_identifier(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     cert.iter_extensions()
         .find_map(|ext| match ext.parsed_extension() {
             ParsedExtension::AuthorityKeyIdentifier(akid) => {

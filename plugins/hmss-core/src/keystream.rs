@@ -9,11 +9,27 @@
 pub trait Keystream {
     /// Fills `out` with the next `out.len()` bytes of the stream (spec §6.3).
     fn fill(&mut self, out: &mut [u8]);
+
+    /// Consumes the next `n` bytes without looking at them (the reference discards the unused
+    /// rest of a `UniformRange` chunk, §6.3). Seekable streams skip without computing them.
+    fn skip(&mut self, n: u64) {
+        let mut scratch = [0u8; 4096];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(scratch.len() as u64) as usize;
+            self.fill(&mut scratch[..k]);
+            left -= k as u64;
+        }
+    }
 }
 
 impl<K: Keystream + ?Sized> Keystream for &mut K {
     fn fill(&mut self, out: &mut [u8]) {
         (**self).fill(out)
+    }
+
+    fn skip(&mut self, n: u64) {
+        (**self).skip(n)
     }
 }
 
@@ -48,6 +64,12 @@ impl Keystream for CtrKeystream {
         use aes::cipher::StreamCipher;
         out.fill(0);
         self.cipher.apply_keystream(out);
+    }
+
+    fn skip(&mut self, n: u64) {
+        use aes::cipher::StreamCipherSeek;
+        let pos: u64 = self.cipher.current_pos();
+        self.cipher.seek(pos + n);
     }
 }
 
@@ -120,6 +142,19 @@ where
                 out[done..].fill(0);
                 return;
             }
+            let want = out.len() - done;
+            if self.buf_pos == self.buf.len() && want >= self.block {
+                match (self.source)(self.next_offset, &mut out[done..]) {
+                    Ok(()) => {
+                        self.next_offset += want as u64;
+                        return;
+                    }
+                    Err(e) => {
+                        self.error = Some(e);
+                        continue;
+                    }
+                }
+            }
             if self.buf_pos == self.buf.len() {
                 let want = self.block;
                 self.buf.resize(want, 0);
@@ -136,6 +171,16 @@ where
             out[done..done + n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
             self.buf_pos += n;
             done += n;
+        }
+    }
+
+    fn skip(&mut self, n: u64) {
+        let buffered = (self.buf.len() - self.buf_pos) as u64;
+        if n <= buffered {
+            self.buf_pos += n as usize;
+        } else {
+            self.buf_pos = self.buf.len();
+            self.next_offset += n - buffered;
         }
     }
 }

@@ -11,7 +11,8 @@
 //! * [`share`] — EDP secret sharing and share expansion/combination (§6.2, §6.4 step 2, §6.5);
 //! * [`noise`] — DP parameter derivation, samplers and HMSS noise registers (§5, §6.4);
 //! * [`phase`] — the shuffle-phase noise masking and the aggregation phase (§6.4, §6.5);
-//! * [`wire`] — `FrequencyVector{repeated uint32 data}` packed-varint codec (§6.2).
+//! * [`ring`] — `Z_q` arithmetic on `u8` (q ≤ 128) or `u32` registers (§6.6);
+//! * [`wire`] — `FrequencyVector` and `AggregationPhaseInput` packed-varint codecs (§6.2).
 
 #![deny(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod keystream;
 pub mod noise;
 pub mod phase;
 pub mod prng;
+pub mod ring;
 pub mod share;
 pub mod shuffle;
 pub mod wire;
@@ -29,6 +31,7 @@ pub use error::HmssError;
 pub use keystream::CtrKeystream;
 pub use keystream::{Keystream, OffsetKeystream};
 pub use prng::Prng;
+pub use ring::{Modulus, Register};
 
 /// Length of a PRNG seed `key ‖ iv` (32-byte AES-256 key, 16-byte IV), §6.2.
 pub const SEED_LEN: usize = 48;

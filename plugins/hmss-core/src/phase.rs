@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use crate::error::{HmssError, invalid};
 use crate::keystream::Keystream;
 use crate::prng::Prng;
-use crate::share::{add_assign_mod, check_below, sub_mod};
+use crate::ring::{Modulus, Register};
+use crate::share::sub_mod;
 use crate::shuffle::shuffle_with;
 
 /// The role of a non-aggregator, which fixes the noise-masking layout (spec §6.4 step 4).
@@ -19,13 +20,15 @@ pub enum NonAggregatorRole {
 }
 
 /// `X = Σ_e share_e mod q` over the (already expanded) shares, each of length `register_count`
-/// (spec §6.4 step 2). Seed shares are expanded beforehand with
-/// [`crate::share::share_from_seed`] / [`crate::share::share_from_keystream`].
-pub fn sum_shares(shares: &[&[u32]], register_count: usize, q: u32) -> Result<Vec<u32>, HmssError> {
-    if q < 2 {
-        return Err(invalid("q must be at least 2"));
-    }
-    let mut x = vec![0u32; register_count];
+/// (spec §6.4 step 2). Seed shares can instead be added straight into a sum with
+/// [`crate::share::add_share_from_keystream`].
+pub fn sum_shares<R: Register>(
+    shares: &[&[R]],
+    register_count: usize,
+    q: u32,
+) -> Result<Vec<R>, HmssError> {
+    let m = Modulus::new(q)?;
+    let mut x = vec![R::default(); register_count];
     for (i, s) in shares.iter().enumerate() {
         if s.len() != register_count {
             return Err(invalid(format!(
@@ -33,7 +36,8 @@ pub fn sum_shares(shares: &[&[u32]], register_count: usize, q: u32) -> Result<Ve
                 s.len()
             )));
         }
-        add_assign_mod(&mut x, s, q)?;
+        m.check_below(s)?;
+        R::add_assign_slice(&mut x, s, &m);
     }
     Ok(x)
 }
@@ -47,7 +51,7 @@ pub fn mask_noise<K: Keystream>(
     role: NonAggregatorRole,
     q: u32,
 ) -> Result<Vec<u32>, HmssError> {
-    check_below(noise, q)?;
+    Modulus::new(q)?.check_below(noise)?;
     let t = noise.len();
     let r1 = common.uniform_range(t, q)?;
     let r2 = common.uniform_range(t, q)?;
@@ -77,18 +81,25 @@ pub fn mask_noise<K: Keystream>(
 /// [`crate::noise::rf_noise_registers`]), draws `seed' = prng.bytes(48)` and shuffles `X ‖ noise`
 /// with `Shuffle(·, seed')`, the keystream for `seed'` coming from `shuffle_keystream`.
 /// Output length `register_count + 2T`.
-pub fn rf_shuffle_phase<K: Keystream, S: Keystream>(
-    x: Vec<u32>,
+pub fn rf_shuffle_phase<R: Register, K: Keystream, S: Keystream>(
+    x: Vec<R>,
     common: &mut Prng<K>,
     noise: Option<&[u32]>,
     role: NonAggregatorRole,
     q: u32,
     shuffle_keystream: impl FnOnce(&crate::Seed) -> S,
-) -> Result<Vec<u32>, HmssError> {
+) -> Result<Vec<R>, HmssError> {
+    let m = Modulus::new(q)?;
+    if !R::serves(q) {
+        return Err(invalid(format!(
+            "modulus {q} does not fit the register type"
+        )));
+    }
     let mut out = x;
-    check_below(&out, q)?;
+    m.check_below(&out)?;
     if let Some(nv) = noise {
-        out.extend(mask_noise(common, nv, role, q)?);
+        let masked = mask_noise(common, nv, role, q)?;
+        out.extend(masked.into_iter().map(R::from_u32));
     }
     let seed = common.seed();
     shuffle_with(&mut out, &mut shuffle_keystream(&seed));
@@ -108,25 +119,28 @@ pub fn is_prime(q: u32) -> bool {
 /// `r = prng.NonZeroRange(|X|, q)`, `X[j] ← X[j]·r[j] mod q`; then the masked noise (if
 /// `noise` is `Some(Nv)`, from [`crate::noise::ro_noise_registers`]), `seed' = prng.bytes(48)`
 /// and the shuffle. PRNG order: `r, [R1, R2]?, 48 B`.
-pub fn ro_shuffle_phase<K: Keystream, S: Keystream>(
-    x: Vec<u32>,
+pub fn ro_shuffle_phase<R: Register, K: Keystream, S: Keystream>(
+    x: Vec<R>,
     common: &mut Prng<K>,
     noise: Option<&[u32]>,
     role: NonAggregatorRole,
     q: u32,
     shuffle_keystream: impl FnOnce(&crate::Seed) -> S,
-) -> Result<Vec<u32>, HmssError> {
+) -> Result<Vec<R>, HmssError> {
     if !is_prime(q) {
         return Err(invalid(format!("reach-only modulus {q} must be prime")));
     }
-    check_below(&x, q)?;
-    let r = common.non_zero_range(x.len(), q)?;
-    let blinded: Vec<u32> = x
-        .iter()
-        .zip(&r)
-        .map(|(&a, &b)| ((u64::from(a) * u64::from(b)) % u64::from(q)) as u32)
-        .collect();
-    rf_shuffle_phase(blinded, common, noise, role, q, shuffle_keystream)
+    let m = Modulus::new(q)?;
+    m.check_below(&x)?;
+    let mut x = x;
+    let mut j = 0usize;
+    common.non_zero_range_each(x.len(), q, |r| {
+        if let Some(v) = x.get_mut(j) {
+            *v = R::from_u32(m.mul(v.get(), r));
+        }
+        j += 1;
+    })?;
+    rf_shuffle_phase(x, common, noise, role, q, shuffle_keystream)
 }
 
 /// The noise offsets the aggregator removes: `μ_r` and `μ_f` of the blind-histogram noisers
@@ -184,8 +198,109 @@ fn check_width(width: f32) -> Result<(), HmssError> {
     }
 }
 
+/// How often each value occurs in a combined vector `Z` (spec §6.5 step 2), for the values the
+/// aggregation looks at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueCounts {
+    /// `counts[v] = #{z == v}` for `v < counts.len()`.
+    pub counts: Vec<u64>,
+    /// `#{z == q − 1}` (the noise sentinel) when `q − 1 ≥ counts.len()`.
+    pub sentinel: u64,
+    /// The smallest value that is neither counted nor the sentinel, if any occurred.
+    pub other: Option<u32>,
+    /// `|Z|`.
+    pub len: u64,
+}
+
+impl ValueCounts {
+    fn empty(tracked: usize) -> Self {
+        ValueCounts {
+            counts: vec![0; tracked],
+            sentinel: 0,
+            other: None,
+            len: 0,
+        }
+    }
+
+    fn note(&mut self, z: u32, sentinel: u32, count: u64) {
+        if count == 0 {
+            return;
+        }
+        match self.counts.get_mut(z as usize) {
+            Some(c) => *c += count,
+            None if z == sentinel => self.sentinel += count,
+            None => self.other = Some(self.other.map_or(z, |o| o.min(z))),
+        }
+    }
+}
+
+/// Counts the values of `z` (spec §6.5 step 2), tracking `0..tracked` individually.
+pub fn count_values<R: Register>(z: &[R], q: u32, tracked: usize) -> ValueCounts {
+    let mut c = ValueCounts::empty(tracked);
+    let sentinel = q.wrapping_sub(1);
+    for &v in z {
+        c.note(v.get(), sentinel, 1);
+    }
+    c.len = z.len() as u64;
+    c
+}
+
+/// `Z = (share_1 + share_2) mod q` (spec §6.5 `CombineFrequencyVectorShares`), counted on the
+/// fly: the combined vector itself is never materialised. Both shares must have the same
+/// length and every value must be `< q`.
+pub fn combine_and_count<R: Register>(
+    a: &[R],
+    b: &[R],
+    q: u32,
+    tracked: usize,
+) -> Result<ValueCounts, HmssError> {
+    let m = Modulus::new(q)?;
+    if a.len() != b.len() {
+        return Err(invalid(format!(
+            "the two shares have lengths {} and {}",
+            a.len(),
+            b.len()
+        )));
+    }
+    m.check_below(a)?;
+    m.check_below(b)?;
+    let sentinel = q - 1;
+    let mut c = ValueCounts::empty(tracked);
+    if R::serves(q) && q <= 256 && core::mem::size_of::<R>() == 1 {
+        // One histogram of all 256 byte values, in four interleaved copies so that runs of
+        // equal values do not serialise on one counter.
+        let mut h = [[0u64; 256]; 4];
+        let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (x, y) in ca.zip(cb) {
+            for k in 0..4 {
+                h[k][(m.add(x[k].get(), y[k].get()) as u8) as usize] += 1;
+            }
+        }
+        for (x, y) in ra.iter().zip(rb) {
+            h[0][(m.add(x.get(), y.get()) as u8) as usize] += 1;
+        }
+        for v in 0..256usize {
+            c.note(v as u32, sentinel, h[0][v] + h[1][v] + h[2][v] + h[3][v]);
+        }
+    } else {
+        for (x, y) in a.iter().zip(b) {
+            c.note(m.add(x.get(), y.get()), sentinel, 1);
+        }
+    }
+    c.len = a.len() as u64;
+    Ok(c)
+}
+
 /// R&F aggregation (spec §6.5, `CompleteReachAndFrequencyAggregationPhase`) on the combined
-/// vector `z` (see [`crate::share::combine`]):
+/// vector `z` (see [`crate::share::combine`]); see [`rf_aggregate_counts`].
+pub fn rf_aggregate(z: &[u32], params: &AggregationParams) -> Result<AggregationResult, HmssError> {
+    let tracked = params.max_combined_frequency as usize + 1;
+    rf_aggregate_counts(&count_values(z, params.q, tracked), params)
+}
+
+/// R&F aggregation (spec §6.5, `CompleteReachAndFrequencyAggregationPhase`) from the value
+/// counts of `Z` (tracking at least `0..=max_combined_frequency`, see [`combine_and_count`]):
 /// 1. every `z ≤ max_combined_frequency` or `z == q − 1`, else `Internal`;
 /// 2. `f[v] = #{z == v}` for `v < MF` (present keys only);
 /// 3. `NE = M − f[0]` before baseline removal;
@@ -194,7 +309,10 @@ fn check_width(width: f32) -> Result<(), HmssError> {
 /// 5. `acc = Σ f[v]`; `acc > M` → `f[MF] = 0`, `tot = acc − f[0]`; else `f[MF] = M − acc`,
 ///    `tot = M − f[0]`; `tot == 0` → `InvalidArgument`;
 /// 6. `reach = (i64)(NE / width)`, `distribution[i] = f[i]/tot` for non-zero `f[i]`, `1 ≤ i ≤ MF`.
-pub fn rf_aggregate(z: &[u32], params: &AggregationParams) -> Result<AggregationResult, HmssError> {
+pub fn rf_aggregate_counts(
+    counts: &ValueCounts,
+    params: &AggregationParams,
+) -> Result<AggregationResult, HmssError> {
     let AggregationParams {
         register_count: m,
         max_combined_frequency: mcf,
@@ -210,18 +328,25 @@ pub fn rf_aggregate(z: &[u32], params: &AggregationParams) -> Result<Aggregation
         return Err(invalid("q must be at least 2"));
     }
     check_width(width)?;
-    let m = m as i64;
-    let mut f: BTreeMap<u32, i64> = BTreeMap::new();
-    for (i, &v) in z.iter().enumerate() {
-        if v > mcf && v != q - 1 {
-            return Err(HmssError::Internal(format!(
-                "combined register {i} is {v}, above max_combined_frequency {mcf} and not the sentinel"
-            )));
-        }
-        if v < mf {
-            *f.entry(v).or_default() += 1;
-        }
+    let over = counts
+        .counts
+        .iter()
+        .enumerate()
+        .skip(mcf as usize + 1)
+        .find(|(v, c)| **c > 0 && *v as u64 != u64::from(q) - 1)
+        .map(|(v, _)| v as u32);
+    if let Some(v) = over.or(counts.other) {
+        return Err(HmssError::Internal(format!(
+            "a combined register is {v}, above max_combined_frequency {mcf} and not the sentinel"
+        )));
     }
+    let m = m as i64;
+    let mut f: BTreeMap<u32, i64> = (0..mf)
+        .filter_map(|v| {
+            let c = counts.counts.get(v as usize).copied().unwrap_or(0);
+            (c > 0).then_some((v, c as i64))
+        })
+        .collect();
     let f0 = f.get(&0).copied().unwrap_or(0);
     let mut non_empty = m - f0;
     if let Some(NoiseBaseline { mu_reach, mu_freq }) = noise {
@@ -266,8 +391,20 @@ pub fn ro_aggregate(
     vid_sampling_width: f32,
     noise: Option<NoiseBaseline>,
 ) -> Result<i64, HmssError> {
+    let counts = count_values(z, u32::MAX, 1);
+    ro_aggregate_counts(&counts, register_count, vid_sampling_width, noise)
+}
+
+/// [`ro_aggregate`] from the value counts of `Z` (tracking at least the value 0).
+pub fn ro_aggregate_counts(
+    counts: &ValueCounts,
+    register_count: u64,
+    vid_sampling_width: f32,
+    noise: Option<NoiseBaseline>,
+) -> Result<i64, HmssError> {
     let m = register_count as i64;
-    let mut non_empty = z.iter().filter(|&&v| v != 0).count() as i64;
+    let zeros = counts.counts.first().copied().unwrap_or(0);
+    let mut non_empty = (counts.len - zeros) as i64;
     if let Some(b) = noise {
         non_empty = (non_empty - 2 * i64::from(b.mu_reach)).clamp(0, m);
     }
@@ -513,6 +650,67 @@ mod tests {
             );
         }
 
+        /// Byte registers and `u32` registers give identical shuffle outputs (R&F and
+        /// reach-only, with noise), and the fused combine-and-count equals counting `Z`.
+        #[test]
+        fn byte_and_word_registers_agree() {
+            let m = 5000;
+            let v: Vec<u32> = (0..m as u32).map(|i| (i * 7919) % 5).collect();
+            let nv: Vec<u32> = vec![0, 0, 3, 3, 126, 126, 1];
+            for role in [NonAggregatorRole::First, NonAggregatorRole::Second] {
+                let wide = rf_shuffle_phase(
+                    v.clone(),
+                    &mut Prng::new(ks(&[1; 48])),
+                    Some(&nv),
+                    role,
+                    Q,
+                    ks,
+                )
+                .unwrap_or_default();
+                let narrow: Vec<u8> = rf_shuffle_phase(
+                    v.iter().map(|&x| x as u8).collect(),
+                    &mut Prng::new(ks(&[1; 48])),
+                    Some(&nv),
+                    role,
+                    Q,
+                    ks,
+                )
+                .unwrap_or_default();
+                assert_eq!(crate::ring::to_u32(&narrow), wide);
+                assert_eq!(wide.len(), m + 2 * nv.len());
+                let wide = ro_shuffle_phase(
+                    v.clone(),
+                    &mut Prng::new(ks(&[2; 48])),
+                    Some(&nv),
+                    role,
+                    Q,
+                    ks,
+                )
+                .unwrap_or_default();
+                let narrow: Vec<u8> = ro_shuffle_phase(
+                    v.iter().map(|&x| x as u8).collect(),
+                    &mut Prng::new(ks(&[2; 48])),
+                    Some(&nv),
+                    role,
+                    Q,
+                    ks,
+                )
+                .unwrap_or_default();
+                assert_eq!(crate::ring::to_u32(&narrow), wide);
+            }
+            let a: Vec<u32> = (0..m as u32).map(|i| (i * 31) % Q).collect();
+            let b: Vec<u32> = (0..m as u32).map(|i| (i * 17 + 3) % Q).collect();
+            let z = combine(&[&a, &b], Q).unwrap_or_default();
+            let want = count_values(&z, Q, 10);
+            assert_eq!(combine_and_count(&a, &b, Q, 10), Ok(want.clone()));
+            let a8: Vec<u8> = a.iter().map(|&x| x as u8).collect();
+            let b8: Vec<u8> = b.iter().map(|&x| x as u8).collect();
+            assert_eq!(combine_and_count(&a8, &b8, Q, 10), Ok(want.clone()));
+            assert_eq!(want.len, 5000);
+            assert!(combine_and_count(&a8, &b8[1..], Q, 10).is_err());
+            assert!(combine_and_count(&[127u8], &[0u8], Q, 10).is_err());
+        }
+
         /// Reach-only: `r`-blinding keeps zero/non-zero, and the aggregate removes `2μ_r`.
         #[test]
         fn ro_two_workers() {
@@ -551,7 +749,7 @@ mod tests {
             assert_eq!(ro_aggregate(&z, 10, 1.0, noise), Ok(6 + 3 - 4));
             assert!(
                 ro_shuffle_phase(
-                    vec![1],
+                    vec![1u32],
                     &mut Prng::new(ks(&common)),
                     None,
                     NonAggregatorRole::First,

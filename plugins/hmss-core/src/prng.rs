@@ -17,6 +17,10 @@ fn bit_length(q: u32) -> u32 {
 }
 
 impl<K: Keystream> Prng<K> {
+    /// The largest keystream read one sampler call makes at a time (64 KiB: stays in cache,
+    /// and bounds the guest memory a sampler needs).
+    pub const BLOCK: usize = 64 << 10;
+
     /// Wraps a keystream (spec §6.3 `PRNG(key, iv)`).
     pub fn new(ks: K) -> Self {
         Prng { ks }
@@ -52,56 +56,109 @@ impl<K: Keystream> Prng<K> {
     /// implementation processes whole `bpv`-byte groups, which is the well-defined intent.
     /// Production uses `q = 127` (bit-compatible).
     pub fn uniform_range(&mut self, size: usize, q: u32) -> Result<Vec<u32>, HmssError> {
+        let mut out = Vec::with_capacity(size);
+        self.uniform_range_each(size, q, |v| out.push(v))?;
+        Ok(out)
+    }
+
+    /// [`Prng::uniform_range`] handing each accepted value to `f` in order, without
+    /// materialising the vector (share expansion adds them straight into a sum, §6.4 step 2).
+    /// Consumes exactly the bytes `uniform_range` consumes. The keystream is read in blocks of
+    /// at most [`Prng::BLOCK`] bytes; the discarded tail of a chunk is skipped, not read.
+    pub fn uniform_range_each(
+        &mut self,
+        size: usize,
+        q: u32,
+        mut f: impl FnMut(u32),
+    ) -> Result<(), HmssError> {
         if q < 2 {
             return Err(invalid(format!("modulus q = {q} must be at least 2")));
         }
         let bl = bit_length(q);
         let bpv = bl.div_ceil(8) as usize;
-        let mask: u64 = (1u64 << bl) - 1;
+        let mask: u32 = ((1u64 << bl) - 1) as u32;
         let range = (1u64 << bl) as f64;
         let fail = (range - q as f64) / range;
-        let mut out = Vec::with_capacity(size);
+        let block = (Self::BLOCK / bpv) * bpv;
         let mut buf = Vec::new();
-        while out.len() < size {
-            let cur = (size - out.len()) as f64;
-            let chunk = (cur + 1.0 + fail * cur / (1.0 - fail)) as u64 as usize;
-            buf.resize(chunk * bpv, 0);
-            self.ks.fill(&mut buf);
-            for group in buf.chunks_exact(bpv) {
-                let v = group.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)) & mask;
-                if v < u64::from(q) {
-                    out.push(v as u32);
-                    if out.len() == size {
-                        break;
+        let mut have = 0usize;
+        while have < size {
+            let cur = (size - have) as f64;
+            let chunk = (cur + 1.0 + fail * cur / (1.0 - fail)) as u64;
+            let mut left = chunk.saturating_mul(bpv as u64);
+            while left > 0 && have < size {
+                let n = left.min(block as u64) as usize;
+                if buf.len() < n {
+                    buf.resize(n, 0);
+                }
+                let bytes = &mut buf[..n];
+                self.ks.fill(bytes);
+                left -= n as u64;
+                if bpv == 1 {
+                    for &b in bytes.iter() {
+                        let v = u32::from(b) & mask;
+                        if v < q {
+                            f(v);
+                            have += 1;
+                            if have == size {
+                                break;
+                            }
+                        }
+                    }
+                } else {
+                    for group in bytes.chunks_exact(bpv) {
+                        let v = group.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) & mask;
+                        if v < q {
+                            f(v);
+                            have += 1;
+                            if have == size {
+                                break;
+                            }
+                        }
                     }
                 }
             }
+            if left > 0 {
+                self.ks.skip(left);
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// `NonZeroRange(size, q)`: `size` values uniform in `[1, q)` (spec §6.3): per round
     /// `chunk = (i64)(cur + 1.0 + fail·cur/(1 − fail))` with `fail = 1/q`, then a nested
     /// `UniformRange(chunk, q)` (which consumes its own chunks), keeping non-zero values in order.
     pub fn non_zero_range(&mut self, size: usize, q: u32) -> Result<Vec<u32>, HmssError> {
+        let mut out = Vec::with_capacity(size);
+        self.non_zero_range_each(size, q, |v| out.push(v))?;
+        Ok(out)
+    }
+
+    /// [`Prng::non_zero_range`] handing each value to `f` in order (same consumption).
+    pub fn non_zero_range_each(
+        &mut self,
+        size: usize,
+        q: u32,
+        mut f: impl FnMut(u32),
+    ) -> Result<(), HmssError> {
         if q < 2 {
             return Err(invalid(format!("modulus q = {q} must be at least 2")));
         }
         let fail = 1.0 / q as f64;
-        let mut out = Vec::with_capacity(size);
-        while out.len() < size {
-            let cur = (size - out.len()) as f64;
+        let mut have = 0usize;
+        while have < size {
+            let cur = (size - have) as f64;
             let chunk = (cur + 1.0 + fail * cur / (1.0 - fail)) as i64 as usize;
-            for v in self.uniform_range(chunk, q)? {
-                if v != 0 {
-                    out.push(v);
-                    if out.len() == size {
-                        break;
-                    }
+            // The nested UniformRange always runs to the end of its `chunk` values (the
+            // reference materialises them); values after the `size`-th non-zero are dropped.
+            self.uniform_range_each(chunk, q, |v| {
+                if v != 0 && have < size {
+                    f(v);
+                    have += 1;
                 }
-            }
+            })?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A uniform `f64` in `[0, 1)` from the next 8 keystream bytes (big-endian, top 53 bits).

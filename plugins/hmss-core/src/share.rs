@@ -4,6 +4,7 @@
 use crate::error::{HmssError, invalid};
 use crate::keystream::Keystream;
 use crate::prng::Prng;
+use crate::ring::{Modulus, Register};
 
 /// Expands a seed share over any keystream: `PRNG(seed).UniformRange(len, q)` (spec §6.2, §6.4 step 2).
 pub fn share_from_keystream<K: Keystream>(
@@ -12,6 +13,24 @@ pub fn share_from_keystream<K: Keystream>(
     q: u32,
 ) -> Result<Vec<u32>, HmssError> {
     Prng::new(ks).uniform_range(len, q)
+}
+
+/// `x[i] = (x[i] + s[i]) mod q` with `s = PRNG(ks).UniformRange(|x|, q)` drawn on the fly
+/// (spec §6.4 step 2 with `GenerateShareFromSeed`): a seed share is added into the sum
+/// without being materialised. Every `x[i]` must already be `< q`.
+pub fn add_share_from_keystream<R: Register, K: Keystream>(
+    x: &mut [R],
+    ks: K,
+    q: u32,
+) -> Result<(), HmssError> {
+    let m = Modulus::new(q)?;
+    let mut i = 0usize;
+    Prng::new(ks).uniform_range_each(x.len(), q, |v| {
+        if let Some(a) = x.get_mut(i) {
+            *a = R::from_u32(m.add(a.get(), v));
+        }
+        i += 1;
+    })
 }
 
 /// `s1 = PRNG(key ‖ iv).UniformRange(len, q)`, the seed-held share (spec §6.2; `GenerateShareFromSeed`, §6.4 step 2).
@@ -81,6 +100,29 @@ pub fn check_below(v: &[u32], q: u32) -> Result<(), HmssError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Secret-shares `v` with a share of `R` registers: `s2 = (v − s1) mod q` with
+/// `s1 = PRNG(ks).UniformRange(|v|, q)` (spec §6.2), computed in one pass. Every `v[i]` must be
+/// `< q` and `R` must serve `q`.
+pub fn split_from_keystream<R: Register, K: Keystream>(
+    v: &[u32],
+    ks: K,
+    q: u32,
+) -> Result<Vec<R>, HmssError> {
+    let m = Modulus::new(q)?;
+    if !R::serves(q) {
+        return Err(invalid(format!(
+            "modulus {q} does not fit the register type"
+        )));
+    }
+    m.check_below(v)?;
+    let mut out = Vec::with_capacity(v.len());
+    Prng::new(ks).uniform_range_each(v.len(), q, |s1| {
+        let i = out.len();
+        out.push(R::from_u32(m.sub(v.get(i).copied().unwrap_or(0), s1)));
+    })?;
+    Ok(out)
 }
 
 /// `Z = (share_1 + share_2) mod q`, exactly two equal-length shares (spec §6.5 `CombineFrequencyVectorShares`).

@@ -2,23 +2,59 @@
 
 use crate::keystream::Keystream;
 
+/// How many draws the shuffle takes from the keystream at a time (64 KiB of keystream).
+const BATCH: usize = 4096;
+
+/// `R mod n` for `R = hi·2^64 + lo` (spec §6.3 `R_i mod (len − i)`). For `n < 2^32` — always
+/// the case in a wasm32 guest — three 64-bit divisions by limbs instead of a 128-bit division.
+#[inline(always)]
+fn mod_u128(lo: u64, hi: u64, n: u64) -> u64 {
+    if n <= u64::from(u32::MAX) {
+        let t = hi % n;
+        let t = ((t << 32) | (lo >> 32)) % n;
+        ((t << 32) | (lo & 0xffff_ffff)) % n
+    } else {
+        ((u128::from(hi) << 64 | u128::from(lo)) % u128::from(n)) as u64
+    }
+}
+
 /// Fisher–Yates shuffle driven by a keystream (spec §6.3): draws `16·len` bytes; `R_i` is bytes
 /// `[16i, 16i+16)` read as a little-endian `u128`; for `i = 0 … len−2`,
 /// `j = i + (R_i mod (len − i))` and `vec[i] ↔ vec[j]` (modulo bias kept, as in the reference).
 /// `len ≤ 1` is a no-op that consumes nothing.
+///
+/// The keystream is drawn in batches of 4096 draws; for each batch all targets `j` are computed
+/// first (they depend only on the keystream), then the swaps run in order, so the divisions
+/// and the random memory accesses each run in a tight loop of their own.
 pub fn shuffle_with<T, K: Keystream>(vec: &mut [T], ks: &mut K) {
     let len = vec.len();
     if len <= 1 {
         return;
     }
-    let mut draws = vec![0u8; 16 * len];
-    ks.fill(&mut draws);
-    for (i, r) in draws.chunks_exact(16).take(len - 1).enumerate() {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(r);
-        let r = u128::from_le_bytes(b);
-        let j = i + (r % (len - i) as u128) as usize;
-        vec.swap(i, j);
+    let cap = BATCH.min(len);
+    let mut draws = vec![0u8; 16 * cap];
+    let mut targets = vec![0usize; cap];
+    let mut i = 0;
+    while i < len {
+        let n = cap.min(len - i);
+        ks.fill(&mut draws[..16 * n]);
+        // The last draw (for i = len − 1) is consumed but unused.
+        let used = n.min(len - 1 - i);
+        for (k, (t, r)) in targets[..used]
+            .iter_mut()
+            .zip(draws.chunks_exact(16))
+            .enumerate()
+        {
+            let (lo, hi) = r.split_at(8);
+            let lo = u64::from_le_bytes(lo.try_into().unwrap_or_default());
+            let hi = u64::from_le_bytes(hi.try_into().unwrap_or_default());
+            let at = i + k;
+            *t = at + mod_u128(lo, hi, (len - at) as u64) as usize;
+        }
+        for (k, &t) in targets[..used].iter().enumerate() {
+            vec.swap(i + k, t);
+        }
+        i += n;
     }
 }
 
@@ -55,6 +91,62 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
         assert_ne!(a, (0..1000).collect::<Vec<_>>());
+    }
+
+    /// The batched shuffle equals the textbook loop over one `16·len`-byte draw, across batch
+    /// boundaries, and consumes exactly `16·len` bytes.
+    #[test]
+    fn batched_equals_textbook_and_consumption() {
+        use crate::keystream::CtrKeystream;
+        for len in [2usize, 3, 4095, 4096, 4097, 9000] {
+            let seed = [len as u8; 48];
+            let mut a: Vec<u32> = (0..len as u32).collect();
+            let mut ks = CtrKeystream::from_seed(&seed);
+            shuffle_with(&mut a, &mut ks);
+            let mut after = [0u8; 8];
+            ks.fill(&mut after);
+
+            let mut all = vec![0u8; 16 * len + 8];
+            CtrKeystream::from_seed(&seed).fill(&mut all);
+            let mut b: Vec<u32> = (0..len as u32).collect();
+            for i in 0..len - 1 {
+                let r = u128::from_le_bytes(all[16 * i..16 * i + 16].try_into().unwrap());
+                let j = i + (r % (len - i) as u128) as usize;
+                b.swap(i, j);
+            }
+            assert_eq!(a, b, "len {len}");
+            assert_eq!(after[..], all[16 * len..], "len {len}");
+        }
+    }
+
+    #[test]
+    fn mod_u128_matches_u128_remainder() {
+        let samples = [
+            (0u64, 0u64),
+            (u64::MAX, u64::MAX),
+            (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210),
+            (1, u64::MAX),
+            (u64::MAX, 0),
+        ];
+        for (lo, hi) in samples {
+            for n in [
+                1u64,
+                2,
+                3,
+                127,
+                4096,
+                10_000_000,
+                u64::from(u32::MAX),
+                1 << 40,
+            ] {
+                let r = (u128::from(hi) << 64) | u128::from(lo);
+                assert_eq!(
+                    u128::from(mod_u128(lo, hi, n)),
+                    r % u128::from(n),
+                    "{r} mod {n}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -14,17 +14,20 @@ use halo_plugin_sdk::proto::system::v1alpha::computation_participant::{
     RequisitionParams, requisition_params,
 };
 use halo_plugin_sdk::{prelude::*, random, state};
+use hmss_core::keystream::split_seed;
 use hmss_core::noise::{
     DpParams, NoiseMechanism, NoiserOptions, blind_histogram_noiser, rf_noise_registers,
     ro_noise_registers,
 };
 use hmss_core::phase::{
-    AggregationParams, NoiseBaseline, NonAggregatorRole, rf_aggregate, rf_shuffle_phase,
-    ro_aggregate, ro_shuffle_phase, sum_shares,
+    AggregationParams, NoiseBaseline, NonAggregatorRole, combine_and_count, rf_aggregate_counts,
+    rf_shuffle_phase, ro_aggregate_counts, ro_shuffle_phase,
 };
-use hmss_core::share::share_from_seed;
-use hmss_core::wire::decode_frequency_vector;
-use hmss_core::{CtrKeystream, HmssError, Prng, SEED_LEN, Seed};
+use hmss_core::share::add_share_from_keystream;
+use hmss_core::wire::{
+    decode_aggregation_input, decode_frequency_vector_as, encode_aggregation_input,
+};
+use hmss_core::{HmssError, Modulus, OffsetKeystream, Prng, Register, SEED_LEN, Seed};
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use rand_core::SeedableRng;
@@ -81,14 +84,9 @@ pub struct ShufflePhaseInput {
     pub secret_seeds: Vec<SecretSeed>,
 }
 
-/// Payload of description 3.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AggregationPhaseInput {
-    #[prost(uint32, repeated, packed = "true", tag = "1")]
-    pub combined_frequency_vectors: Vec<u32>,
-    #[prost(int64, tag = "2")]
-    pub register_count: i64,
-}
+/// Payload of description 3: `AggregationPhaseInput { repeated uint32
+/// combined_frequency_vectors = 1; int64 register_count = 2; }`, encoded and decoded by
+/// `hmss_core::wire` (millions of one-byte varints: a byte copy each way).
 
 /// Plugin state of a non-aggregator (empty for the aggregator).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -384,8 +382,52 @@ fn non_aggregator(role: Role) -> Result<NonAggregatorRole, StageError> {
     }
 }
 
-fn ks(seed: &Seed) -> CtrKeystream {
-    CtrKeystream::from_seed(seed)
+/// Keystream bytes fetched per host call for small reads (the samplers and the shuffle read
+/// 64 KiB or more at a time, which go to the host directly).
+const KEYSTREAM_BLOCK: usize = 4 << 10;
+
+/// Where a host keystream records a failure ([`hmss_core::Keystream::fill`] cannot fail).
+type KeystreamError = std::rc::Rc<std::cell::RefCell<Option<String>>>;
+
+/// The PRNG keystream `AES-256-CTR(key = seed[0..32], iv = seed[32..48])` (spec §6.2, §6.3),
+/// computed by the host's native `crypto` import (AES-NI) and read by offset. A host failure
+/// is recorded in `error` (and the stream yields zeros); callers check it with [`checked`].
+fn keystream(
+    seed: &Seed,
+    error: &KeystreamError,
+) -> OffsetKeystream<impl FnMut(u64, &mut [u8]) -> Result<(), String> + use<>, String> {
+    let (key, iv) = split_seed(seed);
+    let error = error.clone();
+    OffsetKeystream::new(
+        move |offset, out: &mut [u8]| {
+            let bytes =
+                halo_plugin_sdk::crypto::aes256_ctr_keystream(&key, &iv, offset, out.len() as u64)
+                    .and_then(|b| {
+                        (b.len() == out.len()).then_some(b).ok_or_else(|| {
+                            "the host returned a keystream of the wrong length".to_string()
+                        })
+                    });
+            match bytes {
+                Ok(b) => {
+                    out.copy_from_slice(&b);
+                    Ok(())
+                }
+                Err(e) => {
+                    error.borrow_mut().get_or_insert_with(|| e.clone());
+                    Err(e)
+                }
+            }
+        },
+        KEYSTREAM_BLOCK,
+    )
+}
+
+/// `Ok(value)` unless a keystream recorded a failure.
+fn checked<T>(value: T, error: &KeystreamError) -> Result<T, StageError> {
+    match error.borrow_mut().take() {
+        Some(e) => Err(StageError::permanent(format!("host keystream: {e}"))),
+        None => Ok(value),
+    }
 }
 
 fn random_seed() -> Seed {
@@ -482,34 +524,48 @@ fn setup_phase(
     })
 }
 
-fn check_count(count: &mut Option<usize>, n: usize, what: &str) -> Result<(), StageError> {
-    match *count {
-        None => {
-            *count = Some(n);
-            Ok(())
-        }
-        Some(m) if m == n => Ok(()),
-        Some(m) => Err(StageError::invalid_input(format!(
-            "{what}: register count {n} differs from {m}"
-        ))),
-    }
-}
-
 fn shuffle_phase(
     ctx: &ComputationContext,
     inputs: &[StageInput],
 ) -> Result<StageOutcome, StageError> {
     let p = params(ctx)?;
+    // q ≤ 128 (production: 127): one byte per register in memory and on the wire.
+    let payload = if u8::serves(p.q) {
+        shuffle_phase_with::<u8>(ctx, &p, inputs)?
+    } else {
+        shuffle_phase_with::<u32>(ctx, &p, inputs)?
+    };
+    Ok(StageOutcome {
+        next_stage: COMPLETE,
+        sends: vec![Outgoing {
+            to: ctx.peer(Role::Aggregator)?,
+            description: AGGREGATION_PHASE_INPUT,
+            payload,
+        }],
+        ..Default::default()
+    })
+}
+
+/// The shuffle phase (spec §6.4) over `R` registers; returns the serialized
+/// `AggregationPhaseInput`.
+fn shuffle_phase_with<R: Register>(
+    ctx: &ComputationContext,
+    p: &Params,
+    inputs: &[StageInput],
+) -> Result<Vec<u8>, StageError> {
     let role = non_aggregator(ctx.role)?;
     let (own_seed, sk) = load_state(ctx)?;
-    let mut shares: Vec<Vec<u32>> = Vec::new();
+    let m = Modulus::new(p.q).map_err(core_err)?;
+    // X = Σ shares (step 2): data shares are added as they are decoded, seed shares are
+    // expanded by the host's keystream straight into the sum.
+    let mut x: Option<Vec<R>> = None;
     let mut peer: Option<ShufflePhaseInput> = None;
-    let mut count: Option<usize> = None;
     for i in inputs {
         match &i.origin {
             InputOrigin::Requisition((id, header)) => {
                 let h = hmss_header(header, id)?;
-                let v = decode_frequency_vector(&i.data).map_err(core_err)?;
+                let v: Vec<R> = decode_frequency_vector_as(&i.data)
+                    .map_err(|e| StageError::invalid_input(format!("requisition {id}: {e}")))?;
                 if usize::try_from(h.register_count).ok() != Some(v.len()) {
                     return Err(StageError::invalid_input(format!(
                         "requisition {id}: register_count {} but {} registers",
@@ -517,8 +573,15 @@ fn shuffle_phase(
                         v.len()
                     )));
                 }
-                check_count(&mut count, v.len(), id)?;
-                shares.push(v);
+                m.check_below(&v)
+                    .map_err(|e| StageError::invalid_input(format!("requisition {id}: {e}")))?;
+                match &mut x {
+                    None => x = Some(v),
+                    Some(acc) => {
+                        check_len(acc.len(), v.len(), id)?;
+                        R::add_assign_slice(acc, &v, &m);
+                    }
+                }
             }
             InputOrigin::Peer((duchy, _)) => {
                 if peer.is_some() {
@@ -539,6 +602,7 @@ fn shuffle_phase(
         .as_slice()
         .try_into()
         .map_err(|_| StageError::invalid_input("peer random seed is not 48 bytes"))?;
+    let error = KeystreamError::default();
     for s in &peer.secret_seeds {
         let n = usize::try_from(s.register_count).map_err(|_| {
             StageError::invalid_input(format!(
@@ -546,7 +610,6 @@ fn shuffle_phase(
                 s.requisition_id
             ))
         })?;
-        check_count(&mut count, n, &s.requisition_id)?;
         let seed = open(&sk, SEED_INFO, &s.secret_seed_ciphertext)?;
         let seed: Seed = seed.as_slice().try_into().map_err(|_| {
             StageError::invalid_input(format!(
@@ -554,26 +617,30 @@ fn shuffle_phase(
                 s.requisition_id
             ))
         })?;
-        shares.push(share_from_seed(&seed, n, p.q).map_err(core_err)?);
+        let acc = x.get_or_insert_with(|| vec![R::default(); n]);
+        check_len(acc.len(), n, &s.requisition_id)?;
+        add_share_from_keystream(acc, keystream(&seed, &error), p.q).map_err(core_err)?;
     }
-    let m = count.ok_or_else(|| StageError::invalid_input("no requisition data"))?;
-    let refs: Vec<&[u32]> = shares.iter().map(Vec::as_slice).collect();
-    let x = sum_shares(&refs, m, p.q).map_err(core_err)?;
+    let x = checked(x, &error)?.ok_or_else(|| StageError::invalid_input("no requisition data"))?;
+    let register_count = x.len() as i64;
     let mut common_seed = own_seed;
     for (c, b) in common_seed.iter_mut().zip(peer_seed) {
         *c ^= b;
     }
-    let mut common = Prng::new(ks(&common_seed));
-    let mut local = Prng::new(ks(&random_seed()));
+    let mut common = Prng::new(keystream(&common_seed, &error));
+    // Noise draws are local (spec §9 item 11): a PRNG seeded by the host's CSPRNG.
+    let mut local = Prng::new(keystream(&random_seed(), &error));
+    let shuffle_ks = |seed: &Seed| keystream(seed, &error);
     let out = if p.reach_only {
         let noise = match p.noise {
             Some((r, _)) => {
-                let mut nonzero = Prng::new(ks(&random_seed()));
+                let mut nonzero = Prng::new(keystream(&random_seed(), &error));
                 Some(ro_noise_registers(&mut local, &mut nonzero, &r, p.q).map_err(core_err)?)
             }
             None => None,
         };
-        ro_shuffle_phase(x, &mut common, noise.as_deref(), role, p.q, ks).map_err(core_err)?
+        ro_shuffle_phase(x, &mut common, noise.as_deref(), role, p.q, shuffle_ks)
+            .map_err(core_err)?
     } else {
         let noise = match p.noise {
             Some((r, Some(f))) => Some(
@@ -582,21 +649,21 @@ fn shuffle_phase(
             ),
             _ => None,
         };
-        rf_shuffle_phase(x, &mut common, noise.as_deref(), role, p.q, ks).map_err(core_err)?
+        rf_shuffle_phase(x, &mut common, noise.as_deref(), role, p.q, shuffle_ks)
+            .map_err(core_err)?
     };
-    let payload = AggregationPhaseInput {
-        combined_frequency_vectors: out,
-        register_count: m as i64,
-    };
-    Ok(StageOutcome {
-        next_stage: COMPLETE,
-        sends: vec![Outgoing {
-            to: ctx.peer(Role::Aggregator)?,
-            description: AGGREGATION_PHASE_INPUT,
-            payload: payload.encode_to_vec(),
-        }],
-        ..Default::default()
-    })
+    let out = checked(out, &error)?;
+    Ok(encode_aggregation_input(&out, register_count))
+}
+
+fn check_len(have: usize, got: usize, what: &str) -> Result<(), StageError> {
+    if have == got {
+        Ok(())
+    } else {
+        Err(StageError::invalid_input(format!(
+            "{what}: register count {got} differs from {have}"
+        )))
+    }
 }
 
 /// The result plaintext: `{"reach":n,"frequency":{"1":p1,...},"frequency_vector_size":m}`.
@@ -615,49 +682,13 @@ fn aggregation_phase(
     ctx: &ComputationContext,
     inputs: &[StageInput],
 ) -> Result<StageOutcome, StageError> {
-    if inputs.len() != 2 {
-        return Err(StageError::invalid_input(format!(
-            "expected 2 aggregation inputs, got {}",
-            inputs.len()
-        )));
-    }
     let p = params(ctx)?;
-    let a = AggregationPhaseInput::decode(inputs[0].data.as_slice())
-        .map_err(|e| StageError::invalid_input(format!("aggregation input: {e}")))?;
-    let b = AggregationPhaseInput::decode(inputs[1].data.as_slice())
-        .map_err(|e| StageError::invalid_input(format!("aggregation input: {e}")))?;
-    if a.register_count != b.register_count
-        || a.combined_frequency_vectors.len() != b.combined_frequency_vectors.len()
-        || a.register_count < 0
-    {
-        return Err(StageError::invalid_input("aggregation inputs do not match"));
-    }
-    let z = hmss_core::share::combine(
-        &[&a.combined_frequency_vectors, &b.combined_frequency_vectors],
-        p.q,
-    )
-    .map_err(core_err)?;
-    let width = p.spec.vid_sampling_interval_width;
-    let (reach, distribution) = if p.reach_only {
-        let reach =
-            ro_aggregate(&z, a.register_count as u64, width, p.baseline()).map_err(core_err)?;
-        (reach, BTreeMap::new())
+    let (reach, distribution, register_count) = if u8::serves(p.q) {
+        aggregate_with::<u8>(&p, inputs)?
     } else {
-        let r = rf_aggregate(
-            &z,
-            &AggregationParams {
-                register_count: a.register_count as u64,
-                max_combined_frequency: p.max_combined_frequency(),
-                maximum_frequency: p.maximum_frequency,
-                q: p.q,
-                vid_sampling_width: width,
-                noise: p.baseline(),
-            },
-        )
-        .map_err(core_err)?;
-        (r.reach, r.distribution)
+        aggregate_with::<u32>(&p, inputs)?
     };
-    let json = result_json(reach, &distribution, a.register_count);
+    let json = result_json(reach, &distribution, register_count);
     let key = p.spec.measurement_public_key.clone();
     let encrypted = seal(
         &key,
@@ -673,6 +704,55 @@ fn aggregation_phase(
         }),
         ..Default::default()
     })
+}
+
+/// The aggregation phase (spec §6.5) over `R` registers: `(reach, distribution,
+/// register_count)`.
+fn aggregate_with<R: Register>(
+    p: &Params,
+    inputs: &[StageInput],
+) -> Result<(i64, BTreeMap<u32, f64>, i64), StageError> {
+    let [a, b] = inputs else {
+        return Err(StageError::invalid_input(format!(
+            "expected 2 aggregation inputs, got {}",
+            inputs.len()
+        )));
+    };
+    let decode = |i: &StageInput| -> Result<(Vec<R>, i64), StageError> {
+        decode_aggregation_input(&i.data)
+            .map_err(|e| StageError::invalid_input(format!("aggregation input: {e}")))
+    };
+    let ((za, ma), (zb, mb)) = (decode(a)?, decode(b)?);
+    if ma != mb || za.len() != zb.len() || ma < 0 || ma as u64 > za.len() as u64 {
+        return Err(StageError::invalid_input(format!(
+            "aggregation inputs do not match: register counts {ma} and {mb}, lengths {} and {}",
+            za.len(),
+            zb.len()
+        )));
+    }
+    let width = p.spec.vid_sampling_interval_width;
+    if p.reach_only {
+        let counts = combine_and_count(&za, &zb, p.q, 1).map_err(core_err)?;
+        let reach =
+            ro_aggregate_counts(&counts, ma as u64, width, p.baseline()).map_err(core_err)?;
+        Ok((reach, BTreeMap::new(), ma))
+    } else {
+        let mcf = p.max_combined_frequency();
+        let counts = combine_and_count(&za, &zb, p.q, mcf as usize + 1).map_err(core_err)?;
+        let r = rf_aggregate_counts(
+            &counts,
+            &AggregationParams {
+                register_count: ma as u64,
+                max_combined_frequency: mcf,
+                maximum_frequency: p.maximum_frequency,
+                q: p.q,
+                vid_sampling_width: width,
+                noise: p.baseline(),
+            },
+        )
+        .map_err(core_err)?;
+        Ok((r.reach, r.distribution, ma))
+    }
 }
 
 impl Protocol for Hmss {
