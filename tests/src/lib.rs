@@ -227,3 +227,22 @@ pub async fn fulfil_where(
     }
     Ok(())
 }
+
+/// Starts a cluster whose duchies run the real `hmss` plugin (built from plugins/hmss);
+/// data and the plugin directory go under `dir`.
+pub async fn start_hmss_cluster(dir: &std::path::Path) -> Result<Cluster> {
+    init_logging();
+    let pdir = dir.join("plugins");
+    std::fs::create_dir_all(&pdir)?;
+    std::fs::copy(halo_plugin_build::HMSS, pdir.join("hmss-1.0.0.wasm"))?;
+    let runtime = halo_engine::Runtime::new(halo_engine::EngineConfig {
+        cache_dir: Some(dir.join("cache")),
+        ..halo_engine::EngineConfig::default()
+    })?;
+    let reg =
+        halo_registry::PluginRegistry::open(runtime, halo_registry::RegistryConfig::new(&pdir))?;
+    anyhow::ensure!(reg.refused().is_empty(), "refused: {:?}", reg.refused());
+    let shared: Arc<dyn ProtocolRegistry> = reg;
+    let factory: RegistryFn = Arc::new(move |_| shared.clone());
+    Cluster::start(ClusterOptions::new(&dir.join("c"), factory)).await
+}

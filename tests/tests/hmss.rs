@@ -2,104 +2,55 @@
 //! HMSS end to end: three duchies run the real `hmss` plugin, data providers secret-share
 //! their frequency vectors (seeds HPKE-sealed to the peer), the consumer opens the result.
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use halo_duchy::protocol::ProtocolRegistry;
 use halo_identity::Principal;
-use halo_proto::halo::v1 as admin;
-use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
-    HonestMajorityShareShuffle, NoiseMechanism, Protocol as MpcProtocol,
-};
-use halo_proto::system::v1alpha::computation::{MpcProtocolConfig, State};
+use halo_proto::system::v1alpha::computation::State;
+use halo_proto::system::v1alpha::computation::mpc_protocol_config::NoiseMechanism;
+use halo_sim::mc::HmssRequest;
 use halo_sim::{edp, mc};
 use halo_tests::*;
 
 async fn run(reach_only: bool) {
-    init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let pdir = dir.path().join("plugins");
-    std::fs::create_dir_all(&pdir).unwrap();
-    std::fs::copy(halo_plugin_build::HMSS, pdir.join("hmss-1.0.0.wasm")).unwrap();
-    let runtime = halo_engine::Runtime::new(halo_engine::EngineConfig {
-        cache_dir: Some(dir.path().join("cache")),
-        ..halo_engine::EngineConfig::default()
-    })
-    .unwrap();
-    let reg =
-        halo_registry::PluginRegistry::open(runtime, halo_registry::RegistryConfig::new(&pdir))
-            .unwrap();
-    assert!(reg.refused().is_empty(), "{:?}", reg.refused());
-    let shared: Arc<dyn ProtocolRegistry> = reg.clone();
-    let factory: halo_sim::RegistryFn = Arc::new(move |_| shared.clone());
-    let cluster = halo_sim::Cluster::start(halo_sim::ClusterOptions::new(
-        &dir.path().join("c"),
-        factory,
-    ))
-    .await
-    .unwrap();
-
+    let cluster = start_hmss_cluster(dir.path()).await.unwrap();
     let mut rng = rand::rng();
-    let (secret, public) = halo_sim::hmss::measurement_keypair(&mut rng);
-    let mut s = spec(1.0);
-    s.measurement_public_key = public.to_vec();
-    s.maximum_frequency = if reach_only { 1 } else { 5 };
-    s.reach_privacy_params = None;
-    s.frequency_privacy_params = None;
-    if reach_only {
-        s.r#type = admin::measurement_spec::Type::Reach as i32;
-    }
-    let config = MpcProtocolConfig {
-        protocol: Some(MpcProtocol::HonestMajorityShareShuffle(
-            HonestMajorityShareShuffle {
-                reach_and_frequency_ring_modulus: 127,
-                reach_ring_modulus: 127,
-                noise_mechanism: NoiseMechanism::None as i32,
-            },
-        )),
+    let request = HmssRequest {
+        reach_only,
+        max_frequency: 5,
+        noise: NoiseMechanism::None,
+        ..HmssRequest::default()
     };
     let mc_ch = cluster
         .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
         .unwrap();
-    let created = mc::create_measurement_with(
+    let m = mc::create_hmss_measurement(
         mc_ch.clone(),
         "mc1",
-        admin::Protocol::HonestMajorityShareShuffle,
-        s.clone(),
         &cluster.options.data_providers,
-        Some(config),
+        &request,
+        &mut rng,
     )
     .await
     .unwrap();
     let vectors = halo_sim::hmss::population(7, 3, 20_000, 5, 0.3);
-    for (i, dp) in cluster.options.data_providers.iter().enumerate() {
+    for (dp, vector) in cluster.options.data_providers.iter().zip(&vectors) {
         let who = Principal::DataProvider(dp.clone());
-        for r in edp::wait_for_requisitions(cluster.kingdom_channel(&who).unwrap(), dp, 1, TIMEOUT)
-            .await
-            .unwrap()
-        {
-            let q = halo_sim::hmss::ring_modulus(r.computation.as_ref().unwrap(), &s).unwrap();
-            let peer = halo_sim::hmss::peer_public_key(&r).unwrap();
-            let f = halo_sim::hmss::share_frequency_vector(
-                &vectors[i],
-                q,
-                &peer,
-                "dataProviders/x/certificates/y",
-                &mut rng,
-            )
-            .unwrap();
-            let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy).unwrap();
-            edp::fulfill(duchy, &r, Some(f.header_protocol), &f.body, 1 << 20)
-                .await
-                .unwrap();
-        }
-    }
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, Duration::from_secs(120))
+        let done = edp::fulfill_hmss_requisitions(
+            cluster.kingdom_channel(&who).unwrap(),
+            dp,
+            |duchy: &str| cluster.duchy_channel(&who, duchy),
+            vector,
+            Some(TIMEOUT),
+            &mut rng,
+        )
         .await
         .unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "{}", m.failure_message);
-    let result = halo_sim::hmss::open_result(&secret, &m.encrypted_result).unwrap();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].registers, 20_000);
+        assert_eq!(done[0].computation, m.computation());
+    }
+    let result = m.result(mc_ch, Duration::from_secs(120)).await.unwrap();
     let (reach, freq) = halo_sim::hmss::truth(&vectors, if reach_only { 1 } else { 5 });
     assert_eq!(result.reach, reach);
     if !reach_only {
@@ -112,7 +63,6 @@ async fn run(reach_only: bool) {
             );
         }
     }
-    let _ = PathBuf::new();
     cluster.shutdown().await.unwrap();
 }
 
@@ -124,4 +74,63 @@ async fn hmss_reach_and_frequency_without_noise_is_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hmss_reach_only_without_noise_is_exact() {
     run(true).await;
+}
+
+/// The Kingdom accepts any DP parameters; the hmss plugin rejects invalid ones when a duchy
+/// starts the computation, so the measurement ends FAILED naming the bad parameter (before
+/// any data provider is asked for data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hmss_invalid_dp_parameters_fail_the_computation_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_hmss_cluster(dir.path()).await.unwrap();
+    let mut rng = rand::rng();
+    let mc_ch = cluster
+        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
+        .unwrap();
+    let cases = [
+        (0.0, 1e-9, "reach DP params: epsilon 0 must be > 0"),
+        (1.0, 0.0, "reach DP params: delta 0 must be > 0"),
+    ];
+    for (epsilon, delta, expected) in cases {
+        let request = HmssRequest {
+            noise: NoiseMechanism::DiscreteGaussian,
+            epsilon,
+            delta,
+            ..HmssRequest::default()
+        };
+        let m = mc::create_hmss_measurement(
+            mc_ch.clone(),
+            "mc1",
+            &cluster.options.data_providers,
+            &request,
+            &mut rng,
+        )
+        .await
+        .unwrap();
+        let done = m.wait(mc_ch.clone(), TIMEOUT).await.unwrap();
+        assert_eq!(
+            done.state,
+            State::Failed as i32,
+            "{}",
+            mc::state_name(done.state)
+        );
+        assert!(
+            done.failure_message.contains(expected),
+            "failure message {:?} does not name the bad parameter ({expected:?})",
+            done.failure_message
+        );
+        assert!(done.encrypted_result.is_empty());
+        // The consumer's view of it: an error naming the state and the reason.
+        let e = format!("{:#}", m.open(&done).unwrap_err());
+        assert!(e.contains("ended FAILED") && e.contains(expected), "{e}");
+        // Nobody was asked for data.
+        for dp in &cluster.options.data_providers {
+            let who = Principal::DataProvider(dp.clone());
+            let listed = edp::list(cluster.kingdom_channel(&who).unwrap(), dp)
+                .await
+                .unwrap();
+            assert!(listed.is_empty(), "{dp}: {listed:?}");
+        }
+    }
+    cluster.shutdown().await.unwrap();
 }

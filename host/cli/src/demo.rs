@@ -1,30 +1,71 @@
 //! `halo demo`: a Kingdom, three duchies and simulated data providers and consumer on
 //! loopback, one measurement, the result beside the ground truth.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use halo_duchy::protocol::ProtocolRegistry;
+use halo_cli::mc::Noise;
+use halo_cli::report;
+use halo_duchy::protocol::{ProtocolRegistry, StageInfo, find_stage};
+use halo_duchy::store::Store;
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::DifferentialPrivacyParams;
-use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
 use halo_proto::system::v1alpha::computation::State;
-use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
-    HonestMajorityShareShuffle, NoiseMechanism, Protocol as MpcProtocol,
-};
+use halo_sim::mc::HmssRequest;
 use halo_sim::{Cluster, ClusterOptions, edp, mc};
+
+/// How long a data provider waits for its requisition.
+const REQUISITION_WAIT: Duration = Duration::from_secs(60);
+/// How long the consumer waits for the result.
+const RESULT_WAIT: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoProtocol {
+    /// Honest Majority Share Shuffle.
+    Hmss,
+    /// A secret-free protocol that exercises the host (plaintext vectors, summed).
+    TestSum,
+    /// Liquid Legions v2 (not built yet).
+    Llv2,
+    /// Reach-only Liquid Legions v2 (not built yet).
+    RoLlv2,
+}
+
+impl DemoProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            DemoProtocol::Hmss => "hmss",
+            DemoProtocol::TestSum => "test-sum",
+            DemoProtocol::Llv2 => "llv2",
+            DemoProtocol::RoLlv2 => "ro-llv2",
+        }
+    }
+
+    /// The component the duchies load, or why the protocol cannot run.
+    fn plugin_file(self) -> Result<&'static str> {
+        match self {
+            DemoProtocol::Hmss => Ok("hmss-1.0.0.wasm"),
+            DemoProtocol::TestSum => Ok("test-sum-1.0.0.wasm"),
+            DemoProtocol::Llv2 | DemoProtocol::RoLlv2 => bail!(
+                "--protocol {}: the Liquid Legions v2 plugins are not built yet; use --protocol \
+                 hmss (the default) or test-sum",
+                self.as_str()
+            ),
+        }
+    }
+}
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// Protocol: `hmss` (Honest Majority Share Shuffle) or `test-sum` (a secret-free
     /// protocol that exercises the host). `llv2` and `ro-llv2` are not available yet.
-    #[arg(long, default_value = "test-sum")]
-    protocol: String,
+    #[arg(long, value_enum, default_value_t = DemoProtocol::Hmss)]
+    protocol: DemoProtocol,
     /// Plugin directory shared by the three duchies (default: the components built from
     /// plugins/, copied into <out>/plugins).
     #[arg(long)]
@@ -41,11 +82,13 @@ pub struct DemoArgs {
     /// Measure reach only (HMSS).
     #[arg(long)]
     reach_only: bool,
-    /// Noise: none, geometric or discrete-gaussian (HMSS).
-    #[arg(long, default_value = "none")]
-    noise: String,
+    /// Noise the duchies add (HMSS).
+    #[arg(long, value_enum, default_value_t = Noise::None)]
+    noise: Noise,
+    /// DP epsilon (with noise).
     #[arg(long, default_value_t = 1.0)]
     epsilon: f64,
+    /// DP delta (with noise).
     #[arg(long, default_value_t = 1e-9)]
     delta: f64,
     /// Seed of the synthetic populations.
@@ -54,7 +97,7 @@ pub struct DemoArgs {
     /// Keep data and PKI here (default: a temporary directory, removed afterwards).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Print one JSON object on stdout instead of the table.
+    /// Print one JSON object on stdout instead of the table (and no progress on stderr).
     #[arg(long)]
     json: bool,
     /// Leave the servers running after the measurement (Ctrl-C stops them).
@@ -62,28 +105,29 @@ pub struct DemoArgs {
     keep_running: bool,
 }
 
-/// What a run produced, in the same form for the result and the truth.
+/// Overlap of the demo's synthetic population (see `halo_sim::hmss::population`).
+const OVERLAP: f64 = 0.3;
+
+/// What a run produced, in the same form for the result and the truth: distributions are
+/// proportions with every bucket "1"..="N" (none for reach-only).
 struct Outcome {
     name: String,
     computation: String,
     reach: i64,
     expected_reach: i64,
-    frequency: serde_json::Value,
-    expected_frequency: serde_json::Value,
-}
-
-fn plugin_file(protocol: &str) -> Result<&'static str> {
-    Ok(match protocol {
-        "test-sum" => "test-sum-1.0.0.wasm",
-        "hmss" => "hmss-1.0.0.wasm",
-        other => bail!("protocol {other:?} is not available; use --protocol hmss or test-sum"),
-    })
+    frequency: BTreeMap<String, f64>,
+    expected_frequency: BTreeMap<String, f64>,
+    /// N: frequency buckets reported (0 for reach-only).
+    buckets: u32,
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let file = plugin_file(&args.protocol)?;
+    let file = args.protocol.plugin_file()?;
     if args.providers == 0 || args.registers == 0 {
         bail!("--providers and --registers must be positive");
+    }
+    if args.max_frequency == 0 {
+        bail!("--max-frequency must be at least 1");
     }
     let temp;
     let dir = match &args.out {
@@ -121,6 +165,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let _watch = plugins.watch()?;
     let shared: Arc<dyn ProtocolRegistry> = plugins.clone();
+    let stage_names = shared.clone();
     let registry: halo_sim::RegistryFn = Arc::new(move |_| shared.clone());
     let mut options = ClusterOptions::new(&dir, registry);
     options.data_providers = (1..=args.providers).map(|i| format!("edp{i}")).collect();
@@ -128,17 +173,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let cluster = Cluster::start(options).await?;
     if !args.json {
         eprintln!(
-            "kingdom at {}, duchies at {:?}",
+            "kingdom at {}, duchies {}",
             cluster.kingdom_url(),
             halo_sim::DUCHIES
                 .iter()
-                .map(|d| (d.to_string(), cluster.duchy_url(d).unwrap_or_default()))
+                .map(|d| format!("{d} at {}", cluster.duchy_url(d).unwrap_or_default()))
                 .collect::<Vec<_>>()
+                .join(", ")
         );
     }
-    let outcome = match args.protocol.as_str() {
-        "hmss" => run_hmss(&cluster, &args).await?,
-        _ => run_test_sum(&cluster, &args).await?,
+    let outcome = match args.protocol {
+        DemoProtocol::TestSum => run_test_sum(&cluster, &stage_names, &args).await?,
+        _ => run_hmss(&cluster, &stage_names, &args).await?,
     };
     let wall = started.elapsed().as_secs_f64();
     let gid = outcome
@@ -148,51 +194,124 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let stages = stage_times(&cluster, &gid).await?;
     if args.json {
         let out = serde_json::json!({
-            "protocol": args.protocol,
+            "protocol": args.protocol.as_str(),
+            "measurement": outcome.name,
             "reach": outcome.reach,
             "expected_reach": outcome.expected_reach,
-            "frequency": outcome.frequency,
-            "expected_frequency": outcome.expected_frequency,
+            "frequency": report::json(&outcome.frequency),
+            "expected_frequency": report::json(&outcome.expected_frequency),
             "wall_seconds": wall,
-            "stages": stages,
+            "stages": stage_times_json(&stages),
             "registers": args.registers,
             "providers": args.providers,
-            "noise": args.noise,
+            "noise": args.noise.as_str(),
         });
         println!("{out}");
     } else {
         println!(
-            "measurement {} ({}): SUCCEEDED in {wall:.2}s",
-            outcome.name, args.protocol
+            "measurement {} ({}, noise {}): SUCCEEDED in {wall:.2}s",
+            outcome.name,
+            args.protocol.as_str(),
+            args.noise.as_str()
         );
-        println!(
-            "reach: {} (ground truth {})",
-            outcome.reach, outcome.expected_reach
+        report::print_table(
+            outcome.reach,
+            &outcome.frequency,
+            Some((outcome.expected_reach, &outcome.expected_frequency)),
+            outcome.buckets,
         );
-        println!("frequency  result      truth");
-        if let Some(expected) = outcome.expected_frequency.as_object() {
-            for (k, v) in expected {
-                println!("{k:>9}  {:<10}  {v}", outcome.frequency[k]);
-            }
+        println!("stage seconds per duchy:");
+        for (d, per) in &stages {
+            let line = per
+                .iter()
+                .map(|(stage, s)| format!("{stage} {s:.3}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("  {d:<10}  {line}");
         }
-        println!("stage seconds per duchy: {stages}");
     }
     if args.keep_running {
-        eprintln!(
-            "servers keep running: kingdom {}, PKI in {}; Ctrl-C stops them",
-            cluster.kingdom_url(),
-            dir.join("pki").display()
-        );
+        print_keep_running(&cluster, &args, &dir);
         let _ = tokio::signal::ctrl_c().await;
     }
     cluster.shutdown().await
 }
 
-/// Seconds per executed stage and duchy, from the duchies' audit logs.
-async fn stage_times(cluster: &Cluster, gid: &str) -> Result<serde_json::Value> {
-    let mut out = serde_json::Map::new();
+/// Where the servers are and how to run another measurement against them.
+fn print_keep_running(cluster: &Cluster, args: &DemoArgs, dir: &Path) {
+    let pki = dir.join("pki");
+    let kingdom = cluster.kingdom_url();
+    eprintln!("\nservers keep running (Ctrl-C stops them):");
+    eprintln!("  {:<10}  {kingdom}", "kingdom");
+    let mut duchies = Vec::new();
     for d in halo_sim::DUCHIES {
-        let mut per = serde_json::Map::new();
+        let url = cluster.duchy_url(d).unwrap_or_default();
+        eprintln!("  {d:<10}  {url}");
+        duchies.push(format!("--duchy {d}={url}"));
+    }
+    eprintln!("  {:<10}  {}", "PKI", pki.display());
+    if args.out.is_none() {
+        eprintln!(
+            "  (a temporary directory: it is deleted when the demo exits; use --out DIR to keep it)"
+        );
+    }
+    if args.protocol != DemoProtocol::Hmss {
+        eprintln!(
+            "`halo edp` and `halo mc` run HMSS; these duchies load only the {} plugin",
+            args.protocol.as_str()
+        );
+        return;
+    }
+    let halo = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "halo".to_string());
+    let providers: Vec<String> = (1..=args.providers).map(|i| format!("edp{i}")).collect();
+    let mut mc = format!(
+        "{halo} mc --pki {} --kingdom {kingdom} --data-providers {} --max-frequency {} \
+         --truth-seed {} --truth-providers {} --truth-registers {}",
+        pki.display(),
+        providers.join(","),
+        args.max_frequency,
+        args.seed,
+        args.providers,
+        args.registers
+    );
+    if args.reach_only {
+        mc.push_str(" --reach-only");
+    }
+    if args.noise != Noise::None {
+        mc.push_str(&format!(
+            " --noise {} --epsilon {} --delta {}",
+            args.noise.as_str(),
+            args.epsilon,
+            args.delta
+        ));
+    }
+    eprintln!("another measurement against them: the consumer, in one terminal,");
+    eprintln!("  {mc}");
+    eprintln!("then each data provider, in another:");
+    for p in &providers {
+        eprintln!(
+            "  {halo} edp --pki {} --kingdom {kingdom} {} --seed {} --providers {} --registers {} \
+             --max-frequency {} --id {p}",
+            pki.display(),
+            duchies.join(" "),
+            args.seed,
+            args.providers,
+            args.registers,
+            args.max_frequency
+        );
+    }
+}
+
+/// Seconds per executed stage, per duchy in execution order, from the duchies' audit logs
+/// (a stage that ran more than once counts with its last execution).
+type StageTimes = Vec<(String, Vec<(String, f64)>)>;
+
+async fn stage_times(cluster: &Cluster, gid: &str) -> Result<StageTimes> {
+    let mut out = Vec::new();
+    for d in halo_sim::DUCHIES {
+        let mut per: Vec<(String, f64)> = Vec::new();
         if let Some(running) = cluster.duchies.get(d) {
             for (_, event, detail) in running.core.store.audit_log(gid).await? {
                 if event != "executed" {
@@ -202,133 +321,258 @@ async fn stage_times(cluster: &Cluster, gid: &str) -> Result<serde_json::Value> 
                 if let Some((stage, secs)) = detail.split_once(" in ")
                     && let Ok(s) = secs.trim_end_matches('s').parse::<f64>()
                 {
-                    per.insert(stage.to_string(), serde_json::json!(s));
+                    per.retain(|(name, _)| name != stage);
+                    per.push((stage.to_string(), s));
                 }
             }
         }
-        out.insert(d.to_string(), serde_json::Value::Object(per));
+        out.push((d.to_string(), per));
     }
-    Ok(serde_json::Value::Object(out))
+    Ok(out)
 }
 
-fn base_spec(args: &DemoArgs, reach_only: bool, noised: bool) -> admin::MeasurementSpec {
-    let dp = noised.then_some(DifferentialPrivacyParams {
+fn stage_times_json(times: &StageTimes) -> serde_json::Value {
+    serde_json::Value::Object(
+        times
+            .iter()
+            .map(|(d, per)| {
+                let per = per
+                    .iter()
+                    .map(|(stage, s)| (stage.clone(), serde_json::json!(s)))
+                    .collect();
+                (d.clone(), serde_json::Value::Object(per))
+            })
+            .collect(),
+    )
+}
+
+/// Prints a line to stderr whenever a duchy's local stage of one computation changes,
+/// polling the duchies' stores until stopped. Stage names come from the stage table of the
+/// plugin version the computation pinned.
+struct Progress {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(
+        cluster: &Cluster,
+        registry: &Arc<dyn ProtocolRegistry>,
+        computation: &str,
+        since: Instant,
+    ) -> Progress {
+        let stores: Vec<(String, Store)> = halo_sim::DUCHIES
+            .iter()
+            .filter_map(|d| {
+                cluster
+                    .duchies
+                    .get(*d)
+                    .map(|r| (d.to_string(), r.core.store.clone()))
+            })
+            .collect();
+        let gid = computation.trim_start_matches("computations/").to_string();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(watch_stages(stores, registry.clone(), gid, since, rx));
+        Progress { stop, task }
+    }
+
+    /// Prints what changed since the last poll, then stops.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// How often the progress display reads the duchies' stores.
+const POLL: Duration = Duration::from_millis(100);
+/// How long it waits for every duchy to finish locally after the measurement ended.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
+
+async fn watch_stages(
+    stores: Vec<(String, Store)>,
+    registry: Arc<dyn ProtocolRegistry>,
+    gid: String,
+    since: Instant,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last: HashMap<String, (i32, Option<String>)> = HashMap::new();
+    let mut tables: HashMap<String, Vec<StageInfo>> = HashMap::new();
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        let stopping = *stop.borrow_and_update();
+        for (d, store) in &stores {
+            let Ok(Some(row)) = store.get(&gid).await else {
+                continue;
+            };
+            let key = (row.stage, row.terminal.clone());
+            if last.get(d) == Some(&key) {
+                continue;
+            }
+            if tables.get(d).is_none_or(|t| t.is_empty()) {
+                let table = registry
+                    .pinned(&row.pin)
+                    .map(|p| p.stages())
+                    .unwrap_or_default();
+                tables.insert(d.clone(), table);
+            }
+            let stage = tables
+                .get(d)
+                .and_then(|t| find_stage(t, row.stage))
+                .map(|s| s.name.clone());
+            let (name, end) = match (stage, row.terminal.as_deref()) {
+                (Some(s), Some(t)) if s != t => (s, format!(" ({t})")),
+                (Some(s), _) => (s, String::new()),
+                // A computation the plugin rejected at start has no stage.
+                (None, Some(t)) => (t.to_string(), String::new()),
+                (None, None) => (format!("stage {}", row.stage), String::new()),
+            };
+            eprintln!(
+                "{:>7.2}s  {d:<10}  {name}{end}",
+                since.elapsed().as_secs_f64()
+            );
+            last.insert(d.clone(), key);
+        }
+        // Once the measurement is over, give the duchies a moment to finish locally.
+        if stopping {
+            let all_done = stores
+                .iter()
+                .all(|(d, _)| last.get(d).is_some_and(|(_, terminal)| terminal.is_some()));
+            if all_done || stopped_at.get_or_insert_with(Instant::now).elapsed() > FINISH_WAIT {
+                return;
+            }
+            tokio::time::sleep(POLL).await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn run_hmss(
+    cluster: &Cluster,
+    registry: &Arc<dyn ProtocolRegistry>,
+    args: &DemoArgs,
+) -> Result<Outcome> {
+    let request = HmssRequest {
+        reach_only: args.reach_only,
+        max_frequency: args.max_frequency,
+        noise: args.noise.mechanism(),
         epsilon: args.epsilon,
         delta: args.delta,
-    });
-    admin::MeasurementSpec {
-        measurement_public_key: Vec::new(),
-        r#type: if reach_only {
-            admin::measurement_spec::Type::Reach as i32
-        } else {
-            admin::measurement_spec::Type::ReachAndFrequency as i32
-        },
-        maximum_frequency: if reach_only {
-            1
-        } else {
-            args.max_frequency as i32
-        },
-        reach_privacy_params: dp,
-        frequency_privacy_params: if reach_only { None } else { dp },
-        vid_sampling_interval_start: 0.0,
-        vid_sampling_interval_width: 1.0,
-        nonce_hashes: vec![],
-        simulation: Default::default(),
-    }
-}
-
-async fn run_hmss(cluster: &Cluster, args: &DemoArgs) -> Result<Outcome> {
-    let mechanism = match args.noise.as_str() {
-        "none" => NoiseMechanism::None,
-        "geometric" => NoiseMechanism::Geometric,
-        "discrete-gaussian" => NoiseMechanism::DiscreteGaussian,
-        other => bail!("--noise {other:?}: use none, geometric or discrete-gaussian"),
+        ring_modulus: 127,
     };
     let mut rng = rand::rng();
-    let (secret, public) = halo_sim::hmss::measurement_keypair(&mut rng);
-    let mut spec = base_spec(args, args.reach_only, mechanism != NoiseMechanism::None);
-    spec.measurement_public_key = public.to_vec();
-    let config = MpcProtocolConfig {
-        protocol: Some(MpcProtocol::HonestMajorityShareShuffle(
-            HonestMajorityShareShuffle {
-                reach_and_frequency_ring_modulus: 127,
-                reach_ring_modulus: 127,
-                noise_mechanism: mechanism as i32,
-            },
-        )),
-    };
     let mc_id = cluster.options.measurement_consumer.clone();
     let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer(mc_id.clone()))?;
-    let created = mc::create_measurement_with(
+    let m = mc::create_hmss_measurement(
         mc_ch.clone(),
         &mc_id,
-        admin::Protocol::HonestMajorityShareShuffle,
-        spec.clone(),
         &cluster.options.data_providers,
-        Some(config),
+        &request,
+        &mut rng,
     )
     .await?;
+    let created = Instant::now();
+    if !args.json {
+        eprintln!("measurement {} created ({})", m.name(), m.computation());
+    }
+    let progress =
+        (!args.json).then(|| Progress::start(cluster, registry, m.computation(), created));
     let vectors = halo_sim::hmss::population(
         args.seed,
         args.providers,
         args.registers,
         args.max_frequency,
-        0.3,
+        OVERLAP,
     );
-    for (i, dp) in cluster.options.data_providers.iter().enumerate() {
-        let who = Principal::DataProvider(dp.clone());
-        let reqs = edp::wait_for_requisitions(
-            cluster.kingdom_channel(&who)?,
-            dp,
-            1,
-            Duration::from_secs(60),
-        )
-        .await?;
-        for r in reqs {
-            let computation = r
-                .computation
-                .as_ref()
-                .ok_or_else(|| anyhow!("requisition without computation"))?;
-            let q = halo_sim::hmss::ring_modulus(computation, &spec)?;
-            let peer = halo_sim::hmss::peer_public_key(&r)?;
-            let f = halo_sim::hmss::share_frequency_vector(
-                &vectors[i],
-                q,
-                &peer,
-                &format!("dataProviders/{dp}/certificates/sim"),
+    let providers = async {
+        for (dp, vector) in cluster.options.data_providers.iter().zip(&vectors) {
+            let who = Principal::DataProvider(dp.clone());
+            let done = edp::fulfill_hmss_requisitions(
+                cluster.kingdom_channel(&who)?,
+                dp,
+                |duchy: &str| cluster.duchy_channel(&who, duchy),
+                vector,
+                Some(REQUISITION_WAIT),
                 &mut rng,
-            )?;
-            let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
-            edp::fulfill(duchy, &r, Some(f.header_protocol), &f.body, 1 << 20).await?;
+            )
+            .await?;
+            if !args.json {
+                for f in done {
+                    eprintln!(
+                        "{:>7.2}s  {dp:<10}  fulfilled {} at {} ({} registers, {} bytes)",
+                        created.elapsed().as_secs_f64(),
+                        f.requisition,
+                        f.duchy,
+                        f.registers,
+                        f.bytes
+                    );
+                }
+            }
         }
+        anyhow::Ok(())
+    };
+    let finished = until_done(providers, m.wait(mc_ch, RESULT_WAIT)).await;
+    if let Some(p) = progress {
+        p.stop().await;
     }
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, Duration::from_secs(600)).await?;
-    if m.state != State::Succeeded as i32 {
-        bail!(
-            "measurement ended in state {}: {}",
-            m.state,
-            m.failure_message
-        );
-    }
-    let result = halo_sim::hmss::open_result(&secret, &m.encrypted_result)?;
-    let mf = if args.reach_only {
-        1
+    let result = m.open(&finished?)?;
+    let buckets = if args.reach_only {
+        0
     } else {
         args.max_frequency
     };
-    let (expected_reach, expected) = halo_sim::hmss::truth(&vectors, mf);
+    let (expected_reach, expected) =
+        halo_sim::hmss::truth(&vectors, request.effective_max_frequency());
     Ok(Outcome {
-        name: m.name,
-        computation: created.measurement.computation,
+        name: m.name().to_string(),
+        computation: m.computation().to_string(),
         reach: result.reach,
         expected_reach,
-        frequency: serde_json::to_value(&result.frequency)?,
-        expected_frequency: if args.reach_only {
-            serde_json::json!({})
-        } else {
-            serde_json::to_value(&expected)?
-        },
+        frequency: report::complete(&result.frequency, buckets),
+        expected_frequency: report::complete(&expected, buckets),
+        buckets,
     })
+}
+
+/// Runs the data providers and waits for the measurement; a measurement that ends before
+/// every provider got its requisition (it failed) ends the wait at once.
+async fn until_done(
+    providers: impl std::future::Future<Output = Result<()>>,
+    measurement: impl std::future::Future<Output = Result<admin::Measurement>>,
+) -> Result<admin::Measurement> {
+    tokio::pin!(measurement);
+    tokio::select! {
+        m = &mut measurement => m,
+        p = providers => {
+            p?;
+            measurement.await
+        }
+    }
+}
+
+fn base_spec(args: &DemoArgs) -> admin::MeasurementSpec {
+    let dp = Some(DifferentialPrivacyParams {
+        epsilon: args.epsilon,
+        delta: args.delta,
+    });
+    admin::MeasurementSpec {
+        measurement_public_key: Vec::new(),
+        r#type: admin::measurement_spec::Type::ReachAndFrequency as i32,
+        maximum_frequency: (args.max_frequency as usize * args.providers) as i32,
+        reach_privacy_params: dp,
+        frequency_privacy_params: dp,
+        vid_sampling_interval_start: 0.0,
+        vid_sampling_interval_width: 1.0,
+        nonce_hashes: vec![],
+        simulation: Default::default(),
+    }
 }
 
 fn population(seed: u64, index: usize, registers: usize, max_frequency: u32) -> Vec<u32> {
@@ -347,14 +591,18 @@ fn population(seed: u64, index: usize, registers: usize, max_frequency: u32) -> 
         .collect()
 }
 
-async fn run_test_sum(cluster: &Cluster, args: &DemoArgs) -> Result<Outcome> {
+async fn run_test_sum(
+    cluster: &Cluster,
+    registry: &Arc<dyn ProtocolRegistry>,
+    args: &DemoArgs,
+) -> Result<Outcome> {
     let vectors: Vec<Vec<u32>> = (0..args.providers)
         .map(|i| population(args.seed, i, args.registers, args.max_frequency))
         .collect();
     let mc_id = cluster.options.measurement_consumer.clone();
     let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer(mc_id.clone()))?;
-    let mut spec = base_spec(args, false, true);
-    spec.maximum_frequency = (args.max_frequency as usize * args.providers) as i32;
+    let spec = base_spec(args);
+    let buckets = u32::try_from(spec.maximum_frequency).context("maximum frequency")?;
     let created = mc::create_measurement(
         mc_ch.clone(),
         &mc_id,
@@ -363,57 +611,115 @@ async fn run_test_sum(cluster: &Cluster, args: &DemoArgs) -> Result<Outcome> {
         &cluster.options.data_providers,
     )
     .await?;
-    for (i, dp) in cluster.options.data_providers.iter().enumerate() {
-        let who = Principal::DataProvider(dp.clone());
-        let reqs = edp::wait_for_requisitions(
-            cluster.kingdom_channel(&who)?,
-            dp,
-            1,
-            Duration::from_secs(60),
-        )
-        .await?;
-        for r in reqs {
-            let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
-            let data: Vec<u8> = vectors[i].iter().flat_map(|x| x.to_le_bytes()).collect();
-            let hmss =
-                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
-                    api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
-                        secret_seed: None,
-                        register_count: args.registers as i64,
-                        data_provider_certificate: String::new(),
-                    },
-                );
-            edp::fulfill(duchy, &r, Some(hmss), &data, 1 << 20).await?;
+    let since = Instant::now();
+    let progress = (!args.json)
+        .then(|| Progress::start(cluster, registry, &created.measurement.computation, since));
+    let providers = async {
+        for (i, dp) in cluster.options.data_providers.iter().enumerate() {
+            let who = Principal::DataProvider(dp.clone());
+            let reqs =
+                edp::wait_for_requisitions(cluster.kingdom_channel(&who)?, dp, 1, REQUISITION_WAIT)
+                    .await?;
+            for r in reqs {
+                let duchy = cluster.duchy_channel(&who, &r.fulfilling_duchy)?;
+                let data: Vec<u8> = vectors[i].iter().flat_map(|x| x.to_le_bytes()).collect();
+                let hmss =
+                    api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+                        api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+                            secret_seed: None,
+                            register_count: args.registers as i64,
+                            data_provider_certificate: String::new(),
+                        },
+                    );
+                edp::fulfill(duchy, &r, Some(hmss), &data, 1 << 20).await?;
+            }
         }
+        anyhow::Ok(())
+    };
+    let finished = until_done(
+        providers,
+        mc::wait_until_done(mc_ch, &created.measurement.name, RESULT_WAIT),
+    )
+    .await;
+    if let Some(p) = progress {
+        p.stop().await;
     }
-    let m = mc::wait_until_done(mc_ch, &created.measurement.name, Duration::from_secs(600)).await?;
+    let m = finished?;
     if m.state != State::Succeeded as i32 {
         bail!(
-            "measurement ended in state {}: {}",
-            m.state,
+            "measurement {} ended {}: {}",
+            m.name,
+            mc::state_name(m.state),
             m.failure_message
         );
     }
     // test-sum reports counts, unencrypted.
     let result: serde_json::Value =
         serde_json::from_slice(&m.encrypted_result).context("decoding the result")?;
-    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let reach = result["reach"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("result has no reach"))?;
+    let counts: BTreeMap<String, f64> = result["frequency"]
+        .as_object()
+        .ok_or_else(|| anyhow!("result has no frequency histogram"))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0)))
+        .collect();
+    let mut expected: BTreeMap<String, f64> = BTreeMap::new();
     let mut expected_reach = 0i64;
     for r in 0..args.registers {
         let f: u32 = vectors.iter().map(|v| v[r]).sum();
         if f > 0 {
             expected_reach += 1;
-            *expected.entry(f.to_string()).or_default() += 1;
+            *expected.entry(f.to_string()).or_default() += 1.0;
         }
     }
     Ok(Outcome {
         name: m.name,
         computation: created.measurement.computation,
-        reach: result["reach"]
-            .as_i64()
-            .ok_or_else(|| anyhow!("result has no reach"))?,
+        reach,
         expected_reach,
-        frequency: result["frequency"].clone(),
-        expected_frequency: serde_json::to_value(&expected)?,
+        frequency: report::proportions(&counts, reach, buckets),
+        expected_frequency: report::proportions(&expected, expected_reach, buckets),
+        buckets,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Demo {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+
+    #[test]
+    fn hmss_is_the_default_protocol() {
+        let d = Demo::try_parse_from(["demo"]).unwrap();
+        assert_eq!(d.args.protocol, DemoProtocol::Hmss);
+        assert_eq!(d.args.noise, Noise::None);
+        let d = Demo::try_parse_from(["demo", "--protocol", "test-sum"]).unwrap();
+        assert_eq!(d.args.protocol, DemoProtocol::TestSum);
+        assert!(Demo::try_parse_from(["demo", "--protocol", "llv3"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn liquid_legions_fails_at_once_without_side_effects() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["llv2", "ro-llv2"] {
+            let out = dir.path().join(p);
+            let out_arg = out.to_str().unwrap();
+            let d = Demo::try_parse_from(["demo", "--protocol", p, "--out", out_arg]).unwrap();
+            let e = run(d.args).await.unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("--protocol {p}"))
+                    && e.contains("Liquid Legions v2 plugins are not built yet"),
+                "{e}"
+            );
+            assert!(!out.exists(), "{p} created {}", out.display());
+        }
+    }
 }

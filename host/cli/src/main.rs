@@ -3,6 +3,8 @@
 //! * `halo pki` — generate a development PKI (one root CA per principal).
 //! * `halo kingdom` — serve the system API and the admin API.
 //! * `halo duchy` — run a duchy (herald, mills, ComputationControl, RequisitionFulfillment).
+//! * `halo edp` — a data-provider simulator (HMSS) against running servers.
+//! * `halo mc` — a measurement-consumer simulator (HMSS) against running servers.
 //! * `halo demo` — everything on loopback in one process, one measurement, result vs truth.
 //! * `halo plugin` — keygen / sign / verify / inspect / list protocol components.
 
@@ -17,6 +19,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
+use halo_cli::parse_peer;
 use halo_duchy::{DuchyConfig, HeraldConfig, MillConfig, PeerDirectory, RoleConfig, RunningDuchy};
 use halo_identity::{DevPki, Principal};
 
@@ -85,6 +88,11 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Run a whole measurement on this machine and print it beside the ground truth.
     Demo(demo::DemoArgs),
+    /// Data-provider simulator: fulfil this provider's HMSS requisitions with a frequency
+    /// vector from the synthetic population.
+    Edp(halo_cli::edp::EdpArgs),
+    /// Measurement-consumer simulator: create an HMSS measurement, wait and print the result.
+    Mc(halo_cli::mc::McArgs),
 }
 
 /// Where a duchy finds its protocol plugins and how it runs them.
@@ -153,13 +161,6 @@ impl PluginArgs {
         let watch = registry.watch()?;
         Ok((registry, watch))
     }
-}
-
-fn parse_peer(s: &str) -> Result<(String, String), String> {
-    let (id, url) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected ID=URL, got {s:?}"))?;
-    Ok((id.to_string(), url.to_string()))
 }
 
 fn init_tracing(default: &str) {
@@ -319,5 +320,13 @@ async fn run(cli: Cli) -> Result<()> {
             d.shutdown().await
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::Edp(args) => {
+            init_tracing("warn");
+            halo_cli::edp::run(args).await.map(|_| ())
+        }
+        Command::Mc(args) => {
+            init_tracing("warn");
+            halo_cli::mc::run(args).await.map(|_| ())
+        }
     }
 }

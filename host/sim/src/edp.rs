@@ -1,11 +1,15 @@
 //! Data-provider simulator: lists its requisitions at the Kingdom and fulfils them at the
-//! assigned duchy over mutual TLS.
+//! assigned duchy over mutual TLS. [`fulfill_hmss_requisitions`] is the whole HMSS data
+//! provider (used by `halo edp`, `halo demo` and the tests).
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
+use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as MpcProtocol;
+use prost::Message;
+use rand::CryptoRng;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -91,4 +95,246 @@ pub async fn fulfill(
         .fulfill_requisition(tokio_stream::iter(msgs))
         .await?;
     Ok(())
+}
+
+/// Body chunk size of an HMSS fulfilment.
+pub const HMSS_CHUNK_SIZE: usize = 1 << 20;
+
+/// One HMSS requisition a data provider fulfilled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HmssFulfilment {
+    /// `dataProviders/{dp}/requisitions/{r}`.
+    pub requisition: String,
+    /// `computations/{c}`.
+    pub computation: String,
+    /// The duchy the share was sent to.
+    pub duchy: String,
+    /// Registers in the frequency vector (`register_count`).
+    pub registers: usize,
+    /// Bytes of the body (the serialized share vector).
+    pub bytes: usize,
+}
+
+/// What an HMSS requisition asks for: the measurement spec and the ring modulus.
+#[derive(Debug, Clone)]
+pub struct HmssRequisition {
+    pub spec: admin::MeasurementSpec,
+    pub ring_modulus: u32,
+    /// Largest value an entry of the frequency vector may have (1 for reach-only).
+    pub max_frequency: u32,
+}
+
+fn protocol_name(p: Option<&MpcProtocol>) -> &'static str {
+    match p {
+        Some(MpcProtocol::LiquidLegionsV2(_)) => "Liquid Legions v2",
+        Some(MpcProtocol::ReachOnlyLiquidLegionsV2(_)) => "reach-only Liquid Legions v2",
+        Some(MpcProtocol::HonestMajorityShareShuffle(_)) => "Honest Majority Share Shuffle",
+        Some(MpcProtocol::TrusTee(_)) => "TrusTEE",
+        None => "no protocol",
+    }
+}
+
+/// Checks that `r` is an HMSS requisition this simulator can fulfil and reads its parameters.
+pub fn hmss_requisition(r: &admin::DataProviderRequisition) -> Result<HmssRequisition> {
+    let c = r
+        .computation
+        .as_ref()
+        .ok_or_else(|| anyhow!("requisition {} carries no computation", r.name))?;
+    let protocol = c
+        .mpc_protocol_config
+        .as_ref()
+        .and_then(|m| m.protocol.as_ref());
+    if !matches!(protocol, Some(MpcProtocol::HonestMajorityShareShuffle(_))) {
+        bail!(
+            "requisition {} ({}) uses {}; this data-provider simulator fulfils only \
+             Honest Majority Share Shuffle requisitions",
+            r.name,
+            c.name,
+            protocol_name(protocol)
+        );
+    }
+    let spec = admin::MeasurementSpec::decode(c.measurement_spec.as_slice())
+        .with_context(|| format!("requisition {}: measurement spec", r.name))?;
+    let ring_modulus =
+        crate::hmss::ring_modulus(c, &spec).with_context(|| format!("requisition {}", r.name))?;
+    let max_frequency = match spec.r#type() {
+        admin::measurement_spec::Type::ReachAndFrequency => u32::try_from(spec.maximum_frequency)
+            .ok()
+            .filter(|&f| f >= 1)
+            .ok_or_else(|| {
+                anyhow!(
+                    "requisition {}: maximum_frequency {} must be at least 1",
+                    r.name,
+                    spec.maximum_frequency
+                )
+            })?,
+        _ => 1,
+    };
+    Ok(HmssRequisition {
+        spec,
+        ring_modulus,
+        max_frequency,
+    })
+}
+
+/// The HMSS data provider `edp`: lists its requisitions at the Kingdom (`kingdom` is a channel
+/// authenticated as `edp`) and, for each, caps `vector` at the measurement's maximum
+/// frequency (1 for reach-only), secret-shares it modulo the computation's ring modulus,
+/// seals the seed to the peer non-aggregator's key and streams the share to the fulfilling
+/// duchy (`duchy(id)` gives a channel to it, authenticated as `edp`).
+///
+/// With `wait = Some(t)` it polls until at least one requisition is listed and fails after
+/// `t`; with `None` it lists once (and may fulfil nothing). Every listed requisition is
+/// checked before anything is sent: one that is not HMSS is an error.
+pub async fn fulfill_hmss_requisitions<R, D>(
+    kingdom: Channel,
+    edp: &str,
+    duchy: D,
+    vector: &[u32],
+    wait: Option<Duration>,
+    rng: &mut R,
+) -> Result<Vec<HmssFulfilment>>
+where
+    R: CryptoRng,
+    D: Fn(&str) -> Result<Channel>,
+{
+    if vector.is_empty() {
+        bail!("{edp}: the frequency vector is empty");
+    }
+    let start = Instant::now();
+    let reqs = loop {
+        let reqs = list(kingdom.clone(), edp)
+            .await
+            .with_context(|| format!("{edp}: listing requisitions at the Kingdom"))?;
+        match wait {
+            _ if !reqs.is_empty() => break reqs,
+            None => return Ok(Vec::new()),
+            Some(t) if start.elapsed() >= t => {
+                bail!("{edp}: no requisition to fulfil after {}s", t.as_secs_f64())
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let checked = reqs
+        .iter()
+        .map(hmss_requisition)
+        .collect::<Result<Vec<_>>>()?;
+    let certificate = format!("dataProviders/{edp}/certificates/sim");
+    let mut done = Vec::with_capacity(reqs.len());
+    for (r, h) in reqs.iter().zip(checked) {
+        let capped: Vec<u32> = vector.iter().map(|&x| x.min(h.max_frequency)).collect();
+        let peer = crate::hmss::peer_public_key(r)?;
+        let f =
+            crate::hmss::share_frequency_vector(&capped, h.ring_modulus, &peer, &certificate, rng)
+                .with_context(|| format!("requisition {}", r.name))?;
+        let channel = duchy(&r.fulfilling_duchy)?;
+        fulfill(
+            channel,
+            r,
+            Some(f.header_protocol),
+            &f.body,
+            HMSS_CHUNK_SIZE,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "{edp}: fulfilling {} at duchy {}",
+                r.name, r.fulfilling_duchy
+            )
+        })?;
+        done.push(HmssFulfilment {
+            requisition: r.name.clone(),
+            computation: r
+                .computation
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
+            duchy: r.fulfilling_duchy.clone(),
+            registers: capped.len(),
+            bytes: f.body.len(),
+        });
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use halo_proto::system::v1alpha::Computation;
+    use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
+    use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
+        HonestMajorityShareShuffle, LiquidLegionsV2,
+    };
+
+    fn requisition(
+        protocol: Option<MpcProtocol>,
+        spec: admin::MeasurementSpec,
+    ) -> admin::DataProviderRequisition {
+        admin::DataProviderRequisition {
+            name: "dataProviders/edp1/requisitions/r1".into(),
+            computation: Some(Computation {
+                name: "computations/c1".into(),
+                measurement_spec: spec.encode_to_vec(),
+                mpc_protocol_config: Some(MpcProtocolConfig { protocol }),
+                ..Default::default()
+            }),
+            fulfilling_duchy: "worker1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn hmss(q: i32) -> Option<MpcProtocol> {
+        Some(MpcProtocol::HonestMajorityShareShuffle(
+            HonestMajorityShareShuffle {
+                reach_and_frequency_ring_modulus: q,
+                reach_ring_modulus: q,
+                ..Default::default()
+            },
+        ))
+    }
+
+    #[test]
+    fn hmss_requisition_reads_parameters() {
+        let mut spec = admin::MeasurementSpec {
+            maximum_frequency: 5,
+            ..Default::default()
+        };
+        spec.set_type(admin::measurement_spec::Type::ReachAndFrequency);
+        let h = hmss_requisition(&requisition(hmss(127), spec.clone())).unwrap();
+        assert_eq!((h.ring_modulus, h.max_frequency), (127, 5));
+        spec.set_type(admin::measurement_spec::Type::Reach);
+        let h = hmss_requisition(&requisition(hmss(131), spec.clone())).unwrap();
+        assert_eq!((h.ring_modulus, h.max_frequency), (131, 1));
+        spec.set_type(admin::measurement_spec::Type::ReachAndFrequency);
+        spec.maximum_frequency = 0;
+        let e = hmss_requisition(&requisition(hmss(127), spec)).unwrap_err();
+        assert!(format!("{e:#}").contains("maximum_frequency 0"), "{e:#}");
+    }
+
+    #[test]
+    fn unsupported_protocol_is_a_clear_error() {
+        let mut spec = admin::MeasurementSpec::default();
+        spec.set_type(admin::measurement_spec::Type::Reach);
+        let r = requisition(
+            Some(MpcProtocol::LiquidLegionsV2(LiquidLegionsV2::default())),
+            spec.clone(),
+        );
+        let e = format!("{:#}", hmss_requisition(&r).unwrap_err());
+        assert!(e.contains("dataProviders/edp1/requisitions/r1"), "{e}");
+        assert!(e.contains("uses Liquid Legions v2"), "{e}");
+        assert!(
+            e.contains("fulfils only Honest Majority Share Shuffle"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            hmss_requisition(&requisition(None, spec)).unwrap_err()
+        );
+        assert!(e.contains("uses no protocol"), "{e}");
+        let e = format!(
+            "{:#}",
+            hmss_requisition(&admin::DataProviderRequisition::default()).unwrap_err()
+        );
+        assert!(e.contains("carries no computation"), "{e}");
+    }
 }

@@ -348,6 +348,13 @@ pub fn population(
     out
 }
 
+/// The [`population`] index of a data provider id that ends in a number `n ≥ 1` (`edp2` → 1).
+pub fn provider_index(id: &str) -> Option<usize> {
+    let digits = id.len() - id.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let n: usize = id.get(id.len() - digits..)?.parse().ok()?;
+    n.checked_sub(1)
+}
+
 /// The exact answer for `vectors` (registers aligned across providers): `reach` = number of
 /// registers with a non-zero sum, and the relative frequency distribution as the protocol
 /// reports it — key `k` (decimal, `1..=max_frequency`) = #registers with
@@ -536,6 +543,17 @@ mod tests {
             n == 0 || n == 3
         }));
         assert!(population(1, 0, 10, 2, 0.5).is_empty());
+    }
+
+    #[test]
+    fn provider_index_from_trailing_number() {
+        assert_eq!(provider_index("edp1"), Some(0));
+        assert_eq!(provider_index("edp2"), Some(1));
+        assert_eq!(provider_index("provider-12"), Some(11));
+        assert_eq!(provider_index("edp0"), None);
+        assert_eq!(provider_index("edp"), None);
+        assert_eq!(provider_index(""), None);
+        assert_eq!(provider_index("7"), Some(6));
     }
 
     fn requisition(

@@ -6,6 +6,7 @@
 pub mod edp;
 pub mod hmss;
 pub mod mc;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ use halo_duchy::{DuchyConfig, HeraldConfig, MillConfig, PeerDirectory, RoleConfi
 use halo_identity::{DevPki, Identity, Principal, TrustStore};
 use halo_kingdom::{CertEntry, DuchyEntry, HmssRoles, KingdomConfig, RunningKingdom};
 use tonic::transport::Channel;
+
+pub use remote::Remote;
 
 /// Builds the protocol registry a duchy serves, by duchy id.
 pub type RegistryFn = Arc<dyn Fn(&str) -> Arc<dyn ProtocolRegistry> + Send + Sync>;

@@ -1,12 +1,20 @@
 //! Measurement-consumer simulator: creates measurements and waits for their results.
+//! [`create_hmss_measurement`] and [`HmssMeasurement::result`] are the whole HMSS consumer
+//! (used by `halo mc`, `halo demo` and the tests).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use halo_proto::halo::v1 as admin;
+use halo_proto::system::v1alpha::DifferentialPrivacyParams;
+use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
+use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
+    HonestMajorityShareShuffle, NoiseMechanism, Protocol as MpcProtocol,
+};
 use prost::Message;
+use rand::CryptoRng;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
@@ -105,8 +113,8 @@ pub async fn wait_until_done(
         }
         if start.elapsed() > timeout {
             bail!(
-                "measurement {name} still in state {} after {timeout:?}",
-                m.state
+                "measurement {name} still {} after {timeout:?}",
+                state_name(m.state)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -120,4 +128,171 @@ pub fn nonce_of(spec: &[u8]) -> Result<u64> {
         .and_then(|s| s.try_into().ok())
         .ok_or_else(|| anyhow!("requisition spec too short"))?;
     Ok(u64::from_be_bytes(b))
+}
+
+/// The name of a `Computation.State` value (`SUCCEEDED`, `FAILED`, ...).
+pub fn state_name(state: i32) -> String {
+    ComputationState::try_from(state)
+        .map(|s| s.as_str_name().to_string())
+        .unwrap_or_else(|_| format!("state {state}"))
+}
+
+/// What an HMSS measurement asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HmssRequest {
+    /// REACH instead of REACH_AND_FREQUENCY.
+    pub reach_only: bool,
+    /// Largest frequency bucket (R&F; values above are counted in it).
+    pub max_frequency: u32,
+    /// `NONE` measures exactly; otherwise `epsilon`/`delta` are the reach (and frequency)
+    /// DP parameters.
+    pub noise: NoiseMechanism,
+    pub epsilon: f64,
+    pub delta: f64,
+    /// Ring modulus of both the reach and the R&F configuration.
+    pub ring_modulus: i32,
+}
+
+impl Default for HmssRequest {
+    fn default() -> Self {
+        HmssRequest {
+            reach_only: false,
+            max_frequency: 3,
+            noise: NoiseMechanism::None,
+            epsilon: 1.0,
+            delta: 1e-9,
+            ring_modulus: 127,
+        }
+    }
+}
+
+impl HmssRequest {
+    /// The maximum frequency the measurement reports (1 for reach-only).
+    pub fn effective_max_frequency(&self) -> u32 {
+        if self.reach_only {
+            1
+        } else {
+            self.max_frequency
+        }
+    }
+
+    /// The measurement spec, with the consumer's X25519 `public_key`.
+    pub fn spec(&self, public_key: &[u8]) -> Result<admin::MeasurementSpec> {
+        use admin::measurement_spec::Type;
+        let dp = (self.noise != NoiseMechanism::None).then_some(DifferentialPrivacyParams {
+            epsilon: self.epsilon,
+            delta: self.delta,
+        });
+        Ok(admin::MeasurementSpec {
+            measurement_public_key: public_key.to_vec(),
+            r#type: if self.reach_only {
+                Type::Reach as i32
+            } else {
+                Type::ReachAndFrequency as i32
+            },
+            maximum_frequency: i32::try_from(self.effective_max_frequency())
+                .context("maximum frequency out of range")?,
+            reach_privacy_params: dp,
+            frequency_privacy_params: if self.reach_only { None } else { dp },
+            vid_sampling_interval_start: 0.0,
+            vid_sampling_interval_width: 1.0,
+            nonce_hashes: vec![],
+            simulation: Default::default(),
+        })
+    }
+
+    /// The HMSS protocol configuration (ring moduli, noise mechanism).
+    pub fn protocol_config(&self) -> MpcProtocolConfig {
+        MpcProtocolConfig {
+            protocol: Some(MpcProtocol::HonestMajorityShareShuffle(
+                HonestMajorityShareShuffle {
+                    reach_and_frequency_ring_modulus: self.ring_modulus,
+                    reach_ring_modulus: self.ring_modulus,
+                    noise_mechanism: self.noise as i32,
+                },
+            )),
+        }
+    }
+}
+
+/// An HMSS measurement created by a consumer that holds the key its result is sealed to.
+pub struct HmssMeasurement {
+    pub created: CreatedMeasurement,
+    pub spec: admin::MeasurementSpec,
+    secret_key: [u8; crate::hmss::KEY_LEN],
+}
+
+/// Creates an HMSS measurement over `data_providers` as consumer `mc` (`kingdom` is a
+/// channel authenticated as `mc`), with a fresh X25519 result key pair.
+pub async fn create_hmss_measurement<R: CryptoRng>(
+    kingdom: Channel,
+    mc: &str,
+    data_providers: &[String],
+    request: &HmssRequest,
+    rng: &mut R,
+) -> Result<HmssMeasurement> {
+    if data_providers.is_empty() {
+        bail!("at least one data provider is required");
+    }
+    let (secret_key, public_key) = crate::hmss::measurement_keypair(rng);
+    let spec = request.spec(&public_key)?;
+    let created = create_measurement_with(
+        kingdom,
+        mc,
+        admin::Protocol::HonestMajorityShareShuffle,
+        spec.clone(),
+        data_providers,
+        Some(request.protocol_config()),
+    )
+    .await
+    .with_context(|| format!("{mc}: creating the measurement at the Kingdom"))?;
+    Ok(HmssMeasurement {
+        created,
+        spec,
+        secret_key,
+    })
+}
+
+impl HmssMeasurement {
+    /// `measurementConsumers/{mc}/measurements/{m}`.
+    pub fn name(&self) -> &str {
+        &self.created.measurement.name
+    }
+
+    /// `computations/{c}`.
+    pub fn computation(&self) -> &str {
+        &self.created.measurement.computation
+    }
+
+    /// Waits until the measurement is terminal (in any state).
+    pub async fn wait(&self, kingdom: Channel, timeout: Duration) -> Result<admin::Measurement> {
+        wait_until_done(kingdom, self.name(), timeout)
+            .await
+            .with_context(|| format!("waiting for {}", self.name()))
+    }
+
+    /// Opens the result of a terminal measurement; an error names the state and the failure
+    /// message unless it SUCCEEDED.
+    pub fn open(&self, m: &admin::Measurement) -> Result<crate::hmss::HmssResult> {
+        if m.state != ComputationState::Succeeded as i32 {
+            bail!(
+                "measurement {} ended {}: {}",
+                m.name,
+                state_name(m.state),
+                m.failure_message
+            );
+        }
+        crate::hmss::open_result(&self.secret_key, &m.encrypted_result)
+            .with_context(|| format!("opening the result of {}", m.name))
+    }
+
+    /// Waits, then opens the result.
+    pub async fn result(
+        &self,
+        kingdom: Channel,
+        timeout: Duration,
+    ) -> Result<crate::hmss::HmssResult> {
+        let m = self.wait(kingdom, timeout).await?;
+        self.open(&m)
+    }
 }

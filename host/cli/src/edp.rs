@@ -1,0 +1,144 @@
+//! `halo edp`: an HMSS data provider against running servers. It builds its frequency vector
+//! from the synthetic population model (`halo_sim::hmss::population`), waits for its
+//! requisitions at the Kingdom and fulfils every one at the duchy the Kingdom names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use halo_identity::Principal;
+use halo_sim::edp::HmssFulfilment;
+
+use crate::parse_peer;
+
+/// The synthetic population a data provider takes its frequency vector from. Every provider
+/// (and `halo mc --truth-seed`) must use the same values to get a consistent population.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PopulationArgs {
+    /// Seed of the synthetic population.
+    #[arg(long, env = "HALO_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Number of data providers in the population model.
+    #[arg(long, env = "HALO_PROVIDERS", default_value_t = 3)]
+    pub providers: usize,
+    /// Registers (population slots) of the frequency vector.
+    #[arg(long, env = "HALO_REGISTERS", default_value_t = 100_000)]
+    pub registers: usize,
+    /// Largest per-provider frequency in the population.
+    #[arg(long, env = "HALO_MAX_FREQUENCY", default_value_t = 3)]
+    pub max_frequency: u32,
+    /// Share of the reached registers every provider reaches (the rest belong to one).
+    #[arg(long, env = "HALO_OVERLAP", default_value_t = 0.3)]
+    pub overlap: f64,
+}
+
+impl PopulationArgs {
+    /// Checks the values and generates every provider's frequency vector.
+    pub fn vectors(&self) -> Result<Vec<Vec<u32>>> {
+        if self.providers == 0 || self.registers == 0 {
+            bail!("--providers and --registers must be positive");
+        }
+        if self.max_frequency == 0 {
+            bail!("--max-frequency must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.overlap) {
+            bail!("--overlap {} must be between 0 and 1", self.overlap);
+        }
+        Ok(halo_sim::hmss::population(
+            self.seed,
+            self.providers,
+            self.registers,
+            self.max_frequency,
+            self.overlap,
+        ))
+    }
+
+    /// Which provider of the population `id` is: `index`, or the id's trailing number − 1.
+    pub fn index_of(&self, id: &str, index: Option<usize>) -> Result<usize> {
+        let i = match index.or_else(|| halo_sim::hmss::provider_index(id)) {
+            Some(i) => i,
+            None => bail!(
+                "cannot tell which provider of the population {id:?} is: the id does not end \
+                 in a number ≥ 1 (edp1 → 0, edp2 → 1, ...); pass --index (0-based)"
+            ),
+        };
+        if i >= self.providers {
+            bail!(
+                "{id} is provider {i} (0-based) but the population has only {} (--providers)",
+                self.providers
+            );
+        }
+        Ok(i)
+    }
+}
+
+/// Data-provider simulator (HMSS): fulfils this provider's requisitions.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "halo edp")]
+pub struct EdpArgs {
+    /// PKI directory (`halo pki --out DIR`, or DIR/pki of `halo demo --out DIR`).
+    #[arg(long, env = "HALO_PKI")]
+    pub pki: PathBuf,
+    /// Data provider id (a principal of the PKI).
+    #[arg(long, env = "HALO_EDP_ID", default_value = "edp1")]
+    pub id: String,
+    /// Kingdom URL.
+    #[arg(long, env = "HALO_KINGDOM", default_value = "https://127.0.0.1:7000")]
+    pub kingdom: String,
+    /// Duchy RequisitionFulfillment addresses: ID=URL (repeatable, or comma-separated).
+    #[arg(long = "duchy", env = "HALO_DUCHIES", value_delimiter = ',', value_parser = parse_peer)]
+    pub duchies: Vec<(String, String)>,
+    #[command(flatten)]
+    pub population: PopulationArgs,
+    /// Which provider of the population this is, 0-based (default: the id's trailing
+    /// number − 1, e.g. edp2 → 1).
+    #[arg(long, env = "HALO_EDP_INDEX")]
+    pub index: Option<usize>,
+    /// How long to poll the Kingdom for requisitions before giving up, in seconds.
+    #[arg(long, env = "HALO_WAIT_SECS", default_value_t = 60)]
+    pub wait_secs: u64,
+    /// List the requisitions once, fulfil those listed (maybe none) and exit.
+    #[arg(long, env = "HALO_ONCE")]
+    pub once: bool,
+}
+
+/// Runs the data provider: prints one line per fulfilled requisition and returns them.
+pub async fn run(args: EdpArgs) -> Result<Vec<HmssFulfilment>> {
+    let index = args.population.index_of(&args.id, args.index)?;
+    let mut vectors = args.population.vectors()?;
+    let vector = vectors.swap_remove(index);
+    let remote = halo_sim::Remote::load(&args.pki, &args.kingdom, args.duchies.clone())?;
+    let who = Principal::DataProvider(args.id.clone());
+    let wait = (!args.once).then(|| Duration::from_secs(args.wait_secs));
+    let reached = vector.iter().filter(|&&x| x > 0).count();
+    eprintln!(
+        "{}: provider {index} of {}, {} registers ({reached} reached); {}",
+        args.id,
+        args.population.providers,
+        vector.len(),
+        match wait {
+            Some(t) => format!("waiting up to {}s for requisitions", t.as_secs()),
+            None => "listing requisitions once".to_string(),
+        }
+    );
+    let mut rng = rand::rng();
+    let done = halo_sim::edp::fulfill_hmss_requisitions(
+        remote.kingdom_channel(&who)?,
+        &args.id,
+        |duchy: &str| remote.duchy_channel(&who, duchy),
+        &vector,
+        wait,
+        &mut rng,
+    )
+    .await?;
+    if done.is_empty() {
+        println!("{}: no requisition to fulfil", args.id);
+    }
+    for f in &done {
+        println!(
+            "{}: fulfilled {} at {}: {} registers, {} bytes",
+            args.id, f.requisition, f.duchy, f.registers, f.bytes
+        );
+    }
+    Ok(done)
+}
