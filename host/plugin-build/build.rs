@@ -176,6 +176,10 @@ fn rerun_if_changed(repo: &Path, plugins: &Path) -> Result<()> {
     }
     // The WIT packages and the protos the SDK generates messages from.
     println!("cargo:rerun-if-changed={}", repo.join("wit").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        plugins.join(".cargo").join("config.toml").display()
+    );
     println!("cargo:rerun-if-changed={}", repo.join("proto").display());
     println!("cargo:rerun-if-changed=build.rs");
     Ok(())
@@ -291,7 +295,9 @@ fn sysroot_has_target() -> Result<bool> {
 fn cargo_build(plugins: &Path, build_dir: &Path, variant: Option<&Plugin>) -> Result<()> {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.arg("build")
+    // From inside plugins/, so that plugins/.cargo/config.toml (target flags) applies.
+    cmd.current_dir(plugins)
+        .arg("build")
         .arg("--release")
         .args(["--target", TARGET])
         .arg("--manifest-path")

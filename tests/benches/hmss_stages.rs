@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench -p halo-tests --bench hmss_stages
 //! HALO_BENCH_REGISTERS=1000000 cargo bench -p halo-tests --bench hmss_stages   # 1 M only
+//! HALO_WASM_PERF_MAP=1 perf record -g <bench binary> --bench --profile-time 10   # profile
 //! ```
 //!
 //! Setting: 3 data providers; worker1 (first non-aggregator) fulfils two requisitions
@@ -251,6 +252,8 @@ fn sizes() -> Vec<usize> {
 fn bench(c: &mut Criterion) {
     let runtime = Runtime::new(EngineConfig {
         max_memory_bytes: 4 << 30,
+        // HALO_WASM_PERF_MAP=1: name the plugin's functions for `perf record`.
+        perf_map: std::env::var("HALO_WASM_PERF_MAP").is_ok_and(|v| v == "1"),
         ..EngineConfig::default()
     })
     .expect("runtime");

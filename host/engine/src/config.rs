@@ -19,6 +19,10 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
     /// Pooling allocator capacity: how many plugin instances may exist at once.
     pub max_instances: u32,
+    /// Write `/tmp/perf-<pid>.map` so that `perf record` / `perf report` name the functions
+    /// of compiled plugins (for profiling a plugin; components loaded from the AOT cache are
+    /// registered too).
+    pub perf_map: bool,
 }
 
 impl Default for EngineConfig {
@@ -29,6 +33,7 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(10),
             cache_dir: None,
             max_instances: 64,
+            perf_map: false,
         }
     }
 }

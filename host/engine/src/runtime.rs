@@ -294,6 +294,9 @@ fn wasmtime_config(config: &EngineConfig) -> anyhow::Result<Config> {
         // slot size is the hard backstop.
         .max_memory_size(max_memory);
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if config.perf_map {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Ok(c)
 }
 

@@ -134,12 +134,20 @@ pub fn ro_shuffle_phase<R: Register, K: Keystream, S: Keystream>(
     m.check_below(&x)?;
     let mut x = x;
     let mut j = 0usize;
-    common.non_zero_range_each(x.len(), q, |r| {
-        if let Some(v) = x.get_mut(j) {
-            *v = R::from_u32(m.mul(v.get(), r));
-        }
-        j += 1;
-    })?;
+    if q <= 256 {
+        common.non_zero_range_bytes(x.len(), q, |r| {
+            let end = (j + r.len()).min(x.len());
+            R::mul_assign_bytes(&mut x[j..end], r, &m);
+            j = end;
+        })?;
+    } else {
+        common.non_zero_range_each(x.len(), q, |r| {
+            if let Some(v) = x.get_mut(j) {
+                *v = R::from_u32(m.mul(v.get(), r));
+            }
+            j += 1;
+        })?;
+    }
     rf_shuffle_phase(x, common, noise, role, q, shuffle_keystream)
 }
 

@@ -125,6 +125,100 @@ impl<K: Keystream> Prng<K> {
         Ok(())
     }
 
+    /// [`Prng::uniform_range`] for `q ≤ 256` (one byte per value), handing the accepted values
+    /// to `f` in batches, in order (same consumption). Keystream blocks are scanned 16 bytes at
+    /// a time: a group without a rejected byte (the usual case: for `q = 127` one byte in 128
+    /// is rejected) is masked and appended whole, a loop that compiles to SIMD.
+    pub fn uniform_range_bytes(
+        &mut self,
+        size: usize,
+        q: u32,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), HmssError> {
+        if !(2..=256).contains(&q) {
+            return Err(invalid(format!(
+                "byte sampler needs 2 ≤ q ≤ 256, got q = {q}"
+            )));
+        }
+        let bl = bit_length(q);
+        let mask = ((1u32 << bl) - 1) as u8;
+        let last = (q - 1) as u8;
+        let range = (1u64 << bl) as f64;
+        let fail = (range - q as f64) / range;
+        let mut buf = Vec::new();
+        let mut accepted: Vec<u8> = Vec::new();
+        let mut have = 0usize;
+        while have < size {
+            let cur = (size - have) as f64;
+            let mut left = (cur + 1.0 + fail * cur / (1.0 - fail)) as u64;
+            while left > 0 && have < size {
+                let n = left.min(Self::BLOCK as u64) as usize;
+                if buf.len() < n {
+                    buf.resize(n, 0);
+                }
+                let bytes = &mut buf[..n];
+                self.ks.fill(bytes);
+                left -= n as u64;
+                let need = size - have;
+                accepted.clear();
+                for group in bytes.chunks(16) {
+                    let rejected = group
+                        .iter()
+                        .fold(0u8, |r, &b| r | u8::from((b & mask) > last));
+                    if rejected == 0 {
+                        accepted.extend(group.iter().map(|&b| b & mask));
+                    } else {
+                        accepted.extend(group.iter().map(|&b| b & mask).filter(|&v| v <= last));
+                    }
+                    if accepted.len() >= need {
+                        break;
+                    }
+                }
+                accepted.truncate(need);
+                have += accepted.len();
+                f(&accepted);
+            }
+            if left > 0 {
+                self.ks.skip(left);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Prng::non_zero_range`] for `q ≤ 256`, handing the values to `f` in batches, in order
+    /// (same consumption).
+    pub fn non_zero_range_bytes(
+        &mut self,
+        size: usize,
+        q: u32,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), HmssError> {
+        if !(2..=256).contains(&q) {
+            return Err(invalid(format!(
+                "byte sampler needs 2 ≤ q ≤ 256, got q = {q}"
+            )));
+        }
+        let fail = 1.0 / q as f64;
+        let mut have = 0usize;
+        let mut kept: Vec<u8> = Vec::new();
+        while have < size {
+            let cur = (size - have) as f64;
+            let chunk = (cur + 1.0 + fail * cur / (1.0 - fail)) as i64 as usize;
+            // The nested UniformRange always runs to the end of its `chunk` values; values
+            // after the `size`-th non-zero are dropped.
+            self.uniform_range_bytes(chunk, q, |batch| {
+                if have < size {
+                    kept.clear();
+                    kept.extend(batch.iter().copied().filter(|&v| v != 0));
+                    kept.truncate(size - have);
+                    have += kept.len();
+                    f(&kept);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     /// `NonZeroRange(size, q)`: `size` values uniform in `[1, q)` (spec §6.3): per round
     /// `chunk = (i64)(cur + 1.0 + fail·cur/(1 − fail))` with `fail = 1/q`, then a nested
     /// `UniformRange(chunk, q)` (which consumes its own chunks), keeping non-zero values in order.
@@ -252,6 +346,37 @@ mod tests {
         assert!(h.starts_with("c860c5025a6e"), "{h}");
         assert!(h.ends_with("9c73"), "{h}");
         assert_eq!(seed.to_vec(), keystream(12..60));
+    }
+
+    /// The batched byte samplers give the same values and consume the same bytes as the
+    /// per-value ones, for every small modulus, across block and chunk boundaries.
+    #[test]
+    fn byte_samplers_equal_per_value_samplers() {
+        for q in [2u32, 3, 5, 100, 127, 128, 129, 200, 255, 256] {
+            for size in [0usize, 1, 15, 16, 17, 1000, 70_000, 200_000] {
+                let mut a = nist();
+                let mut b = nist();
+                let want = a.uniform_range(size, q).unwrap_or_default();
+                let mut got = Vec::new();
+                b.uniform_range_bytes(size, q, |batch| {
+                    got.extend(batch.iter().map(|&v| u32::from(v)))
+                })
+                .unwrap();
+                assert_eq!(got, want, "uniform q {q} size {size}");
+                assert_eq!(a.bytes(5), b.bytes(5), "consumption q {q} size {size}");
+
+                let want = a.non_zero_range(size, q).unwrap_or_default();
+                let mut got = Vec::new();
+                b.non_zero_range_bytes(size, q, |batch| {
+                    got.extend(batch.iter().map(|&v| u32::from(v)))
+                })
+                .unwrap();
+                assert_eq!(got, want, "non-zero q {q} size {size}");
+                assert_eq!(a.bytes(5), b.bytes(5), "consumption q {q} size {size}");
+            }
+        }
+        assert!(nist().uniform_range_bytes(3, 257, |_| {}).is_err());
+        assert!(nist().non_zero_range_bytes(3, 1, |_| {}).is_err());
     }
 
     #[test]

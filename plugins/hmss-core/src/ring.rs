@@ -37,6 +37,20 @@ pub trait Register: Copy + Default + PartialEq + Eq + Ord + Send + Sync + Debug 
         }
     }
 
+    /// `acc[i] = (acc[i] + x[i]) mod q` for byte values already `< q` (lengths must match).
+    fn add_assign_bytes(acc: &mut [Self], x: &[u8], m: &Modulus) {
+        for (a, &b) in acc.iter_mut().zip(x) {
+            *a = Self::from_u32(m.add(a.get(), u32::from(b)));
+        }
+    }
+
+    /// `acc[i] = (acc[i] · x[i]) mod q` for byte values already `< q` (lengths must match).
+    fn mul_assign_bytes(acc: &mut [Self], x: &[u8], m: &Modulus) {
+        for (a, &b) in acc.iter_mut().zip(x) {
+            *a = Self::from_u32(m.mul(a.get(), u32::from(b)));
+        }
+    }
+
     /// The largest element (0 for an empty slice).
     fn max_of(v: &[Self]) -> u32 {
         v.iter().copied().max().map(Self::get).unwrap_or(0)
@@ -67,6 +81,10 @@ impl Register for u8 {
             let s = *a + b;
             *a = if s >= q { s - q } else { s };
         }
+    }
+
+    fn add_assign_bytes(acc: &mut [Self], x: &[u8], m: &Modulus) {
+        Self::add_assign_slice(acc, x, m)
     }
 
     fn max_of(v: &[Self]) -> u32 {

@@ -25,6 +25,13 @@ pub fn add_share_from_keystream<R: Register, K: Keystream>(
 ) -> Result<(), HmssError> {
     let m = Modulus::new(q)?;
     let mut i = 0usize;
+    if q <= 256 {
+        return Prng::new(ks).uniform_range_bytes(x.len(), q, |batch| {
+            let end = (i + batch.len()).min(x.len());
+            R::add_assign_bytes(&mut x[i..end], batch, &m);
+            i = end;
+        });
+    }
     Prng::new(ks).uniform_range_each(x.len(), q, |v| {
         if let Some(a) = x.get_mut(i) {
             *a = R::from_u32(m.add(a.get(), v));
@@ -118,6 +125,18 @@ pub fn split_from_keystream<R: Register, K: Keystream>(
     }
     m.check_below(v)?;
     let mut out = Vec::with_capacity(v.len());
+    if q <= 256 {
+        Prng::new(ks).uniform_range_bytes(v.len(), q, |batch| {
+            let at = out.len();
+            out.extend(
+                v[at..at + batch.len()]
+                    .iter()
+                    .zip(batch)
+                    .map(|(&x, &s1)| R::from_u32(m.sub(x, u32::from(s1)))),
+            );
+        })?;
+        return Ok(out);
+    }
     Prng::new(ks).uniform_range_each(v.len(), q, |s1| {
         let i = out.len();
         out.push(R::from_u32(m.sub(v.get(i).copied().unwrap_or(0), s1)));

@@ -2,8 +2,9 @@
 
 use crate::keystream::Keystream;
 
-/// How many draws the shuffle takes from the keystream at a time (64 KiB of keystream).
-const BATCH: usize = 4096;
+/// How many draws the shuffle takes from the keystream at a time (256 KiB of keystream: a
+/// host keystream request of that size runs on two cores).
+const BATCH: usize = 16384;
 
 /// `R mod n` for `R = hi·2^64 + lo` (spec §6.3 `R_i mod (len − i)`). For `n < 2^32` — always
 /// the case in a wasm32 guest — three 64-bit divisions by limbs instead of a 128-bit division.
@@ -18,12 +19,28 @@ fn mod_u128(lo: u64, hi: u64, n: u64) -> u64 {
     }
 }
 
+fn compute_targets(targets: &mut [usize], draws: &[u8], i: usize, len: usize) {
+    for (k, (t, r)) in targets.iter_mut().zip(draws.chunks_exact(16)).enumerate() {
+        let (lo, hi) = r.split_at(8);
+        let lo = u64::from_le_bytes(lo.try_into().unwrap_or_default());
+        let hi = u64::from_le_bytes(hi.try_into().unwrap_or_default());
+        let at = i + k;
+        *t = at + mod_u128(lo, hi, (len - at) as u64) as usize;
+    }
+}
+
+fn swap_all<T>(vec: &mut [T], targets: &[usize], i: usize) {
+    for (k, &t) in targets.iter().enumerate() {
+        vec.swap(i + k, t);
+    }
+}
+
 /// Fisher–Yates shuffle driven by a keystream (spec §6.3): draws `16·len` bytes; `R_i` is bytes
 /// `[16i, 16i+16)` read as a little-endian `u128`; for `i = 0 … len−2`,
 /// `j = i + (R_i mod (len − i))` and `vec[i] ↔ vec[j]` (modulo bias kept, as in the reference).
 /// `len ≤ 1` is a no-op that consumes nothing.
 ///
-/// The keystream is drawn in batches of 4096 draws; for each batch all targets `j` are computed
+/// The keystream is drawn in batches of 16384 draws; for each batch all targets `j` are computed
 /// first (they depend only on the keystream), then the swaps run in order, so the divisions
 /// and the random memory accesses each run in a tight loop of their own.
 pub fn shuffle_with<T, K: Keystream>(vec: &mut [T], ks: &mut K) {
@@ -40,20 +57,8 @@ pub fn shuffle_with<T, K: Keystream>(vec: &mut [T], ks: &mut K) {
         ks.fill(&mut draws[..16 * n]);
         // The last draw (for i = len − 1) is consumed but unused.
         let used = n.min(len - 1 - i);
-        for (k, (t, r)) in targets[..used]
-            .iter_mut()
-            .zip(draws.chunks_exact(16))
-            .enumerate()
-        {
-            let (lo, hi) = r.split_at(8);
-            let lo = u64::from_le_bytes(lo.try_into().unwrap_or_default());
-            let hi = u64::from_le_bytes(hi.try_into().unwrap_or_default());
-            let at = i + k;
-            *t = at + mod_u128(lo, hi, (len - at) as u64) as usize;
-        }
-        for (k, &t) in targets[..used].iter().enumerate() {
-            vec.swap(i + k, t);
-        }
+        compute_targets(&mut targets[..used], &draws, i, len);
+        swap_all(vec, &targets[..used], i);
         i += n;
     }
 }

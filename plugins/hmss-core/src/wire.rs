@@ -46,26 +46,6 @@ fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, HmssError> {
     Err(HmssError::Decode("varint longer than 10 bytes".into()))
 }
 
-/// Appends `values` as the payload of a packed repeated varint field (no tag or length).
-fn put_packed<R: Register>(out: &mut Vec<u8>, values: &[R]) {
-    if R::ONE_BYTE_VARINTS && R::max_of(values) < 0x80 {
-        // Every value is a one-byte varint: the payload is the values themselves.
-        out.extend(values.iter().map(|v| v.get() as u8));
-    } else {
-        for v in values {
-            put_varint(out, u64::from(v.get()));
-        }
-    }
-}
-
-fn packed_len<R: Register>(values: &[R]) -> usize {
-    if R::ONE_BYTE_VARINTS && R::max_of(values) < 0x80 {
-        values.len()
-    } else {
-        values.iter().map(|v| varint_len(u64::from(v.get()))).sum()
-    }
-}
-
 /// Appends a packed `repeated uint32` field (tag, length, payload); nothing for no values
 /// (proto3 default).
 fn put_packed_field<R: Register>(out: &mut Vec<u8>, field: u32, values: &[R]) {
@@ -73,8 +53,17 @@ fn put_packed_field<R: Register>(out: &mut Vec<u8>, field: u32, values: &[R]) {
         return;
     }
     put_varint(out, u64::from(field << 3 | 2));
-    put_varint(out, packed_len(values) as u64);
-    put_packed(out, values);
+    if R::ONE_BYTE_VARINTS && R::max_of(values) < 0x80 {
+        // Every value is a one-byte varint: the payload is the values themselves.
+        put_varint(out, values.len() as u64);
+        out.extend(values.iter().map(|v| v.get() as u8));
+    } else {
+        let len: usize = values.iter().map(|v| varint_len(u64::from(v.get()))).sum();
+        put_varint(out, len as u64);
+        for v in values {
+            put_varint(out, u64::from(v.get()));
+        }
+    }
 }
 
 /// Decodes the payload of a packed varint field into `out`. A value the register type cannot
