@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "wfa/measurement/system/v1alpha/computation_control_service.proto",
     "wfa/measurement/api/v2alpha/requisition_fulfillment_service.proto",
     "halo/v1/admin.proto",
+    "halo/v1/signed.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

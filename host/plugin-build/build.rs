@@ -40,12 +40,13 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hmss",
         version: "1.0.0",
-        wit: "halo:mpc@1.0.0",
+        wit: "halo:mpc@1.1.0",
     },
     Plugin {
         konst: "TEST_SUM_V1_0",
         package: "test-sum",
-        features: &[],
+        // Built against the older WIT minor: the host serves both.
+        features: &["wit-1-0"],
         id: "test-sum",
         version: "1.0.0",
         wit: "halo:mpc@1.0.0",
@@ -56,7 +57,7 @@ const PLUGINS: &[Plugin] = &[
         features: &["v1_1"],
         id: "test-sum",
         version: "1.1.0",
-        wit: "halo:mpc@1.0.0",
+        wit: "halo:mpc@1.1.0",
     },
     Plugin {
         konst: "RUNAWAY",
@@ -64,7 +65,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "runaway",
         version: "1.0.0",
-        wit: "halo:mpc@1.0.0",
+        wit: "halo:mpc@1.1.0",
     },
     Plugin {
         konst: "HOG",
@@ -72,7 +73,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hog",
         version: "1.0.0",
-        wit: "halo:mpc@1.0.0",
+        wit: "halo:mpc@1.1.0",
     },
     Plugin {
         konst: "PANICKER",
@@ -80,7 +81,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "panicker",
         version: "1.0.0",
-        wit: "halo:mpc@1.0.0",
+        wit: "halo:mpc@1.1.0",
     },
     Plugin {
         konst: "ECHO",
@@ -88,7 +89,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "echo",
         version: "1.0.0",
-        wit: "halo:mpc@1.0.0",
+        wit: "halo:mpc@1.1.0",
     },
     Plugin {
         konst: "WRONG_MAJOR",

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "wfa/measurement/api/v2alpha/requisition_fulfillment_service.proto",
     // Also defines services; prost-build ignores them without a service generator.
     "halo/v1/admin.proto",
+    "halo/v1/signed.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -8,7 +8,8 @@
 //! HALO_WASM_PERF_MAP=1 perf record -g <bench binary> --bench --profile-time 10   # profile
 //! ```
 //!
-//! Setting: 3 data providers; worker1 (first non-aggregator) fulfils two requisitions
+//! Setting: 3 data providers (seeds signed, signatures checked by the plugin through the
+//! host's identity service; certificates from a fixed set since there is no Kingdom here); worker1 (first non-aggregator) fulfils two requisitions
 //! (their data shares are its inputs) and opens the third provider's seed that worker2
 //! relayed; worker2 holds one data share and two seeds. The shuffle benchmarks time worker1's
 //! and worker2's SHUFFLE_PHASE; the aggregation benchmark times the aggregator's
@@ -19,15 +20,19 @@
 // A benchmark binary: failing fast on setup errors is the point.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use halo_duchy::identity::{CertificateSource, DuchyIdentity};
 use halo_duchy::protocol::{
-    ComputationContext, InputOrigin, Participant, Protocol, Role, StageInput, StageOutcome,
-    SystemProtocol,
+    ComputationContext, InputOrigin, Participant, Protocol, Role, StageIdentity, StageInput,
+    StageOutcome, SystemProtocol,
 };
 use halo_engine::{EngineConfig, Runtime};
+use halo_identity::{DevPki, Principal};
 use halo_proto::api::v2alpha::fulfill_requisition_request::Header;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
@@ -73,11 +78,56 @@ struct Prepared {
     aggregation: Vec<StageInput>,
 }
 
+/// A PKI for the three duchies and three data providers, and each duchy's identity service
+/// (certificates from a fixed set instead of the Kingdom: there is no Kingdom here).
+struct Identities {
+    pki: DevPki,
+    services: HashMap<String, Arc<dyn StageIdentity>>,
+}
+
+fn identities() -> Identities {
+    let duchies = ["aggregator", "worker1", "worker2"];
+    let mut principals: Vec<Principal> = duchies
+        .iter()
+        .map(|d| Principal::Duchy(d.to_string()))
+        .collect();
+    principals.extend((0..3).map(|i| Principal::DataProvider(format!("edp{i}"))));
+    let pki = DevPki::generate(&principals).expect("pki");
+    let trust = pki.trust_store().expect("trust");
+    let mut certificates = HashMap::new();
+    for p in &principals {
+        let id = pki.identity(p).expect("identity");
+        certificates.insert(
+            halo_sim::hmss::certificate_name(id).expect("name"),
+            id.certificate_der().expect("der"),
+        );
+    }
+    let services = duchies
+        .iter()
+        .map(|d| {
+            let id = pki
+                .identity(&Principal::Duchy(d.to_string()))
+                .expect("identity");
+            let service: Arc<dyn StageIdentity> = DuchyIdentity::new(
+                Some((
+                    id.clone(),
+                    halo_sim::hmss::certificate_name(id).expect("name"),
+                )),
+                trust.clone(),
+                CertificateSource::Fixed(certificates.clone()),
+            );
+            (d.to_string(), service)
+        })
+        .collect();
+    Identities { pki, services }
+}
+
 fn context(
     case: Case,
     spec: &admin::MeasurementSpec,
     role: Role,
     duchy: &str,
+    ids: &Identities,
 ) -> ComputationContext {
     let computation = Computation {
         name: "computations/bench".into(),
@@ -116,6 +166,7 @@ fn context(
         ],
         state: vec![],
         attempt: 1,
+        identity: ids.services.get(duchy).cloned(),
     }
 }
 
@@ -143,7 +194,7 @@ fn peer_input(o: &StageOutcome, from: &str) -> StageInput {
     }
 }
 
-fn prepare(plugin: &dyn Protocol, case: Case) -> Prepared {
+fn prepare(plugin: &dyn Protocol, case: Case, ids: &Identities) -> Prepared {
     let mut rng = rand::rngs::StdRng::seed_from_u64(case.registers as u64);
     let (_, mc_public) = halo_sim::hmss::measurement_keypair(&mut rng);
     let dp = case.noise.then_some(DifferentialPrivacyParams {
@@ -169,27 +220,28 @@ fn prepare(plugin: &dyn Protocol, case: Case) -> Prepared {
     };
     let w1 = started(
         plugin,
-        context(case, &spec, Role::FirstNonAggregator, "worker1"),
+        context(case, &spec, Role::FirstNonAggregator, "worker1", ids),
     );
     let w2 = started(
         plugin,
-        context(case, &spec, Role::SecondNonAggregator, "worker2"),
+        context(case, &spec, Role::SecondNonAggregator, "worker2", ids),
     );
-    let agg = started(plugin, context(case, &spec, Role::Aggregator, "aggregator"));
+    let agg = started(
+        plugin,
+        context(case, &spec, Role::Aggregator, "aggregator", ids),
+    );
     let pk1 = published_key(&plugin.execute(&w1, INITIALIZED, vec![]).expect("init w1"));
     let pk2 = published_key(&plugin.execute(&w2, INITIALIZED, vec![]).expect("init w2"));
 
     let mf = if case.reach_only { 1 } else { MAX_FREQUENCY };
     let vectors = halo_sim::hmss::population(11, 3, case.registers, mf, 0.3);
     let mut fulfil = |i: usize, peer: &[u8]| -> StageInput {
-        let f = halo_sim::hmss::share_frequency_vector(
-            &vectors[i],
-            127,
-            peer,
-            "dataProviders/edp/certificates/bench",
-            &mut rng,
-        )
-        .expect("share");
+        let signer = ids
+            .pki
+            .identity(&Principal::DataProvider(format!("edp{i}")))
+            .expect("edp identity");
+        let f = halo_sim::hmss::share_frequency_vector(&vectors[i], 127, peer, signer, &mut rng)
+            .expect("share");
         let header = Header {
             name: format!("dataProviders/edp{i}/requisitions/r{i}"),
             protocol: Some(f.header_protocol),
@@ -261,6 +313,7 @@ fn bench(c: &mut Criterion) {
         .load_file(std::path::Path::new(halo_plugin_build::HMSS))
         .expect("hmss component");
     let plugin: &dyn Protocol = &*plugin;
+    let ids = identities();
     for registers in sizes() {
         for reach_only in [false, true] {
             for noise in [false, true] {
@@ -269,7 +322,7 @@ fn bench(c: &mut Criterion) {
                     reach_only,
                     noise,
                 };
-                let p = prepare(plugin, case);
+                let p = prepare(plugin, case, &ids);
                 let mut g = c.benchmark_group(format!("hmss/{registers}"));
                 g.throughput(Throughput::Elements(registers as u64))
                     .sample_size(10)

@@ -38,7 +38,7 @@ async fn run(reach_only: bool) {
         let who = Principal::DataProvider(dp.clone());
         let done = edp::fulfill_hmss_requisitions(
             cluster.kingdom_channel(&who).unwrap(),
-            dp,
+            cluster.identity(&who).unwrap(),
             |duchy: &str| cluster.duchy_channel(&who, duchy),
             vector,
             Some(TIMEOUT),
@@ -50,7 +50,10 @@ async fn run(reach_only: bool) {
         assert_eq!(done[0].registers, 20_000);
         assert_eq!(done[0].computation, m.computation());
     }
-    let result = m.result(mc_ch, Duration::from_secs(120)).await.unwrap();
+    let result = m
+        .result(mc_ch, &cluster.trust, Duration::from_secs(120))
+        .await
+        .unwrap();
     let (reach, freq) = halo_sim::hmss::truth(&vectors, if reach_only { 1 } else { 5 });
     assert_eq!(result.reach, reach);
     if !reach_only {
@@ -121,7 +124,12 @@ async fn hmss_invalid_dp_parameters_fail_the_computation_with_a_clear_message() 
         );
         assert!(done.encrypted_result.is_empty());
         // The consumer's view of it: an error naming the state and the reason.
-        let e = format!("{:#}", m.open(&done).unwrap_err());
+        let e = format!(
+            "{:#}",
+            m.open(mc_ch.clone(), &cluster.trust, &done)
+                .await
+                .unwrap_err()
+        );
         assert!(e.contains("ended FAILED") && e.contains(expected), "{e}");
         // Nobody was asked for data.
         for dp in &cluster.options.data_providers {

@@ -68,6 +68,23 @@ async fn fulfilment_is_checked_stored_once_and_reported() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    // Nor may edp1 name another data provider's certificate for its share seed.
+    let mut h = good.clone();
+    h.protocol = Some(
+        api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
+            api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
+                data_provider_certificate: "dataProviders/edp2/certificates/0123".into(),
+                register_count: 1000,
+                ..Default::default()
+            },
+        ),
+    );
+    let err = client(&edp1, &assigned)
+        .fulfill_requisition(tokio_stream::iter(requests(h, &data)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("edp2"), "{}", err.message());
     // Wrong fingerprint, wrong nonce, zero nonce, malformed name, wrong duchy.
     let mut h = good.clone();
     h.requisition_fingerprint = vec![0; 32];

@@ -496,7 +496,7 @@ async fn run_hmss(
             let who = Principal::DataProvider(dp.clone());
             let done = edp::fulfill_hmss_requisitions(
                 cluster.kingdom_channel(&who)?,
-                dp,
+                cluster.identity(&who)?,
                 |duchy: &str| cluster.duchy_channel(&who, duchy),
                 vector,
                 Some(REQUISITION_WAIT),
@@ -518,11 +518,11 @@ async fn run_hmss(
         }
         anyhow::Ok(())
     };
-    let finished = until_done(providers, m.wait(mc_ch, RESULT_WAIT)).await;
+    let finished = until_done(providers, m.wait(mc_ch.clone(), RESULT_WAIT)).await;
     if let Some(p) = progress {
         p.stop().await;
     }
-    let result = m.open(&finished?)?;
+    let result = m.open(mc_ch, &cluster.trust, &finished?).await?;
     let buckets = if args.reach_only {
         0
     } else {

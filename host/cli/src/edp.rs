@@ -124,7 +124,7 @@ pub async fn run(args: EdpArgs) -> Result<Vec<HmssFulfilment>> {
     let mut rng = rand::rng();
     let done = halo_sim::edp::fulfill_hmss_requisitions(
         remote.kingdom_channel(&who)?,
-        &args.id,
+        remote.identity(&who)?,
         |duchy: &str| remote.duchy_channel(&who, duchy),
         &vector,
         wait,

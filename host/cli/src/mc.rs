@@ -199,7 +199,11 @@ pub async fn run(args: McArgs) -> Result<McReport> {
         println!("{created}");
     }
     let result = m
-        .result(kingdom, Duration::from_secs(args.timeout_secs))
+        .result(
+            kingdom,
+            remote.trust(),
+            Duration::from_secs(args.timeout_secs),
+        )
         .await?;
     let report = McReport {
         measurement: m.name().to_string(),

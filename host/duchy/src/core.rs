@@ -13,9 +13,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
+use crate::identity::{CertificateSource, DuchyIdentity};
 use crate::protocol::{
-    ComputationContext, Participant, Protocol, Role, StageInfo, StageKind, SystemProtocol,
-    find_stage,
+    ComputationContext, Participant, Protocol, Role, StageIdentity, StageInfo, StageKind,
+    SystemProtocol, find_stage,
 };
 use crate::store::{Claim, ComputationRow, Store};
 use crate::{DuchyConfig, names};
@@ -29,6 +30,7 @@ pub struct Core {
     kingdom: Channel,
     peers: Mutex<HashMap<String, (String, Channel)>>,
     certificate_name: String,
+    stage_identity: Arc<dyn StageIdentity>,
 }
 
 /// Certificate id as the Kingdom derives it: first 8 bytes of SHA-256(DER), hex.
@@ -70,7 +72,16 @@ impl Core {
             config.id,
             certificate_id(&der)
         );
+        let stage_identity = DuchyIdentity::new(
+            Some((config.identity.clone(), certificate_name.clone())),
+            config.trust.clone(),
+            CertificateSource::Kingdom {
+                channel: kingdom.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            },
+        );
         Ok(Core {
+            stage_identity,
             config,
             store,
             work: Notify::new(),
@@ -88,6 +99,11 @@ impl Core {
     /// `duchies/{id}/certificates/{cid}` of this duchy's certificate.
     pub fn certificate_name(&self) -> &str {
         &self.certificate_name
+    }
+
+    /// The identity services stages of this duchy use.
+    pub fn stage_identity(&self) -> Arc<dyn StageIdentity> {
+        self.stage_identity.clone()
     }
 
     pub fn kingdom_channel(&self) -> Channel {
@@ -183,6 +199,7 @@ impl Core {
             computation: row.computation.clone(),
             state: row.plugin_state.clone(),
             attempt: row.attempt,
+            identity: Some(self.stage_identity()),
         })
     }
 

@@ -65,6 +65,23 @@ impl RequisitionFulfillment for FulfillmentService {
                 caller.resource_name()
             )));
         }
+        // The certificate that will vouch for the data provider's share seed must be its own
+        // (the peer duchy checks the seed's signature against it, halo-system §8.2).
+        if let Some(
+            api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(h),
+        ) = &header.protocol
+        {
+            let own = format!("dataProviders/{dp}/certificates/");
+            if !h.data_provider_certificate.is_empty()
+                && !h.data_provider_certificate.starts_with(&own)
+            {
+                return Err(Status::permission_denied(format!(
+                    "{} may not name certificate {:?} for its requisition",
+                    caller.resource_name(),
+                    h.data_provider_certificate
+                )));
+            }
+        }
         let rows = core.store.find_requisition(rid).await.map_err(internal)?;
         let mut found = None;
         for r in rows {

@@ -205,6 +205,7 @@ async fn create(
         participants: core.participants(protocol, c),
         state: Vec::new(),
         attempt: 1,
+        identity: Some(core.stage_identity()),
     };
     let p = plugin.clone();
     let started = tokio::task::spawn_blocking(move || p.start(&ctx)).await?;

@@ -13,6 +13,7 @@ pub mod control;
 mod core;
 pub mod fulfillment;
 pub mod herald;
+pub mod identity;
 pub mod kingdom;
 pub mod metrics;
 pub mod mill;

@@ -160,6 +160,45 @@ pub struct Participant {
     pub requisition_params: Vec<u8>,
 }
 
+/// A signature made with the duchy's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageSignature {
+    /// Resource name of the certificate that verifies it.
+    pub certificate: String,
+    /// ECDSA P-256 / SHA-256 signature, ASN.1 DER.
+    pub signature: Vec<u8>,
+    /// Object identifier of the signature algorithm.
+    pub algorithm_oid: String,
+}
+
+/// Why an identity call failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityFailure {
+    /// The signature or its certificate is not valid, or there is no signing key.
+    #[error("{0}")]
+    Invalid(String),
+    /// The check could not be made now (certificate fetch failed); worth retrying.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The identity services a stage may use (the plugins' `identity` import): signing with the
+/// duchy's key, and checking other principals' signatures against certificates the host
+/// resolves and checks. Calls may block (certificate fetches); stages run on blocking threads.
+pub trait StageIdentity: Send + Sync + fmt::Debug {
+    /// Signs `message` with the duchy's key.
+    fn sign(&self, message: &[u8]) -> Result<StageSignature, IdentityFailure>;
+    /// Checks that `signature` over `message` was made with the key of the certificate
+    /// named `certificate`, issued by the trusted root of the principal that owns it.
+    fn verify(
+        &self,
+        certificate: &str,
+        message: &[u8],
+        signature: &[u8],
+        algorithm_oid: &str,
+    ) -> Result<(), IdentityFailure>;
+}
+
 /// What a stage execution knows about its computation.
 #[derive(Clone, Debug)]
 pub struct ComputationContext {
@@ -174,6 +213,8 @@ pub struct ComputationContext {
     pub state: Vec<u8>,
     /// 1-based attempt number of this stage.
     pub attempt: u32,
+    /// The duchy's identity services (None: the host offers none, e.g. a benchmark).
+    pub identity: Option<Arc<dyn StageIdentity>>,
 }
 
 /// Where an input payload came from.

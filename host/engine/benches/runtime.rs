@@ -27,6 +27,7 @@ fn ctx() -> ComputationContext {
         participants: vec![],
         state: vec![],
         attempt: 1,
+        identity: None,
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use halo_duchy::protocol::{IdentityFailure, StageIdentity, StageSignature};
+
 use rand::TryRngCore;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
@@ -31,6 +33,8 @@ pub(crate) struct HostState {
     /// The last error-level line the plugin logged (the SDK's panic hook logs the panic
     /// message there before the guest traps), for trap messages.
     pub last_error_log: Option<String>,
+    /// The duchy's identity services for this call (`identity` import).
+    pub identity: Option<Arc<dyn StageIdentity>>,
 }
 
 impl HostState {
@@ -40,6 +44,29 @@ impl HostState {
             computation: computation.to_owned(),
             limits: Limits::new(max_memory_bytes),
             last_error_log: None,
+            identity: None,
+        }
+    }
+
+    /// `identity.sign`.
+    pub fn sign(&mut self, message: &[u8]) -> Result<StageSignature, IdentityFailure> {
+        match &self.identity {
+            Some(id) => id.sign(message),
+            None => Err(no_identity()),
+        }
+    }
+
+    /// `identity.verify`.
+    pub fn verify(
+        &mut self,
+        certificate: &str,
+        message: &[u8],
+        signature: &[u8],
+        algorithm_oid: &str,
+    ) -> Result<(), IdentityFailure> {
+        match &self.identity {
+            Some(id) => id.verify(certificate, message, signature, algorithm_oid),
+            None => Err(no_identity()),
         }
     }
 
@@ -98,6 +125,10 @@ impl HostState {
         let limit = crypto::MAX_KEYSTREAM_LEN.min(self.limits.memory_limit as u64);
         crypto::aes256_ctr_keystream_limited(key, iv, offset, len, limit)
     }
+}
+
+fn no_identity() -> IdentityFailure {
+    IdentityFailure::Invalid("this host offers no identity service to this call".into())
 }
 
 /// Version-independent log level (each WIT major has its own generated enum).

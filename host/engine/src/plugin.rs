@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use halo_duchy::protocol::{
-    ComputationContext, PluginPin, Protocol, StageError, StageInfo, StageInput, StageKind,
-    StageOutcome, StartOutcome, SystemProtocol,
+    ComputationContext, PluginPin, Protocol, StageError, StageIdentity, StageInfo, StageInput,
+    StageKind, StageOutcome, StartOutcome, SystemProtocol,
 };
 use tracing::{debug, instrument, warn};
 use wasmtime::component::Component;
@@ -137,9 +137,13 @@ impl LoadedPlugin {
         };
 
         let d = plugin
-            .call("", "describe", |instance, store| match instance {
-                Instance::V1(p) => v1::describe(p, store).map(Ok),
-            })
+            .call(
+                CallFor::default(),
+                "describe",
+                |instance, store| match instance {
+                    Instance::V1(p) => v1::describe(p, store).map(Ok),
+                },
+            )
             .map_err(|e| LoadError::Describe(error_message(&e)))?;
         if d.id.trim().is_empty() {
             return Err(LoadError::Describe("empty protocol id".into()));
@@ -198,15 +202,16 @@ impl LoadedPlugin {
 
     /// One call in a fresh Store: guest errors (data) get the plugin's name; traps and host
     /// errors become stage errors by [`LoadedPlugin::classify`].
-    #[instrument(skip_all, fields(plugin = %self.label, op = op, computation = computation))]
+    #[instrument(skip_all, fields(plugin = %self.label, op = op, computation = ctx.computation))]
     fn call<R>(
         &self,
-        computation: &str,
+        ctx: CallFor<'_>,
         op: &'static str,
         f: impl FnOnce(&Instance, &mut Store<HostState>) -> wasmtime::Result<Result<R, StageError>>,
     ) -> Result<R, StageError> {
         let started = Instant::now();
-        let mut store = self.store(computation);
+        let mut store = self.store(ctx.computation);
+        store.data_mut().identity = ctx.identity.cloned();
         let result = self
             .instantiate(&mut store)
             .and_then(|instance| f(&instance, &mut store));
@@ -273,6 +278,22 @@ impl LoadedPlugin {
     }
 }
 
+/// What a call serves: the computation (for log attribution) and its identity services.
+#[derive(Default)]
+struct CallFor<'a> {
+    computation: &'a str,
+    identity: Option<&'a Arc<dyn StageIdentity>>,
+}
+
+impl<'a> From<&'a ComputationContext> for CallFor<'a> {
+    fn from(ctx: &'a ComputationContext) -> Self {
+        CallFor {
+            computation: &ctx.global_id,
+            identity: ctx.identity.as_ref(),
+        }
+    }
+}
+
 impl Protocol for LoadedPlugin {
     fn pin(&self) -> PluginPin {
         PluginPin {
@@ -291,7 +312,7 @@ impl Protocol for LoadedPlugin {
     }
 
     fn start(&self, ctx: &ComputationContext) -> Result<StartOutcome, StageError> {
-        self.call(&ctx.global_id, "start", |instance, store| match instance {
+        self.call(ctx.into(), "start", |instance, store| match instance {
             Instance::V1(p) => v1::start(p, store, ctx),
         })
     }
@@ -302,13 +323,9 @@ impl Protocol for LoadedPlugin {
         stage: i32,
         inputs: Vec<StageInput>,
     ) -> Result<StageOutcome, StageError> {
-        self.call(
-            &ctx.global_id,
-            "execute",
-            |instance, store| match instance {
-                Instance::V1(p) => v1::execute(p, store, ctx, stage, inputs),
-            },
-        )
+        self.call(ctx.into(), "execute", |instance, store| match instance {
+            Instance::V1(p) => v1::execute(p, store, ctx, stage, inputs),
+        })
     }
 }
 

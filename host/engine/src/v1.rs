@@ -14,7 +14,7 @@ use wasmtime::component::{HasSelf, Linker};
 use crate::host::HostState;
 
 wasmtime::component::bindgen!({
-    path: "../../wit/halo-mpc@1.0.0",
+    path: "../../wit/halo-mpc@1.1.0",
     world: "protocol-plugin",
     imports: {
         // Asking for more randomness than the host hands out is a plugin bug: trap.
@@ -32,7 +32,7 @@ pub const MAJOR: u64 = 1;
 pub const MIN_VERSION: Version = Version::new(1, 0, 0);
 /// Newest version whose every function this host implements. Components built against a
 /// newer 1.x minor load as long as they only use functions this version has.
-pub const MAX_VERSION: Version = Version::new(1, 0, 0);
+pub const MAX_VERSION: Version = Version::new(1, 1, 0);
 
 pub(crate) use self::ProtocolPlugin as Plugin;
 pub(crate) use self::ProtocolPluginPre as PluginPre;
@@ -77,6 +77,40 @@ impl halo::mpc::crypto::Host for HostState {
         len: u64,
     ) -> Result<Vec<u8>, String> {
         HostState::aes256_ctr_keystream(self, &key, &iv, offset, len)
+    }
+}
+
+impl halo::mpc::identity::Host for HostState {
+    fn sign(
+        &mut self,
+        message: Vec<u8>,
+    ) -> Result<halo::mpc::identity::Signature, halo::mpc::identity::IdentityError> {
+        HostState::sign(self, &message)
+            .map(|s| halo::mpc::identity::Signature {
+                certificate: s.certificate,
+                signature: s.signature,
+                algorithm_oid: s.algorithm_oid,
+            })
+            .map_err(identity_error_to_wit)
+    }
+
+    fn verify(
+        &mut self,
+        certificate: String,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+        algorithm_oid: String,
+    ) -> Result<(), halo::mpc::identity::IdentityError> {
+        HostState::verify(self, &certificate, &message, &signature, &algorithm_oid)
+            .map_err(identity_error_to_wit)
+    }
+}
+
+fn identity_error_to_wit(e: host::IdentityFailure) -> halo::mpc::identity::IdentityError {
+    use halo::mpc::identity::IdentityError;
+    match e {
+        host::IdentityFailure::Invalid(m) => IdentityError::Invalid(m),
+        host::IdentityFailure::Unavailable(m) => IdentityError::Unavailable(m),
     }
 }
 

@@ -62,31 +62,46 @@ fn every_component_exists_under_plugin_dir() {
     );
 }
 
+/// Every 1.x component imports only interfaces of its own WIT minor (1.0 has no `identity`)
+/// and exports that minor's `protocol`.
 #[test]
-fn v1_components_import_only_halo_mpc_1_0_0() {
-    let allowed: BTreeSet<String> = ["log", "random", "crypto", "types"]
-        .iter()
-        .map(|i| format!("halo:mpc/{i}@1.0.0"))
-        .collect();
-    for c in COMPONENTS.iter().filter(|c| c.wit == "halo:mpc@1.0.0") {
-        let (imports, exports) = world_of(c);
-        eprintln!("{}: imports {imports:?}, exports {exports:?}", c.name);
-        assert!(
-            imports.is_subset(&allowed),
-            "{} imports {imports:?}, only {allowed:?} allowed",
-            c.name
-        );
-        assert!(
-            imports.contains("halo:mpc/log@1.0.0"),
-            "{}: {imports:?}",
-            c.name
-        );
-        assert_eq!(
-            exports,
-            BTreeSet::from(["halo:mpc/protocol@1.0.0".to_string()]),
-            "{}",
-            c.name
-        );
+fn v1_components_import_only_their_halo_mpc_minor() {
+    for (wit, interfaces) in [
+        ("1.0.0", &["log", "random", "crypto", "types"][..]),
+        (
+            "1.1.0",
+            &["log", "random", "crypto", "identity", "types"][..],
+        ),
+    ] {
+        let allowed: BTreeSet<String> = interfaces
+            .iter()
+            .map(|i| format!("halo:mpc/{i}@{wit}"))
+            .collect();
+        let built: Vec<_> = COMPONENTS
+            .iter()
+            .filter(|c| c.wit == format!("halo:mpc@{wit}"))
+            .collect();
+        assert!(!built.is_empty(), "no component targets {wit}");
+        for c in built {
+            let (imports, exports) = world_of(c);
+            eprintln!("{}: imports {imports:?}, exports {exports:?}", c.name);
+            assert!(
+                imports.is_subset(&allowed),
+                "{} imports {imports:?}, only {allowed:?} allowed",
+                c.name
+            );
+            assert!(
+                imports.contains(&format!("halo:mpc/log@{wit}")),
+                "{}: {imports:?}",
+                c.name
+            );
+            assert_eq!(
+                exports,
+                BTreeSet::from([format!("halo:mpc/protocol@{wit}")]),
+                "{}",
+                c.name
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use halo_identity::{Identity, Principal};
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as MpcProtocol;
@@ -177,7 +178,7 @@ pub fn hmss_requisition(r: &admin::DataProviderRequisition) -> Result<HmssRequis
     })
 }
 
-/// The HMSS data provider `edp`: lists its requisitions at the Kingdom (`kingdom` is a channel
+/// The HMSS data provider `signer` (its identity signs the share seeds): lists its requisitions at the Kingdom (`kingdom` is a channel
 /// authenticated as `edp`) and, for each, caps `vector` at the measurement's maximum
 /// frequency (1 for reach-only), secret-shares it modulo the computation's ring modulus,
 /// seals the seed to the peer non-aggregator's key and streams the share to the fulfilling
@@ -188,7 +189,7 @@ pub fn hmss_requisition(r: &admin::DataProviderRequisition) -> Result<HmssRequis
 /// checked before anything is sent: one that is not HMSS is an error.
 pub async fn fulfill_hmss_requisitions<R, D>(
     kingdom: Channel,
-    edp: &str,
+    signer: &Identity,
     duchy: D,
     vector: &[u32],
     wait: Option<Duration>,
@@ -198,6 +199,10 @@ where
     R: CryptoRng,
     D: Fn(&str) -> Result<Channel>,
 {
+    let Principal::DataProvider(edp) = &signer.principal else {
+        bail!("{} is not a data provider", signer.principal);
+    };
+    let edp = edp.as_str();
     if vector.is_empty() {
         bail!("{edp}: the frequency vector is empty");
     }
@@ -219,14 +224,12 @@ where
         .iter()
         .map(hmss_requisition)
         .collect::<Result<Vec<_>>>()?;
-    let certificate = format!("dataProviders/{edp}/certificates/sim");
     let mut done = Vec::with_capacity(reqs.len());
     for (r, h) in reqs.iter().zip(checked) {
         let capped: Vec<u32> = vector.iter().map(|&x| x.min(h.max_frequency)).collect();
         let peer = crate::hmss::peer_public_key(r)?;
-        let f =
-            crate::hmss::share_frequency_vector(&capped, h.ring_modulus, &peer, &certificate, rng)
-                .with_context(|| format!("requisition {}", r.name))?;
+        let f = crate::hmss::share_frequency_vector(&capped, h.ring_modulus, &peer, signer, rng)
+            .with_context(|| format!("requisition {}", r.name))?;
         let channel = duchy(&r.fulfilling_duchy)?;
         fulfill(
             channel,

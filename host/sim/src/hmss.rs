@@ -6,19 +6,22 @@
 //!   body (a serialized `FrequencyVector`) to the fulfilling duchy, and seals the seed to the
 //!   *peer* non-aggregator's X25519 key; the header carries the sealed seed ([`Fulfilment`]).
 //! * A measurement consumer owns an X25519 key pair ([`measurement_keypair`]); the aggregator
-//!   seals the result (UTF-8 JSON, [`HmssResult`]) to its public key and [`open_result`] opens it.
+//!   signs the result (UTF-8 JSON, [`HmssResult`]) and seals it to its public key;
+//!   [`open_result`] opens it and [`verify_result`] checks the aggregator's signature.
 //!
-//! Encryption (halo-host's fixed format, in place of the reference's signed Tink messages):
-//! RFC 9180 HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, single shot,
-//! empty AAD; wire bytes = `enc (32 bytes) ‖ ciphertext`. Keys are raw 32-byte X25519 keys.
-//! The seed plaintext is the raw 48 bytes `key ‖ iv` ([`SEED_INFO`]); the result plaintext is
-//! the JSON document ([`RESULT_INFO`]).
+//! Encryption (halo-host's fixed format, in place of the reference's Tink messages): RFC 9180
+//! HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, single shot, empty
+//! AAD; wire bytes = `enc (32 bytes) ‖ ciphertext`. Keys are raw 32-byte X25519 keys.
+//! Signatures: the plaintext of both sealed messages is a `halo.v1.SignedMessage` signed
+//! (ECDSA P-256, SHA-256) with the signer's key; its message is a `RandomSeed{key ‖ iv}` for
+//! the seed ([`SEED_INFO`]) and the JSON document for the result ([`RESULT_INFO`]).
 //!
 //! [`population`] and [`truth`] make deterministic synthetic inputs and their exact answer.
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use halo_identity::{Identity, Principal, TrustStore};
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::Computation;
@@ -28,6 +31,7 @@ use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use prost::Message;
 use rand::CryptoRng;
 use serde::{Deserialize, Serialize};
 
@@ -39,8 +43,8 @@ type Kem = X25519HkdfSha256;
 pub const SEED_INFO: &[u8] = b"halo-hmss-seed";
 /// HPKE `info` for the aggregator's result sealed to the measurement consumer.
 pub const RESULT_INFO: &[u8] = b"halo-hmss-result";
-/// `EncryptedMessage.type_url` of the sealed seed.
-pub const SEED_TYPE_URL: &str = "type.googleapis.com/halo.hmss.RandomSeed";
+/// `EncryptedMessage.type_url` of the sealed seed (a signed `RandomSeed`).
+pub const SEED_TYPE_URL: &str = "type.googleapis.com/halo.v1.SignedMessage";
 /// Length of an X25519 key (public or secret) and of the HPKE `enc`.
 pub const KEY_LEN: usize = 32;
 /// AES-256-GCM tag length: the ciphertext is this much longer than the plaintext.
@@ -112,22 +116,92 @@ pub fn open(secret_key: &[u8; KEY_LEN], info: &[u8], wire: &[u8]) -> Result<Vec<
         .map_err(|e| anyhow!("HPKE open failed (wrong key or corrupted message): {e}"))
 }
 
-/// Seals a 48-byte share seed to the peer non-aggregator (plaintext = the raw `key ‖ iv`).
+/// The resource name of `identity`'s certificate as the Kingdom names it:
+/// `{principal}/certificates/{first 8 bytes of SHA-256(DER), hex}`.
+pub fn certificate_name(identity: &Identity) -> Result<String> {
+    let der = identity.certificate_der()?;
+    Ok(format!(
+        "{}/certificates/{}",
+        identity.principal.resource_name(),
+        halo_kingdom::certificate_id(&der)
+    ))
+}
+
+/// `message` signed by `signer` (ECDSA P-256 / SHA-256), naming the signer's certificate.
+pub fn sign(signer: &Identity, message: Vec<u8>) -> Result<admin::SignedMessage> {
+    Ok(admin::SignedMessage {
+        signature: signer
+            .sign(&message)
+            .with_context(|| format!("signing as {}", signer.principal))?,
+        message,
+        signature_algorithm_oid: halo_identity::ECDSA_WITH_SHA256_OID.to_string(),
+        certificate: certificate_name(signer)?,
+    })
+}
+
+/// Checks that `signed` was signed with `certificate_der`, the certificate named
+/// `certificate`, issued by the trusted root of the principal that name belongs to.
+pub fn verify_signed(
+    trust: &TrustStore,
+    signed: &admin::SignedMessage,
+    certificate: &str,
+    certificate_der: &[u8],
+) -> Result<()> {
+    ensure!(
+        signed.certificate == certificate,
+        "signed with certificate {:?}, expected {certificate:?}",
+        signed.certificate
+    );
+    let (owner, _) =
+        halo_duchy::identity::certificate_owner(certificate).map_err(|e| anyhow!(e))?;
+    trust
+        .verify_signature(
+            &owner,
+            certificate_der,
+            &signed.message,
+            &signed.signature,
+            &signed.signature_algorithm_oid,
+        )
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// Seals a 48-byte share seed to the peer non-aggregator: the plaintext is a `SignedMessage`
+/// of `RandomSeed{data = key ‖ iv}` signed by the data provider `signer`.
 pub fn seal_seed<R: CryptoRng>(
     peer_public_key: &[u8],
     seed: &Seed,
+    signer: &Identity,
     rng: &mut R,
 ) -> Result<Vec<u8>> {
-    seal(peer_public_key, SEED_INFO, seed, rng)
+    let message = admin::RandomSeed {
+        data: seed.to_vec(),
+    }
+    .encode_to_vec();
+    seal(
+        peer_public_key,
+        SEED_INFO,
+        &sign(signer, message)?.encode_to_vec(),
+        rng,
+    )
 }
 
-/// The peer non-aggregator's side: opens a sealed seed with its X25519 secret key.
-pub fn open_seed(peer_secret_key: &[u8; KEY_LEN], ciphertext: &[u8]) -> Result<Seed> {
+/// The peer non-aggregator's side: opens a sealed seed with its X25519 secret key; returns the
+/// seed and the signed message (whose signature the caller checks, see [`verify_signed`]).
+pub fn open_seed(
+    peer_secret_key: &[u8; KEY_LEN],
+    ciphertext: &[u8],
+) -> Result<(Seed, admin::SignedMessage)> {
     let plain = open(peer_secret_key, SEED_INFO, ciphertext)?;
-    plain
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow!("share seed must be {SEED_LEN} bytes, got {}", plain.len()))
+    let signed = admin::SignedMessage::decode(plain.as_slice())
+        .context("the sealed seed is not a SignedMessage")?;
+    let seed = admin::RandomSeed::decode(signed.message.as_slice()).context("RandomSeed")?;
+    let seed: Seed = seed.data.as_slice().try_into().map_err(|_| {
+        anyhow!(
+            "share seed must be {SEED_LEN} bytes, got {}",
+            seed.data.len()
+        )
+    })?;
+    Ok((seed, signed))
 }
 
 /// What a data provider sends for one HMSS requisition: the header's protocol part and the body.
@@ -140,24 +214,36 @@ pub struct Fulfilment {
     pub body: Vec<u8>,
 }
 
-/// Secret-shares the frequency vector `v` mod `q` and seals the seed to `peer_public_key`
-/// (spec §6.2): `s1 = PRNG(seed).UniformRange(len, q)`, body = `FrequencyVector(s2)` with
-/// `s2 = (v − s1) mod q`. Every `v[i]` must be `< q`.
+/// Secret-shares the frequency vector `v` mod `q` and seals the seed, signed by the data
+/// provider `signer`, to `peer_public_key` (spec §6.2): `s1 = PRNG(seed).UniformRange(len, q)`,
+/// body = `FrequencyVector(s2)` with `s2 = (v − s1) mod q`. Every `v[i]` must be `< q`.
 pub fn share_frequency_vector<R: CryptoRng>(
     v: &[u32],
     q: u32,
     peer_public_key: &[u8],
-    data_provider_certificate: &str,
+    signer: &Identity,
     rng: &mut R,
 ) -> Result<Fulfilment> {
     ensure!(q >= 2, "ring modulus must be at least 2, got {q}");
+    ensure!(
+        matches!(signer.principal, Principal::DataProvider(_)),
+        "{} is not a data provider",
+        signer.principal
+    );
     let mut seed: Seed = [0u8; SEED_LEN];
     rng.fill_bytes(&mut seed);
-    let s1 = hmss_core::share::share_from_seed(&seed, v.len(), q)
-        .map_err(|e| anyhow!("expanding the share seed: {e}"))?;
-    let s2 = hmss_core::share::split_with_share(v, &s1, q)
-        .map_err(|e| anyhow!("secret-sharing the frequency vector: {e}"))?;
-    let ciphertext = seal_seed(peer_public_key, &seed, rng)?;
+    let ks = hmss_core::CtrKeystream::from_seed(&seed);
+    let body = if q <= hmss_core::ring::BYTE_REGISTER_MAX_Q {
+        let s2: Vec<u8> = hmss_core::share::split_from_keystream(v, ks, q)
+            .map_err(|e| anyhow!("secret-sharing the frequency vector: {e}"))?;
+        hmss_core::wire::encode_frequency_vector(&s2)
+    } else {
+        let s2: Vec<u32> = hmss_core::share::split_from_keystream(v, ks, q)
+            .map_err(|e| anyhow!("secret-sharing the frequency vector: {e}"))?;
+        hmss_core::wire::encode_frequency_vector(&s2)
+    };
+    let data_provider_certificate = certificate_name(signer)?;
+    let ciphertext = seal_seed(peer_public_key, &seed, signer, rng)?;
     use api::fulfill_requisition_request::header::{HonestMajorityShareShuffle, Protocol};
     Ok(Fulfilment {
         header_protocol: Protocol::HonestMajorityShareShuffle(HonestMajorityShareShuffle {
@@ -166,9 +252,9 @@ pub fn share_frequency_vector<R: CryptoRng>(
                 type_url: SEED_TYPE_URL.to_string(),
             }),
             register_count: i64::try_from(v.len()).context("register count overflows i64")?,
-            data_provider_certificate: data_provider_certificate.to_string(),
+            data_provider_certificate,
         }),
-        body: hmss_core::wire::encode_frequency_vector(&s2),
+        body,
     })
 }
 
@@ -257,25 +343,51 @@ pub struct HmssResult {
     pub frequency_vector_size: i64,
 }
 
-/// Seals a result to the measurement consumer's public key, as the aggregator does (for tests
-/// and simulations).
+/// Signs a result as `signer` and seals it to the measurement consumer's public key, as the
+/// aggregator does (for tests and simulations).
 pub fn seal_result<R: CryptoRng>(
     measurement_public_key: &[u8],
     result: &HmssResult,
+    signer: &Identity,
     rng: &mut R,
 ) -> Result<Vec<u8>> {
     let json = serde_json::to_vec(result).context("encoding the result")?;
-    seal(measurement_public_key, RESULT_INFO, &json, rng)
+    seal(
+        measurement_public_key,
+        RESULT_INFO,
+        &sign(signer, json)?.encode_to_vec(),
+        rng,
+    )
 }
 
 /// Opens `encrypted_result` with the measurement consumer's secret key and parses the JSON.
+/// The signature is NOT checked here: see [`verify_result`].
 pub fn open_result(
     measurement_secret: &[u8; KEY_LEN],
     encrypted_result: &[u8],
-) -> Result<HmssResult> {
+) -> Result<(HmssResult, admin::SignedMessage)> {
     let plain = open(measurement_secret, RESULT_INFO, encrypted_result)?;
-    let text = std::str::from_utf8(&plain).context("result is not UTF-8")?;
-    serde_json::from_str(text).context("result is not the expected JSON")
+    let signed = admin::SignedMessage::decode(plain.as_slice())
+        .context("the result is not a SignedMessage")?;
+    let text = std::str::from_utf8(&signed.message).context("result is not UTF-8")?;
+    let result = serde_json::from_str(text).context("result is not the expected JSON")?;
+    Ok((result, signed))
+}
+
+/// Checks the aggregator's signature on an opened result: `aggregator_certificate` is the
+/// certificate name the Kingdom reports for the measurement, `der` that certificate.
+pub fn verify_result(
+    trust: &TrustStore,
+    signed: &admin::SignedMessage,
+    aggregator_certificate: &str,
+    der: &[u8],
+) -> Result<()> {
+    ensure!(
+        aggregator_certificate.starts_with("duchies/"),
+        "the result's certificate {aggregator_certificate:?} is not a duchy's"
+    );
+    verify_signed(trust, signed, aggregator_certificate, der)
+        .context("the aggregator's signature on the result")
 }
 
 /// SplitMix64: a tiny, portable generator so that [`population`] is stable across crate versions.
@@ -404,73 +516,115 @@ mod tests {
         )
     }
 
+    fn pki() -> halo_identity::DevPki {
+        halo_identity::DevPki::generate(&[
+            Principal::DataProvider("edp1".into()),
+            Principal::Duchy("aggregator".into()),
+        ])
+        .unwrap()
+    }
+
+    fn id(pki: &halo_identity::DevPki, p: Principal) -> Identity {
+        pki.identity(&p).unwrap().clone()
+    }
+
     #[test]
-    fn seed_round_trip_reconstructs_vector() {
+    fn seed_round_trip_reconstructs_vector_and_verifies() {
         let mut rng = rng();
+        let pki = pki();
+        let edp = id(&pki, Principal::DataProvider("edp1".into()));
         let (peer_sk, peer_pk) = measurement_keypair(&mut rng);
         assert_eq!(public_key_of(&peer_sk).unwrap(), peer_pk);
-        let q = 127;
-        let v: Vec<u32> = (0..1000u32).map(|i| (i * 7) % 11).collect();
-        let f = share_frequency_vector(
-            &v,
-            q,
-            &peer_pk,
-            "dataProviders/edp1/certificates/c",
-            &mut rng,
-        )
-        .unwrap();
-        let (ct, type_url, count, cert) = seed_of(&f);
-        assert_eq!(type_url, SEED_TYPE_URL);
-        assert_eq!(count, 1000);
-        assert_eq!(cert, "dataProviders/edp1/certificates/c");
-        assert_eq!(ct.len(), KEY_LEN + SEED_LEN + TAG_LEN);
-        let seed = open_seed(&peer_sk, &ct).unwrap();
-        let s1 = hmss_core::share::share_from_seed(&seed, v.len(), q).unwrap();
-        let s2 = hmss_core::wire::decode_frequency_vector(&f.body).unwrap();
-        assert_eq!(s2.len(), v.len());
-        assert_ne!(s2, v);
-        assert_eq!(hmss_core::share::combine(&[&s1, &s2], q).unwrap(), v);
+        for q in [127u32, 1000] {
+            let v: Vec<u32> = (0..1000u32).map(|i| (i * 7) % 11).collect();
+            let f = share_frequency_vector(&v, q, &peer_pk, &edp, &mut rng).unwrap();
+            let (ct, type_url, count, cert) = seed_of(&f);
+            assert_eq!(type_url, SEED_TYPE_URL);
+            assert_eq!(count, 1000);
+            assert_eq!(cert, certificate_name(&edp).unwrap());
+            assert!(
+                cert.starts_with("dataProviders/edp1/certificates/"),
+                "{cert}"
+            );
+            let (seed, signed) = open_seed(&peer_sk, &ct).unwrap();
+            let der = edp.certificate_der().unwrap();
+            verify_signed(&pki.trust_store().unwrap(), &signed, &cert, &der).unwrap();
+            let s1 = hmss_core::share::share_from_seed(&seed, v.len(), q).unwrap();
+            let s2 = hmss_core::wire::decode_frequency_vector(&f.body).unwrap();
+            assert_eq!(s2.len(), v.len());
+            assert_ne!(s2, v);
+            assert_eq!(hmss_core::share::combine(&[&s1, &s2], q).unwrap(), v);
+        }
     }
 
     #[test]
-    fn share_rejects_values_not_below_q() {
+    fn share_rejects_bad_input() {
         let mut rng = rng();
+        let pki = pki();
+        let edp = id(&pki, Principal::DataProvider("edp1".into()));
+        let agg = id(&pki, Principal::Duchy("aggregator".into()));
         let (_, pk) = measurement_keypair(&mut rng);
-        assert!(share_frequency_vector(&[0, 5], 5, &pk, "c", &mut rng).is_err());
-        assert!(share_frequency_vector(&[0, 1], 1, &pk, "c", &mut rng).is_err());
-        assert!(share_frequency_vector(&[0, 1], 5, &pk[..31], "c", &mut rng).is_err());
+        assert!(share_frequency_vector(&[0, 5], 5, &pk, &edp, &mut rng).is_err());
+        assert!(share_frequency_vector(&[0, 1], 1, &pk, &edp, &mut rng).is_err());
+        assert!(share_frequency_vector(&[0, 1], 5, &pk[..31], &edp, &mut rng).is_err());
+        // Only a data provider signs seeds.
+        assert!(share_frequency_vector(&[0, 1], 5, &pk, &agg, &mut rng).is_err());
     }
 
     #[test]
-    fn result_round_trip() {
+    fn result_round_trip_and_signature() {
         let mut rng = rng();
+        let pki = pki();
+        let trust = pki.trust_store().unwrap();
+        let agg = id(&pki, Principal::Duchy("aggregator".into()));
+        let edp = id(&pki, Principal::DataProvider("edp1".into()));
         let (sk, pk) = measurement_keypair(&mut rng);
         let result = HmssResult {
             reach: 1234,
             frequency: [("1".to_string(), 0.75), ("2".to_string(), 0.25)].into(),
             frequency_vector_size: 4096,
         };
-        let ct = seal_result(&pk, &result, &mut rng).unwrap();
-        assert_eq!(open_result(&sk, &ct).unwrap(), result);
-        // The plaintext is the documented JSON, which a plugin may write by hand.
-        let json =
-            br#"{"reach": 5, "frequency": {"1": 0.6, "3": 0.4}, "frequency_vector_size": 10}"#;
-        let ct = seal(&pk, RESULT_INFO, json, &mut rng).unwrap();
-        let r = open_result(&sk, &ct).unwrap();
-        assert_eq!(r.reach, 5);
-        assert_eq!(r.frequency.get("3"), Some(&0.4));
-        assert_eq!(r.frequency_vector_size, 10);
+        let ct = seal_result(&pk, &result, &agg, &mut rng).unwrap();
+        let (opened, signed) = open_result(&sk, &ct).unwrap();
+        assert_eq!(opened, result);
+        let name = certificate_name(&agg).unwrap();
+        let der = agg.certificate_der().unwrap();
+        verify_result(&trust, &signed, &name, &der).unwrap();
+        // Tampered message, another certificate, or a non-duchy signer are refused.
+        let mut bad = signed.clone();
+        bad.message = br#"{"reach": 99999}"#.to_vec();
+        assert!(verify_result(&trust, &bad, &name, &der).is_err());
+        assert!(verify_result(&trust, &signed, "duchies/aggregator/certificates/0", &der).is_err());
+        let by_edp = seal_result(&pk, &result, &edp, &mut rng).unwrap();
+        let (_, signed) = open_result(&sk, &by_edp).unwrap();
+        let e = verify_result(
+            &trust,
+            &signed,
+            &certificate_name(&edp).unwrap(),
+            &edp.certificate_der().unwrap(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("not a duchy"), "{e:#}");
         // Reach-only results may omit the distribution.
-        let ct = seal(&pk, RESULT_INFO, br#"{"reach": 9}"#, &mut rng).unwrap();
-        assert!(open_result(&sk, &ct).unwrap().frequency.is_empty());
+        let json = br#"{"reach": 9}"#.to_vec();
+        let ct = seal(
+            &pk,
+            RESULT_INFO,
+            &sign(&agg, json).unwrap().encode_to_vec(),
+            &mut rng,
+        )
+        .unwrap();
+        assert!(open_result(&sk, &ct).unwrap().0.frequency.is_empty());
     }
 
     #[test]
     fn wrong_key_info_or_bytes_fail_cleanly() {
         let mut rng = rng();
+        let pki = pki();
+        let agg = id(&pki, Principal::Duchy("aggregator".into()));
+        let edp = id(&pki, Principal::DataProvider("edp1".into()));
         let (_, pk) = measurement_keypair(&mut rng);
-        let (other_sk, _) = measurement_keypair(&mut rng);
-        let sk = other_sk;
+        let (sk, _) = measurement_keypair(&mut rng);
         let ct = seal_result(
             &pk,
             &HmssResult {
@@ -478,6 +632,7 @@ mod tests {
                 frequency: BTreeMap::new(),
                 frequency_vector_size: 1,
             },
+            &agg,
             &mut rng,
         )
         .unwrap();
@@ -486,16 +641,16 @@ mod tests {
         assert!(open_result(&sk, &[]).is_err());
         // A sealed seed is not a result (different info) and vice versa.
         let (seed_sk, seed_pk) = measurement_keypair(&mut rng);
-        let sealed = seal_seed(&seed_pk, &[3u8; SEED_LEN], &mut rng).unwrap();
+        let sealed = seal_seed(&seed_pk, &[3u8; SEED_LEN], &edp, &mut rng).unwrap();
         assert!(open(&seed_sk, RESULT_INFO, &sealed).is_err());
         let mut tampered = sealed.clone();
         if let Some(b) = tampered.last_mut() {
             *b ^= 1;
         }
         assert!(open_seed(&seed_sk, &tampered).is_err());
-        assert_eq!(open_seed(&seed_sk, &sealed).unwrap(), [3u8; SEED_LEN]);
-        // Non-JSON plaintext is an error too.
-        let ct = seal(&seed_pk, RESULT_INFO, b"not json", &mut rng).unwrap();
+        assert_eq!(open_seed(&seed_sk, &sealed).unwrap().0, [3u8; SEED_LEN]);
+        // An unsigned (raw JSON) plaintext is not accepted.
+        let ct = seal(&seed_pk, RESULT_INFO, br#"{"reach": 5}"#, &mut rng).unwrap();
         assert!(open_result(&seed_sk, &ct).is_err());
     }
 

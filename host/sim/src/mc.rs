@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use halo_identity::TrustStore;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::DifferentialPrivacyParams;
 use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
@@ -119,6 +120,24 @@ pub async fn wait_until_done(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Fetches certificate `name` (DER) from the Kingdom's Certificates service and checks that
+/// it is the one the name's id (a digest of the DER) stands for.
+pub async fn fetch_certificate(kingdom: Channel, name: &str) -> Result<Vec<u8>> {
+    let der = admin::certificates_client::CertificatesClient::new(kingdom)
+        .get_certificate(admin::GetCertificateRequest {
+            name: name.to_string(),
+        })
+        .await
+        .with_context(|| format!("fetching certificate {name:?} from the Kingdom"))?
+        .into_inner()
+        .x509_der;
+    let id = name.rsplit('/').next().unwrap_or_default();
+    if halo_kingdom::certificate_id(&der) != id {
+        bail!("the Kingdom served a certificate for {name} whose digest does not match its id");
+    }
+    Ok(der)
 }
 
 /// Extracts the nonce from a simulated requisition spec.
@@ -271,9 +290,15 @@ impl HmssMeasurement {
             .with_context(|| format!("waiting for {}", self.name()))
     }
 
-    /// Opens the result of a terminal measurement; an error names the state and the failure
-    /// message unless it SUCCEEDED.
-    pub fn open(&self, m: &admin::Measurement) -> Result<crate::hmss::HmssResult> {
+    /// Opens the result of a terminal measurement and checks the aggregator's signature on it
+    /// (its certificate fetched from the Kingdom, checked against `trust`); an error names the
+    /// state and the failure message unless it SUCCEEDED.
+    pub async fn open(
+        &self,
+        kingdom: Channel,
+        trust: &TrustStore,
+        m: &admin::Measurement,
+    ) -> Result<crate::hmss::HmssResult> {
         if m.state != ComputationState::Succeeded as i32 {
             bail!(
                 "measurement {} ended {}: {}",
@@ -282,17 +307,22 @@ impl HmssMeasurement {
                 m.failure_message
             );
         }
-        crate::hmss::open_result(&self.secret_key, &m.encrypted_result)
-            .with_context(|| format!("opening the result of {}", m.name))
+        let (result, signed) = crate::hmss::open_result(&self.secret_key, &m.encrypted_result)
+            .with_context(|| format!("opening the result of {}", m.name))?;
+        let der = fetch_certificate(kingdom, &m.aggregator_certificate).await?;
+        crate::hmss::verify_result(trust, &signed, &m.aggregator_certificate, &der)
+            .with_context(|| format!("the result of {}", m.name))?;
+        Ok(result)
     }
 
-    /// Waits, then opens the result.
+    /// Waits, then opens and verifies the result.
     pub async fn result(
         &self,
         kingdom: Channel,
+        trust: &TrustStore,
         timeout: Duration,
     ) -> Result<crate::hmss::HmssResult> {
-        let m = self.wait(kingdom, timeout).await?;
-        self.open(&m)
+        let m = self.wait(kingdom.clone(), timeout).await?;
+        self.open(kingdom, trust, &m).await
     }
 }

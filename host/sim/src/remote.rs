@@ -40,7 +40,13 @@ impl Remote {
         &self.kingdom_url
     }
 
-    fn identity(&self, who: &Principal) -> Result<&halo_identity::Identity> {
+    /// The trusted roots of the PKI.
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    /// `who`'s identity from the PKI.
+    pub fn identity(&self, who: &Principal) -> Result<&halo_identity::Identity> {
         self.pki.identity(who).ok_or_else(|| {
             anyhow!(
                 "the PKI has no identity for {} (principals: {})",

@@ -288,8 +288,9 @@ pub fn combine_and_count<R: Register>(
         for (x, y) in ra.iter().zip(rb) {
             h[0][(m.add(x.get(), y.get()) as u8) as usize] += 1;
         }
-        for v in 0..256usize {
-            c.note(v as u32, sentinel, h[0][v] + h[1][v] + h[2][v] + h[3][v]);
+        let [h0, h1, h2, h3] = &h;
+        for (v, (((a, b), c2), d)) in h0.iter().zip(h1).zip(h2).zip(h3).enumerate() {
+            c.note(v as u32, sentinel, a + b + c2 + d);
         }
     } else {
         for (x, y) in a.iter().zip(b) {

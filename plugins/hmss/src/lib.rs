@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use halo_plugin_sdk::identity::{self, IdentityError};
 use halo_plugin_sdk::proto::api::v2alpha::fulfill_requisition_request::{Header, header};
-use halo_plugin_sdk::proto::halo::v1::MeasurementSpec;
 use halo_plugin_sdk::proto::halo::v1::measurement_spec::Type as MeasurementType;
+use halo_plugin_sdk::proto::halo::v1::{MeasurementSpec, RandomSeed, SignedMessage};
 use halo_plugin_sdk::proto::system::v1alpha::computation::mpc_protocol_config::{
     HonestMajorityShareShuffle as HmssConfig, NoiseMechanism as SysNoise, Protocol as MpcProtocol,
 };
@@ -84,9 +85,9 @@ pub struct ShufflePhaseInput {
     pub secret_seeds: Vec<SecretSeed>,
 }
 
-/// Payload of description 3: `AggregationPhaseInput { repeated uint32
-/// combined_frequency_vectors = 1; int64 register_count = 2; }`, encoded and decoded by
-/// `hmss_core::wire` (millions of one-byte varints: a byte copy each way).
+// Payload of description 3: `AggregationPhaseInput { repeated uint32
+// combined_frequency_vectors = 1; int64 register_count = 2; }`, encoded and decoded by
+// `hmss_core::wire` (millions of one-byte varints: a byte copy each way).
 
 /// Plugin state of a non-aggregator (empty for the aggregator).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -610,13 +611,7 @@ fn shuffle_phase_with<R: Register>(
                 s.requisition_id
             ))
         })?;
-        let seed = open(&sk, SEED_INFO, &s.secret_seed_ciphertext)?;
-        let seed: Seed = seed.as_slice().try_into().map_err(|_| {
-            StageError::invalid_input(format!(
-                "requisition {}: seed is not 48 bytes",
-                s.requisition_id
-            ))
-        })?;
+        let seed = verified_seed(s, &open(&sk, SEED_INFO, &s.secret_seed_ciphertext)?)?;
         let acc = x.get_or_insert_with(|| vec![R::default(); n]);
         check_len(acc.len(), n, &s.requisition_id)?;
         add_share_from_keystream(acc, keystream(&seed, &error), p.q).map_err(core_err)?;
@@ -656,6 +651,50 @@ fn shuffle_phase_with<R: Register>(
     Ok(encode_aggregation_input(&out, register_count))
 }
 
+/// An identity failure as a stage error: a bad signature fails the computation, an
+/// unavailable check is retried.
+fn identity_err(what: String) -> impl FnOnce(IdentityError) -> StageError {
+    move |e| match e {
+        IdentityError::Invalid(m) => StageError::InvalidInput(format!("{what}: {m}")),
+        IdentityError::Unavailable(m) => StageError::Transient(format!("{what}: {m}")),
+    }
+}
+
+/// The share seed of a peer-relayed requisition (halo-system §8.2): the opened plaintext is a
+/// `SignedMessage` whose message is a `RandomSeed`, signed with the certificate the data
+/// provider named (checked by the host against its trusted root).
+fn verified_seed(s: &SecretSeed, plaintext: &[u8]) -> Result<Seed, StageError> {
+    let id = &s.requisition_id;
+    let signed = SignedMessage::decode(plaintext).map_err(|e| {
+        StageError::invalid_input(format!(
+            "requisition {id}: the sealed seed is not a SignedMessage: {e}"
+        ))
+    })?;
+    if !s.data_provider_certificate.starts_with("dataProviders/") {
+        return Err(StageError::invalid_input(format!(
+            "requisition {id}: data_provider_certificate {:?} is not a data provider's certificate",
+            s.data_provider_certificate
+        )));
+    }
+    identity::verify(
+        &s.data_provider_certificate,
+        &signed.message,
+        &signed.signature,
+        &signed.signature_algorithm_oid,
+    )
+    .map_err(identity_err(format!(
+        "requisition {id}: the seed's signature"
+    )))?;
+    let seed = RandomSeed::decode(signed.message.as_slice())
+        .map_err(|e| StageError::invalid_input(format!("requisition {id}: RandomSeed: {e}")))?;
+    seed.data.as_slice().try_into().map_err(|_| {
+        StageError::invalid_input(format!(
+            "requisition {id}: the seed is {} bytes, not 48",
+            seed.data.len()
+        ))
+    })
+}
+
 fn check_len(have: usize, got: usize, what: &str) -> Result<(), StageError> {
     if have == got {
         Ok(())
@@ -666,7 +705,8 @@ fn check_len(have: usize, got: usize, what: &str) -> Result<(), StageError> {
     }
 }
 
-/// The result plaintext: `{"reach":n,"frequency":{"1":p1,...},"frequency_vector_size":m}`.
+/// The result: `{"reach":n,"frequency":{"1":p1,...},"frequency_vector_size":m}`, the message
+/// of a `SignedMessage` signed by the aggregator and sealed to the measurement consumer.
 pub fn result_json(reach: i64, distribution: &BTreeMap<u32, f64>, register_count: i64) -> String {
     let freq = distribution
         .iter()
@@ -689,11 +729,20 @@ fn aggregation_phase(
         aggregate_with::<u32>(&p, inputs)?
     };
     let json = result_json(reach, &distribution, register_count);
+    // Signed with the aggregator's key, then sealed to the consumer (halo-system §8.3).
+    let signature =
+        identity::sign(json.as_bytes()).map_err(identity_err("signing the result".to_string()))?;
+    let signed = SignedMessage {
+        message: json.into_bytes(),
+        signature: signature.signature,
+        signature_algorithm_oid: signature.algorithm_oid,
+        certificate: signature.certificate,
+    };
     let key = p.spec.measurement_public_key.clone();
     let encrypted = seal(
         &key,
         RESULT_INFO,
-        json.as_bytes(),
+        &signed.encode_to_vec(),
         random::random_array::<32>(),
     )?;
     Ok(StageOutcome {

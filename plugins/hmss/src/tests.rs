@@ -11,6 +11,65 @@ use hmss_core::wire::encode_frequency_vector;
 
 const Q: u32 = 127;
 const MEASUREMENT_SK: [u8; 32] = [7u8; 32];
+const OID: &str = "1.2.840.10045.4.3.2";
+
+/// Stands in for the host's identity service in native tests: a "signature" is the message
+/// bytes reversed followed by the certificate name (the host's real ECDSA service is tested
+/// in halo-identity, halo-duchy and end to end).
+struct TestIdentity;
+
+fn test_signature(certificate: &str, message: &[u8]) -> Vec<u8> {
+    let mut s: Vec<u8> = message.iter().rev().copied().collect();
+    s.extend_from_slice(certificate.as_bytes());
+    s
+}
+
+impl halo_plugin_sdk::identity::native::Handler for TestIdentity {
+    fn sign(&self, message: &[u8]) -> Result<identity::Signature, IdentityError> {
+        let certificate = "duchies/agg/certificates/test".to_string();
+        Ok(identity::Signature {
+            signature: test_signature(&certificate, message),
+            certificate,
+            algorithm_oid: OID.into(),
+        })
+    }
+
+    fn verify(
+        &self,
+        certificate: &str,
+        message: &[u8],
+        signature: &[u8],
+        algorithm_oid: &str,
+    ) -> Result<(), IdentityError> {
+        if certificate == "dataProviders/unreachable/certificates/x" {
+            return Err(IdentityError::Unavailable("kingdom down".into()));
+        }
+        if algorithm_oid == OID && signature == test_signature(certificate, message) {
+            Ok(())
+        } else {
+            Err(IdentityError::Invalid("bad signature".into()))
+        }
+    }
+}
+
+/// The sealed-seed plaintext a data provider `dp` produces: a signed `RandomSeed`.
+fn signed_seed(dp: &str, seed: &Seed) -> Vec<u8> {
+    let message = RandomSeed {
+        data: seed.to_vec(),
+    }
+    .encode_to_vec();
+    SignedMessage {
+        signature: test_signature(&cert(dp), &message),
+        message,
+        signature_algorithm_oid: OID.into(),
+        certificate: cert(dp),
+    }
+    .encode_to_vec()
+}
+
+fn cert(dp: &str) -> String {
+    format!("dataProviders/{dp}/certificates/test")
+}
 
 fn spec(reach_only: bool, mf: i32, epsilon: f64, delta: f64) -> MeasurementSpec {
     let dp = Some(DifferentialPrivacyParams { epsilon, delta });
@@ -85,11 +144,12 @@ fn fulfil(id: &str, v: &[u32], seed: Seed, peer_pk: &[u8]) -> StageInput {
         protocol: Some(header::Protocol::HonestMajorityShareShuffle(
             header::HonestMajorityShareShuffle {
                 secret_seed: Some(EncryptedMessage {
-                    ciphertext: seal(peer_pk, SEED_INFO, &seed, [seed[0]; 32]).unwrap(),
+                    ciphertext: seal(peer_pk, SEED_INFO, &signed_seed(id, &seed), [seed[0]; 32])
+                        .unwrap(),
                     type_url: String::new(),
                 }),
                 register_count: v.len() as i64,
-                data_provider_certificate: format!("cert-{id}"),
+                data_provider_certificate: cert(id),
             },
         )),
         ..Default::default()
@@ -109,6 +169,7 @@ fn peer_input(o: &StageOutcome, from: &str) -> StageInput {
 
 /// Runs the whole protocol; returns the decrypted result JSON.
 fn run(spec: &MeasurementSpec, noise: SysNoise, vectors: [&[u32]; 3]) -> String {
+    halo_plugin_sdk::identity::native::install(TestIdentity);
     let c = |role, d: &str, st: Vec<u8>| ctx(role, d, st, spec, noise);
     let agg_start = Hmss::start(c(Role::Aggregator, "agg", vec![])).unwrap();
     let w1_start = Hmss::start(c(Role::FirstNonAggregator, "w1", vec![])).unwrap();
@@ -171,7 +232,18 @@ fn run(spec: &MeasurementSpec, noise: SysNoise, vectors: [&[u32]; 3]) -> String 
     let result = out.result.unwrap();
     assert_eq!(result.result_public_key, spec.measurement_public_key);
     let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(&MEASUREMENT_SK).unwrap();
-    String::from_utf8(open(&sk, RESULT_INFO, &result.encrypted_result).unwrap()).unwrap()
+    let signed = SignedMessage::decode(
+        open(&sk, RESULT_INFO, &result.encrypted_result)
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(signed.certificate, "duchies/agg/certificates/test");
+    assert_eq!(
+        signed.signature,
+        test_signature(&signed.certificate, &signed.message)
+    );
+    String::from_utf8(signed.message).unwrap()
 }
 
 const V1: [u32; 10] = [0, 1, 2, 0, 3, 1, 0, 0, 2, 0];
@@ -272,6 +344,41 @@ fn start_rejects_invalid_params() {
     .unwrap();
     let st: HmssState = state::decode(&ok.state).unwrap();
     assert_eq!((st.seed.len(), st.secret_key.len()), (48, 32));
+}
+
+/// A relayed seed must carry a valid signature by the data provider it names; an unavailable
+/// check is transient.
+#[test]
+fn seed_signatures_are_checked() {
+    halo_plugin_sdk::identity::native::install(TestIdentity);
+    let seed = [5u8; 48];
+    let mut s = SecretSeed {
+        requisition_id: "r1".into(),
+        secret_seed_ciphertext: vec![],
+        register_count: 10,
+        data_provider_certificate: cert("r1"),
+    };
+    assert_eq!(verified_seed(&s, &signed_seed("r1", &seed)).unwrap(), seed);
+    // Signed by another data provider than the one named.
+    match verified_seed(&s, &signed_seed("r2", &seed)) {
+        Err(StageError::InvalidInput(m)) => assert!(m.contains("signature"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Not a SignedMessage at all (e.g. a raw seed).
+    assert!(matches!(
+        verified_seed(&s, &[0xffu8; 48]),
+        Err(StageError::InvalidInput(_))
+    ));
+    s.data_provider_certificate = "duchies/worker1/certificates/test".into();
+    assert!(matches!(
+        verified_seed(&s, &signed_seed("r1", &seed)),
+        Err(StageError::InvalidInput(_))
+    ));
+    s.data_provider_certificate = "dataProviders/unreachable/certificates/x".into();
+    assert!(matches!(
+        verified_seed(&s, &signed_seed("r1", &seed)),
+        Err(StageError::Transient(_))
+    ));
 }
 
 #[test]
