@@ -483,6 +483,52 @@ mod tests {
             }
         }
 
+        /// The production setting of the end-to-end tolerance test (ε = 1, δ = 1e-9, n = 2):
+        /// `σ_d` = 4.652, μ = 32; single draws have mean μ and standard deviation `σ_d`, so a
+        /// sum of the two workers' draws has standard deviation `σ = σ_d·√2` (fixed seed,
+        /// 100 000 draws, within 2 %).
+        #[test]
+        fn discrete_gaussian_moments_at_production_parameters() {
+            let o = gaussian_options(
+                &DpParams {
+                    epsilon: 1.0,
+                    delta: 1e-9,
+                },
+                2,
+            )
+            .unwrap_or(NoiserOptions::Geometric {
+                contributors: 0,
+                p: 0.0,
+                mu: 0,
+            });
+            let NoiserOptions::DiscreteGaussian {
+                sigma_distributed,
+                mu,
+                ..
+            } = o
+            else {
+                panic!("{o:?}");
+            };
+            assert_eq!(mu, 32);
+            assert!(
+                (sigma_distributed - 4.652).abs() < 1e-3,
+                "{sigma_distributed}"
+            );
+            let mut r = rng(7);
+            let n = 100_000;
+            let draws: Vec<f64> = (0..n)
+                .map(|_| f64::from(o.sample(&mut r).unwrap_or(u32::MAX)))
+                .collect();
+            let mean = draws.iter().sum::<f64>() / f64::from(n);
+            let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / f64::from(n - 1);
+            assert!((mean - 32.0).abs() < 0.05, "mean {mean}");
+            assert!(
+                (var.sqrt() / sigma_distributed - 1.0).abs() < 0.02,
+                "sd {} vs σ_d {sigma_distributed}",
+                var.sqrt()
+            );
+        }
+
         /// §5.1 / §7 (AS `distributed_geometric_noiser_test.cc`): the sum of `n = 2` contributor
         /// draws is two-sided geometric `(1−p)/(1+p)·p^{|x−2μ|}` within ±0.01; each draw lies in
         /// `[0, 2μ]`; the mean is `μ` ± 0.05·μ (fixed seed, 40 000 sums).
