@@ -48,6 +48,7 @@ async fn measure(
         .await?;
         assert_eq!(done.len(), 1, "{done:?}");
         assert_eq!(done[0].computation, m.computation());
+        assert_eq!(done[0].registers, vector.len());
     }
     m.result(mc_ch, &cluster.trust, Duration::from_secs(120))
         .await
@@ -181,48 +182,19 @@ async fn hmss_seed_with_a_bad_signature_fails_the_computation() {
 async fn run(reach_only: bool) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_hmss_cluster(dir.path()).await.unwrap();
-    let mut rng = rand::rng();
     let request = HmssRequest {
         reach_only,
         max_frequency: 5,
         noise: NoiseMechanism::None,
         ..HmssRequest::default()
     };
-    let mc_ch = cluster
-        .kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))
-        .unwrap();
-    let m = mc::create_hmss_measurement(
-        mc_ch.clone(),
-        "mc1",
-        &cluster.options.data_providers,
-        &request,
-        &mut rng,
-    )
-    .await
-    .unwrap();
     let vectors = halo_sim::hmss::population(7, 3, 20_000, 5, 0.3);
-    for (dp, vector) in cluster.options.data_providers.iter().zip(&vectors) {
-        let who = Principal::DataProvider(dp.clone());
-        let done = edp::fulfill_hmss_requisitions(
-            cluster.kingdom_channel(&who).unwrap(),
-            cluster.identity(&who).unwrap(),
-            |duchy: &str| cluster.duchy_channel(&who, duchy),
-            vector,
-            Some(TIMEOUT),
-            &mut rng,
-        )
+    let result = measure(&cluster, &request, &vectors, &signers(&cluster))
         .await
         .unwrap();
-        assert_eq!(done.len(), 1, "{done:?}");
-        assert_eq!(done[0].registers, 20_000);
-        assert_eq!(done[0].computation, m.computation());
-    }
-    let result = m
-        .result(mc_ch, &cluster.trust, Duration::from_secs(120))
-        .await
-        .unwrap();
-    let (reach, freq) = halo_sim::hmss::truth(&vectors, if reach_only { 1 } else { 5 });
+    let (reach, freq) = halo_sim::hmss::truth(&vectors, request.effective_max_frequency());
     assert_eq!(result.reach, reach);
+    assert_eq!(result.frequency_vector_size, 20_000);
     if !reach_only {
         assert_eq!(result.frequency.len(), freq.len());
         for (k, v) in &freq {

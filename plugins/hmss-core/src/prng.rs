@@ -63,21 +63,52 @@ impl<K: Keystream> Prng<K> {
 
     /// [`Prng::uniform_range`] handing each accepted value to `f` in order, without
     /// materialising the vector (share expansion adds them straight into a sum, §6.4 step 2).
-    /// Consumes exactly the bytes `uniform_range` consumes. The keystream is read in blocks of
-    /// at most [`Prng::BLOCK`] bytes; the discarded tail of a chunk is skipped, not read.
+    /// Consumes exactly the bytes `uniform_range` consumes.
     pub fn uniform_range_each(
         &mut self,
         size: usize,
         q: u32,
         mut f: impl FnMut(u32),
     ) -> Result<(), HmssError> {
-        if q < 2 {
-            return Err(invalid(format!("modulus q = {q} must be at least 2")));
+        if q <= 256 {
+            return self
+                .uniform_range_bytes(size, q, |batch| batch.iter().for_each(|&v| f(u32::from(v))));
         }
         let bl = bit_length(q);
         let bpv = bl.div_ceil(8) as usize;
         let mask: u32 = ((1u64 << bl) - 1) as u32;
-        let range = (1u64 << bl) as f64;
+        self.rejection_chunks(size, q, bpv, |bytes, need| {
+            let mut accepted = 0;
+            for group in bytes.chunks_exact(bpv) {
+                let v = group.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) & mask;
+                if v < q {
+                    f(v);
+                    accepted += 1;
+                    if accepted == need {
+                        break;
+                    }
+                }
+            }
+            accepted
+        })
+    }
+
+    /// The reference's rejection-sampling loop (spec §6.3): while fewer than `size` values are
+    /// accepted, draw a chunk of `chunk = (u64)(cur + 1.0 + fail·cur/(1 − fail))` values of
+    /// `bpv` bytes (`fail = (2^bl − q)/2^bl`), in keystream blocks of at most [`Prng::BLOCK`]
+    /// bytes; `take(block, need)` accepts at most `need` values from a block and says how many
+    /// it took. The rest of a chunk is skipped once `size` values are accepted.
+    fn rejection_chunks(
+        &mut self,
+        size: usize,
+        q: u32,
+        bpv: usize,
+        mut take: impl FnMut(&[u8], usize) -> usize,
+    ) -> Result<(), HmssError> {
+        if q < 2 {
+            return Err(invalid(format!("modulus q = {q} must be at least 2")));
+        }
+        let range = (1u64 << bit_length(q)) as f64;
         let fail = (range - q as f64) / range;
         let block = (Self::BLOCK / bpv) * bpv;
         let mut buf = Vec::new();
@@ -91,32 +122,9 @@ impl<K: Keystream> Prng<K> {
                 if buf.len() < n {
                     buf.resize(n, 0);
                 }
-                let bytes = &mut buf[..n];
-                self.ks.fill(bytes);
+                self.ks.fill(&mut buf[..n]);
                 left -= n as u64;
-                if bpv == 1 {
-                    for &b in bytes.iter() {
-                        let v = u32::from(b) & mask;
-                        if v < q {
-                            f(v);
-                            have += 1;
-                            if have == size {
-                                break;
-                            }
-                        }
-                    }
-                } else {
-                    for group in bytes.chunks_exact(bpv) {
-                        let v = group.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) & mask;
-                        if v < q {
-                            f(v);
-                            have += 1;
-                            if have == size {
-                                break;
-                            }
-                        }
-                    }
-                }
+                have += take(&buf[..n], size - have);
             }
             if left > 0 {
                 self.ks.skip(left);
@@ -140,49 +148,28 @@ impl<K: Keystream> Prng<K> {
                 "byte sampler needs 2 ≤ q ≤ 256, got q = {q}"
             )));
         }
-        let bl = bit_length(q);
-        let mask = ((1u32 << bl) - 1) as u8;
+        let mask = ((1u32 << bit_length(q)) - 1) as u8;
         let last = (q - 1) as u8;
-        let range = (1u64 << bl) as f64;
-        let fail = (range - q as f64) / range;
-        let mut buf = Vec::new();
         let mut accepted: Vec<u8> = Vec::new();
-        let mut have = 0usize;
-        while have < size {
-            let cur = (size - have) as f64;
-            let mut left = (cur + 1.0 + fail * cur / (1.0 - fail)) as u64;
-            while left > 0 && have < size {
-                let n = left.min(Self::BLOCK as u64) as usize;
-                if buf.len() < n {
-                    buf.resize(n, 0);
+        self.rejection_chunks(size, q, 1, |bytes, need| {
+            accepted.clear();
+            for group in bytes.chunks(16) {
+                let rejected = group
+                    .iter()
+                    .fold(0u8, |r, &b| r | u8::from((b & mask) > last));
+                if rejected == 0 {
+                    accepted.extend(group.iter().map(|&b| b & mask));
+                } else {
+                    accepted.extend(group.iter().map(|&b| b & mask).filter(|&v| v <= last));
                 }
-                let bytes = &mut buf[..n];
-                self.ks.fill(bytes);
-                left -= n as u64;
-                let need = size - have;
-                accepted.clear();
-                for group in bytes.chunks(16) {
-                    let rejected = group
-                        .iter()
-                        .fold(0u8, |r, &b| r | u8::from((b & mask) > last));
-                    if rejected == 0 {
-                        accepted.extend(group.iter().map(|&b| b & mask));
-                    } else {
-                        accepted.extend(group.iter().map(|&b| b & mask).filter(|&v| v <= last));
-                    }
-                    if accepted.len() >= need {
-                        break;
-                    }
+                if accepted.len() >= need {
+                    break;
                 }
-                accepted.truncate(need);
-                have += accepted.len();
-                f(&accepted);
             }
-            if left > 0 {
-                self.ks.skip(left);
-            }
-        }
-        Ok(())
+            accepted.truncate(need);
+            f(&accepted);
+            accepted.len()
+        })
     }
 
     /// [`Prng::non_zero_range`] for `q ≤ 256`, handing the values to `f` in batches, in order
