@@ -48,7 +48,15 @@ async fn measure(
         .await?;
         assert_eq!(done.len(), 1, "{done:?}");
         assert_eq!(done[0].computation, m.computation());
-        assert_eq!(done[0].registers, vector.len());
+        assert_eq!(
+            done[0].registers,
+            halo_sim::hmss::sampled(
+                vector,
+                request.vid_sampling_start,
+                request.vid_sampling_width
+            )?
+            .len()
+        );
     }
     m.result(mc_ch, &cluster.trust, Duration::from_secs(120))
         .await
@@ -204,6 +212,45 @@ async fn run(reach_only: bool) {
                 result.frequency[k]
             );
         }
+    }
+    cluster.shutdown().await.unwrap();
+}
+
+/// With a VID sampling interval the data providers send only the registers in
+/// `[start, start + width)` (here a wrapped interval) and the aggregator scales the reach by
+/// `1/width`: without noise the result is exactly that of the sampled truth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hmss_vid_sampling_scales_the_reach_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_hmss_cluster(dir.path()).await.unwrap();
+    let vectors = halo_sim::hmss::population(8, 3, 20_000, 3, 0.3);
+    for reach_only in [false, true] {
+        let request = HmssRequest {
+            reach_only,
+            vid_sampling_start: 0.75,
+            vid_sampling_width: 0.5,
+            ..HmssRequest::default()
+        };
+        let result = measure(&cluster, &request, &vectors, &signers(&cluster))
+            .await
+            .unwrap();
+        let (reach, freq) =
+            halo_sim::hmss::sampled_truth(&vectors, request.effective_max_frequency(), 0.75, 0.5)
+                .unwrap();
+        assert_eq!(result.reach, reach);
+        assert_eq!(result.frequency_vector_size, 10_000);
+        if !reach_only {
+            for (k, v) in &freq {
+                assert!((result.frequency[k] - v).abs() < 1e-12, "bucket {k}");
+            }
+        }
+        // And it estimates the whole population's reach.
+        let (full, _) = halo_sim::hmss::truth(&vectors, request.effective_max_frequency());
+        assert!(
+            (result.reach - full).abs() < full / 20,
+            "{} vs {full}",
+            result.reach
+        );
     }
     cluster.shutdown().await.unwrap();
 }

@@ -81,6 +81,13 @@ pub struct McArgs {
     /// Ring modulus of the secret shares (must exceed 1 + max frequency × providers).
     #[arg(long, env = "HALO_RING_MODULUS", default_value_t = 127)]
     pub ring_modulus: i32,
+    /// VID sampling interval start: the data providers send only the population's registers
+    /// in [start, start + width), and the reach is scaled by 1/width.
+    #[arg(long, env = "HALO_VID_SAMPLING_START", default_value_t = 0.0)]
+    pub vid_sampling_start: f32,
+    /// VID sampling interval width, in (0, 1].
+    #[arg(long, env = "HALO_VID_SAMPLING_WIDTH", default_value_t = 1.0)]
+    pub vid_sampling_width: f32,
     /// How long to wait for the result, in seconds.
     #[arg(long, env = "HALO_TIMEOUT_SECS", default_value_t = 600)]
     pub timeout_secs: u64,
@@ -128,6 +135,8 @@ impl McArgs {
             epsilon: self.epsilon,
             delta: self.delta,
             ring_modulus: self.ring_modulus,
+            vid_sampling_start: self.vid_sampling_start,
+            vid_sampling_width: self.vid_sampling_width,
         }
     }
 

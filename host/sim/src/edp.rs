@@ -179,8 +179,9 @@ pub fn hmss_requisition(r: &admin::DataProviderRequisition) -> Result<HmssRequis
 }
 
 /// The HMSS data provider `signer` (its identity signs the share seeds): lists its requisitions at the Kingdom (`kingdom` is a channel
-/// authenticated as `edp`) and, for each, caps `vector` at the measurement's maximum
-/// frequency (1 for reach-only), secret-shares it modulo the computation's ring modulus,
+/// authenticated as `edp`) and, for each, takes the measurement's VID sampling interval of
+/// `vector` (the whole population's vector, see [`crate::hmss::sampled`]), caps it at the
+/// measurement's maximum frequency (1 for reach-only), secret-shares it modulo the computation's ring modulus,
 /// seals the seed to the peer non-aggregator's key and streams the share to the fulfilling
 /// duchy (`duchy(id)` gives a channel to it, authenticated as `edp`).
 ///
@@ -226,7 +227,13 @@ where
         .collect::<Result<Vec<_>>>()?;
     let mut done = Vec::with_capacity(reqs.len());
     for (r, h) in reqs.iter().zip(checked) {
-        let capped: Vec<u32> = vector.iter().map(|&x| x.min(h.max_frequency)).collect();
+        let sampled = crate::hmss::sampled(
+            vector,
+            h.spec.vid_sampling_interval_start,
+            h.spec.vid_sampling_interval_width,
+        )
+        .with_context(|| format!("requisition {}", r.name))?;
+        let capped: Vec<u32> = sampled.iter().map(|&x| x.min(h.max_frequency)).collect();
         let peer = crate::hmss::peer_public_key(r)?;
         let f = crate::hmss::share_frequency_vector(&capped, h.ring_modulus, &peer, signer, rng)
             .with_context(|| format!("requisition {}", r.name))?;

@@ -390,6 +390,55 @@ pub fn verify_result(
         .context("the aggregator's signature on the result")
 }
 
+/// The part of a population-wide frequency vector that a data provider sends for VID sampling
+/// interval `[start, start + width)` (mpc-crypto §6.1, `FrequencyVectorBuilder`): with
+/// `N = vector.len()`, `start_i = (int)(N·start)`, `end_i = (int)(N·(start + width)) − 1`; the
+/// primary range `[start_i, min(end_i, N − 1)]` followed by the wrapped range `[0, end_i − N]`
+/// when `end_i ≥ N`. The synthetic populations are already indexed by VID index, so the
+/// reference's VID → index map (a FarmHash sort) is not needed. `width` must be in `(0, 1]`
+/// and `start` in `[0, 1)`.
+pub fn sampled(vector: &[u32], start: f32, width: f32) -> Result<Vec<u32>> {
+    ensure!(
+        width > 0.0 && width <= 1.0,
+        "VID sampling width {width} must be in (0, 1]"
+    );
+    ensure!(
+        (0.0..1.0).contains(&start),
+        "VID sampling start {start} must be in [0, 1)"
+    );
+    let n = vector.len();
+    let (start, width) = (f64::from(start), f64::from(width));
+    let start_i = (n as f64 * start) as i64;
+    let end_i = (n as f64 * (start + width)) as i64 - 1;
+    let last = (n as i64 - 1).min(end_i);
+    let mut out = Vec::with_capacity(((end_i - start_i + 1).max(0)) as usize);
+    if start_i <= last {
+        out.extend_from_slice(&vector[start_i as usize..=last as usize]);
+    }
+    if end_i >= n as i64 {
+        let wrapped = ((end_i - n as i64) as usize).min(n.saturating_sub(1));
+        out.extend_from_slice(&vector[..=wrapped]);
+    }
+    Ok(out)
+}
+
+/// The exact answer a measurement with VID sampling interval `[start, start + width)` gives
+/// without noise: `truth` of the sampled vectors with the reach scaled by `1/width` as the
+/// aggregator does (`(i64)(NE / width)`, mpc-crypto §6.5).
+pub fn sampled_truth(
+    vectors: &[Vec<u32>],
+    max_frequency: u32,
+    start: f32,
+    width: f32,
+) -> Result<(i64, BTreeMap<String, f64>)> {
+    let sampled = vectors
+        .iter()
+        .map(|v| sampled(v, start, width))
+        .collect::<Result<Vec<_>>>()?;
+    let (reach, freq) = truth(&sampled, max_frequency);
+    Ok(((reach as f64 / f64::from(width)) as i64, freq))
+}
+
 /// SplitMix64: a tiny, portable generator so that [`population`] is stable across crate versions.
 struct SplitMix64(u64);
 
@@ -652,6 +701,23 @@ mod tests {
         // An unsigned (raw JSON) plaintext is not accepted.
         let ct = seal(&seed_pk, RESULT_INFO, br#"{"reach": 5}"#, &mut rng).unwrap();
         assert!(open_result(&seed_sk, &ct).is_err());
+    }
+
+    #[test]
+    fn vid_sampling_intervals() {
+        let v: Vec<u32> = (0..10).collect();
+        assert_eq!(sampled(&v, 0.0, 1.0).unwrap(), v);
+        assert_eq!(sampled(&v, 0.2, 0.5).unwrap(), vec![2, 3, 4, 5, 6]);
+        // Wraps around: [8, 9] then [0, 1, 2].
+        assert_eq!(sampled(&v, 0.8, 0.5).unwrap(), vec![8, 9, 0, 1, 2]);
+        assert!(sampled(&v, 0.0, 0.0).is_err());
+        assert!(sampled(&v, 1.0, 0.5).is_err());
+        assert!(sampled(&v, 0.0, 1.5).is_err());
+        let (reach, freq) =
+            sampled_truth(&[vec![0, 1, 0, 2, 1, 0, 0, 3], vec![1; 8]], 3, 0.25, 0.5).unwrap();
+        // Registers 2..=5: sums 1, 3, 2, 1 → 4 reached, scaled by 1/0.5.
+        assert_eq!(reach, 8);
+        assert_eq!(freq["1"], 0.5);
     }
 
     #[test]

@@ -170,6 +170,10 @@ pub struct HmssRequest {
     pub delta: f64,
     /// Ring modulus of both the reach and the R&F configuration.
     pub ring_modulus: i32,
+    /// VID sampling interval: the data providers send the registers in
+    /// `[start, start + width)` of the population and the reach is scaled by `1/width`.
+    pub vid_sampling_start: f32,
+    pub vid_sampling_width: f32,
 }
 
 impl Default for HmssRequest {
@@ -181,6 +185,8 @@ impl Default for HmssRequest {
             epsilon: 1.0,
             delta: 1e-9,
             ring_modulus: 127,
+            vid_sampling_start: 0.0,
+            vid_sampling_width: 1.0,
         }
     }
 }
@@ -213,8 +219,8 @@ impl HmssRequest {
                 .context("maximum frequency out of range")?,
             reach_privacy_params: dp,
             frequency_privacy_params: if self.reach_only { None } else { dp },
-            vid_sampling_interval_start: 0.0,
-            vid_sampling_interval_width: 1.0,
+            vid_sampling_interval_start: self.vid_sampling_start,
+            vid_sampling_interval_width: self.vid_sampling_width,
             nonce_hashes: vec![],
             simulation: Default::default(),
         })
