@@ -465,7 +465,7 @@ async fn run_hmss(
         noise: args.noise.mechanism(),
         epsilon: args.epsilon,
         delta: args.delta,
-        ring_modulus: 127,
+        ..HmssRequest::default()
     };
     let mut rng = rand::rng();
     let mc_id = cluster.options.measurement_consumer.clone();
