@@ -485,9 +485,23 @@ fn setup_phase(
     for i in inputs {
         if let InputOrigin::Requisition((id, header)) = &i.origin {
             let h = hmss_header(header, id)?;
+            let ciphertext = h
+                .secret_seed
+                .map(|s| s.ciphertext)
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    StageError::invalid_input(format!(
+                        "requisition {id}: the data provider sent no secret seed"
+                    ))
+                })?;
+            if h.data_provider_certificate.is_empty() {
+                return Err(StageError::invalid_input(format!(
+                    "requisition {id}: the data provider named no certificate"
+                )));
+            }
             secret_seeds.push(SecretSeed {
                 requisition_id: id.clone(),
-                secret_seed_ciphertext: h.secret_seed.map(|s| s.ciphertext).unwrap_or_default(),
+                secret_seed_ciphertext: ciphertext,
                 register_count: h.register_count,
                 data_provider_certificate: h.data_provider_certificate,
             });

@@ -381,6 +381,44 @@ fn seed_signatures_are_checked() {
     ));
 }
 
+/// SETUP_PHASE refuses a locally fulfilled requisition without a sealed seed or certificate.
+#[test]
+fn setup_needs_a_seed_and_a_certificate() {
+    let s = spec(false, 3, 1.0, 1e-9);
+    let w1 = Hmss::start(ctx(
+        Role::FirstNonAggregator,
+        "w1",
+        vec![],
+        &s,
+        SysNoise::None,
+    ))
+    .unwrap();
+    let w1 = ctx(Role::FirstNonAggregator, "w1", w1.state, &s, SysNoise::None);
+    let good = fulfil("r1", &V1, [1u8; 48], &public_key(&[3u8; 32]).unwrap());
+    assert!(Hmss::execute(w1.clone(), SETUP_PHASE, vec![good.clone()]).is_ok());
+    for (what, strip) in [
+        (
+            "secret seed",
+            (|h: &mut header::HonestMajorityShareShuffle| h.secret_seed = None) as fn(&mut _),
+        ),
+        ("certificate", |h| h.data_provider_certificate.clear()),
+    ] {
+        let mut input = good.clone();
+        let InputOrigin::Requisition((_, bytes)) = &mut input.origin else {
+            panic!()
+        };
+        let mut h = Header::decode(bytes.as_slice()).unwrap();
+        if let Some(header::Protocol::HonestMajorityShareShuffle(p)) = &mut h.protocol {
+            strip(p);
+        }
+        *bytes = h.encode_to_vec();
+        match Hmss::execute(w1.clone(), SETUP_PHASE, vec![input]) {
+            Err(StageError::InvalidInput(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[test]
 fn hpke_round_trip() {
     let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(&[9u8; 32]).unwrap();
