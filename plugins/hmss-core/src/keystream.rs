@@ -10,6 +10,14 @@ pub trait Keystream {
     /// Fills `out` with the next `out.len()` bytes of the stream (spec §6.3).
     fn fill(&mut self, out: &mut [u8]);
 
+    /// The next `n` bytes as an owned buffer. A source that produces owned buffers (a host
+    /// call returns one) hands them over without copying.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; n];
+        self.fill(&mut out);
+        out
+    }
+
     /// Consumes the next `n` bytes without looking at them (the reference discards the unused
     /// rest of a `UniformRange` chunk, §6.3). Seekable streams skip without computing them.
     fn skip(&mut self, n: u64) {
@@ -26,6 +34,10 @@ pub trait Keystream {
 impl<K: Keystream + ?Sized> Keystream for &mut K {
     fn fill(&mut self, out: &mut [u8]) {
         (**self).fill(out)
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        (**self).take(n)
     }
 
     fn skip(&mut self, n: u64) {
@@ -82,8 +94,8 @@ pub fn split_seed(seed: &crate::Seed) -> ([u8; 32], [u8; 16]) {
     (key, iv)
 }
 
-/// A [`Keystream`] over a random-access source `source(offset, out)` that writes keystream
-/// bytes `[offset, offset + out.len())` — e.g. the host import
+/// A [`Keystream`] over a random-access source `source(offset, len)` that returns keystream
+/// bytes `[offset, offset + len)` — e.g. the host import
 /// `crypto::aes256_ctr_keystream(key, iv, offset, len)` (spec §6.3, §8: host AES-NI). Bytes are
 /// fetched in blocks of `block` bytes to bound the number of host calls.
 ///
@@ -101,7 +113,8 @@ pub struct OffsetKeystream<F, E> {
 
 impl<F, E> OffsetKeystream<F, E>
 where
-    F: FnMut(u64, &mut [u8]) -> Result<(), E>,
+    F: FnMut(u64, usize) -> Result<Vec<u8>, E>,
+    E: From<String>,
 {
     /// A stream starting at keystream offset 0, fetching `block` bytes (at least 1) per source call.
     pub fn new(source: F, block: usize) -> Self {
@@ -129,11 +142,33 @@ where
     pub fn position(&self) -> u64 {
         self.next_offset - (self.buf.len() - self.buf_pos) as u64
     }
+
+    /// `n` bytes at the current source offset, or `None` (the stream is then poisoned).
+    fn fetch(&mut self, n: usize) -> Option<Vec<u8>> {
+        match (self.source)(self.next_offset, n) {
+            Ok(bytes) if bytes.len() == n => {
+                self.next_offset += n as u64;
+                Some(bytes)
+            }
+            Ok(bytes) => {
+                self.error = Some(E::from(format!(
+                    "the keystream source returned {} bytes instead of {n}",
+                    bytes.len()
+                )));
+                None
+            }
+            Err(e) => {
+                self.error = Some(e);
+                None
+            }
+        }
+    }
 }
 
 impl<F, E> Keystream for OffsetKeystream<F, E>
 where
-    F: FnMut(u64, &mut [u8]) -> Result<(), E>,
+    F: FnMut(u64, usize) -> Result<Vec<u8>, E>,
+    E: From<String>,
 {
     fn fill(&mut self, out: &mut [u8]) {
         let mut done = 0;
@@ -142,36 +177,37 @@ where
                 out[done..].fill(0);
                 return;
             }
-            let want = out.len() - done;
-            if self.buf_pos == self.buf.len() && want >= self.block {
-                match (self.source)(self.next_offset, &mut out[done..]) {
-                    Ok(()) => {
-                        self.next_offset += want as u64;
+            if self.buf_pos == self.buf.len() {
+                let want = out.len() - done;
+                if want >= self.block {
+                    if let Some(bytes) = self.fetch(want) {
+                        out[done..].copy_from_slice(&bytes);
                         return;
                     }
-                    Err(e) => {
-                        self.error = Some(e);
-                        continue;
-                    }
-                }
-            }
-            if self.buf_pos == self.buf.len() {
-                let want = self.block;
-                self.buf.resize(want, 0);
-                if let Err(e) = (self.source)(self.next_offset, &mut self.buf) {
-                    self.error = Some(e);
-                    self.buf.clear();
-                    self.buf_pos = 0;
                     continue;
                 }
-                self.next_offset += want as u64;
                 self.buf_pos = 0;
+                self.buf = self.fetch(self.block).unwrap_or_default();
+                continue;
             }
             let n = (self.buf.len() - self.buf_pos).min(out.len() - done);
             out[done..done + n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
             self.buf_pos += n;
             done += n;
         }
+    }
+
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        if self.buf_pos == self.buf.len()
+            && n >= self.block
+            && self.error.is_none()
+            && let Some(bytes) = self.fetch(n)
+        {
+            return bytes;
+        }
+        let mut out = vec![0u8; n];
+        self.fill(&mut out);
+        out
     }
 
     fn skip(&mut self, n: u64) {
@@ -211,20 +247,27 @@ mod tests {
     fn offset_keystream_matches_ctr() {
         use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
         let (key, iv) = split_seed(&nist_seed());
-        let source = |offset: u64, out: &mut [u8]| -> Result<(), String> {
+        let source = |offset: u64, len: usize| -> Result<Vec<u8>, String> {
             let mut c = ctr::Ctr128BE::<aes::Aes256>::new(&key.into(), &iv.into());
             c.seek(offset);
-            out.fill(0);
-            c.apply_keystream(out);
-            Ok(())
+            let mut out = vec![0u8; len];
+            c.apply_keystream(&mut out);
+            Ok(out)
         };
         for block in [1usize, 7, 16, 1000] {
             let mut a = OffsetKeystream::new(source, block);
             let mut b = CtrKeystream::from_seed(&nist_seed());
-            for len in [0usize, 3, 17, 64, 5, 300] {
-                let (mut x, mut y) = (vec![0u8; len], vec![0u8; len]);
-                a.fill(&mut x);
+            for (i, len) in [0usize, 3, 17, 64, 5, 300].into_iter().enumerate() {
+                let mut y = vec![0u8; len];
                 b.fill(&mut y);
+                // Alternate between copying reads and owned reads.
+                let x = if i % 2 == 0 {
+                    let mut x = vec![0u8; len];
+                    a.fill(&mut x);
+                    x
+                } else {
+                    a.take(len)
+                };
                 assert_eq!(x, y, "block {block} len {len}");
             }
             assert_eq!(a.position(), 389);
@@ -243,12 +286,11 @@ mod tests {
     #[test]
     fn offset_keystream_poisons_on_error() {
         let mut ks = OffsetKeystream::new(
-            |offset: u64, out: &mut [u8]| {
+            |offset: u64, len: usize| {
                 if offset >= 8 {
-                    return Err("limit");
+                    return Err("limit".to_string());
                 }
-                out.fill(0xab);
-                Ok(())
+                Ok(vec![0xab; len])
             },
             8,
         );
@@ -260,6 +302,14 @@ mod tests {
         ks.fill(&mut y);
         assert_eq!(y, [0; 4]);
         assert!(ks.is_poisoned());
-        assert_eq!(ks.take_error(), Some("limit"));
+        assert_eq!(ks.take_error(), Some("limit".to_string()));
+        // A source that returns the wrong length poisons the stream too.
+        let mut short = OffsetKeystream::new(|_, len: usize| Ok::<_, String>(vec![1; len / 2]), 4);
+        assert_eq!(short.take(16), vec![0; 16]);
+        assert!(
+            short
+                .take_error()
+                .is_some_and(|e| e.contains("8 bytes instead of 16"))
+        );
     }
 }

@@ -111,7 +111,6 @@ impl<K: Keystream> Prng<K> {
         let range = (1u64 << bit_length(q)) as f64;
         let fail = (range - q as f64) / range;
         let block = (Self::BLOCK / bpv) * bpv;
-        let mut buf = Vec::new();
         let mut have = 0usize;
         while have < size {
             let cur = (size - have) as f64;
@@ -119,12 +118,9 @@ impl<K: Keystream> Prng<K> {
             let mut left = chunk.saturating_mul(bpv as u64);
             while left > 0 && have < size {
                 let n = left.min(block as u64) as usize;
-                if buf.len() < n {
-                    buf.resize(n, 0);
-                }
-                self.ks.fill(&mut buf[..n]);
+                let bytes = self.ks.take(n);
                 left -= n as u64;
-                have += take(&buf[..n], size - have);
+                have += take(&bytes, size - have);
             }
             if left > 0 {
                 self.ks.skip(left);

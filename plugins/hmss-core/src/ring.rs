@@ -87,6 +87,24 @@ impl Register for u8 {
         Self::add_assign_slice(acc, x, m)
     }
 
+    fn mul_assign_bytes(acc: &mut [Self], x: &[u8], m: &Modulus) {
+        if m.q != 127 {
+            for (a, &b) in acc.iter_mut().zip(x) {
+                *a = m.mul(u32::from(*a), u32::from(b)) as u8;
+            }
+            return;
+        }
+        // The production modulus 127 = 2^7 − 1 (a Mersenne prime): 128 ≡ 1, so a product
+        // p < 2^14 folds to (p >> 7) + (p & 127) ≤ 253, folds again to ≤ 127, and 127 ≡ 0.
+        // Shifts and adds on u16 lanes: the loop vectorises.
+        for (a, &b) in acc.iter_mut().zip(x) {
+            let p = u16::from(*a) * u16::from(b);
+            let s = (p >> 7) + (p & 127);
+            let s = (s >> 7) + (s & 127);
+            *a = (if s >= 127 { s - 127 } else { s }) as u8;
+        }
+    }
+
     fn max_of(v: &[Self]) -> u32 {
         u32::from(v.iter().fold(0u8, |acc, &x| acc.max(x)))
     }
@@ -229,6 +247,26 @@ mod tests {
                 for b in 0..q {
                     assert_eq!(m.mul(a, b), a * b % q, "{a}·{b} mod {q}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_mul_matches_modulus_mul_for_every_pair() {
+        for q in [127u32, 128, 101, 2] {
+            let m = Modulus::new(q).unwrap();
+            let a: Vec<u8> = (0..q)
+                .flat_map(|x| std::iter::repeat_n(x as u8, q as usize))
+                .collect();
+            let b: Vec<u8> = (0..q).flat_map(|_| 0..q as u8).collect();
+            let mut got = a.clone();
+            u8::mul_assign_bytes(&mut got, &b, &m);
+            for ((&x, &y), &z) in a.iter().zip(&b).zip(&got) {
+                assert_eq!(
+                    u32::from(z),
+                    u32::from(x) * u32::from(y) % q,
+                    "{x}·{y} mod {q}"
+                );
             }
         }
     }

@@ -49,12 +49,11 @@ pub fn shuffle_with<T, K: Keystream>(vec: &mut [T], ks: &mut K) {
         return;
     }
     let cap = BATCH.min(len);
-    let mut draws = vec![0u8; 16 * cap];
     let mut targets = vec![0usize; cap];
     let mut i = 0;
     while i < len {
         let n = cap.min(len - i);
-        ks.fill(&mut draws[..16 * n]);
+        let draws = ks.take(16 * n);
         // The last draw (for i = len − 1) is consumed but unused.
         let used = n.min(len - 1 - i);
         compute_targets(&mut targets[..used], &draws, i, len);

@@ -396,28 +396,27 @@ type KeystreamError = std::rc::Rc<std::cell::RefCell<Option<String>>>;
 fn keystream(
     seed: &Seed,
     error: &KeystreamError,
-) -> OffsetKeystream<impl FnMut(u64, &mut [u8]) -> Result<(), String> + use<>, String> {
+) -> OffsetKeystream<impl FnMut(u64, usize) -> Result<Vec<u8>, String> + use<>, String> {
     let (key, iv) = split_seed(seed);
     let error = error.clone();
     OffsetKeystream::new(
-        move |offset, out: &mut [u8]| {
+        move |offset, len: usize| {
             let bytes =
-                halo_plugin_sdk::crypto::aes256_ctr_keystream(&key, &iv, offset, out.len() as u64)
+                halo_plugin_sdk::crypto::aes256_ctr_keystream(&key, &iv, offset, len as u64)
                     .and_then(|b| {
-                        (b.len() == out.len()).then_some(b).ok_or_else(|| {
-                            "the host returned a keystream of the wrong length".to_string()
-                        })
+                        if b.len() == len {
+                            Ok(b)
+                        } else {
+                            Err(format!(
+                                "the host returned {} keystream bytes, not {len}",
+                                b.len()
+                            ))
+                        }
                     });
-            match bytes {
-                Ok(b) => {
-                    out.copy_from_slice(&b);
-                    Ok(())
-                }
-                Err(e) => {
-                    error.borrow_mut().get_or_insert_with(|| e.clone());
-                    Err(e)
-                }
+            if let Err(e) = &bytes {
+                error.borrow_mut().get_or_insert_with(|| e.clone());
             }
+            bytes
         },
         KEYSTREAM_BLOCK,
     )
