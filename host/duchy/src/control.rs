@@ -58,6 +58,61 @@ fn header_protocol(
     }
 }
 
+/// What the first message of an `AdvanceComputation` stream says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdvanceHeader {
+    /// The computation's global id (from `computations/{id}`).
+    pub gid: String,
+    pub protocol: SystemProtocol,
+    /// The payload description (positive).
+    pub description: i32,
+}
+
+/// Decodes the first message of an `AdvanceComputation` stream (`None`: the stream was empty):
+/// it must be a header naming a computation, a protocol and a positive description.
+pub fn parse_advance_header(
+    first: Option<sys::AdvanceComputationRequest>,
+) -> Result<AdvanceHeader, Status> {
+    use sys::advance_computation_request::Payload;
+    let header = match first {
+        None => return Err(Status::invalid_argument("empty AdvanceComputation stream")),
+        Some(sys::AdvanceComputationRequest {
+            payload: Some(Payload::Header(h)),
+        }) => h,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first message must be the header",
+            ));
+        }
+    };
+    let gid = names::parse_computation(&header.name)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("malformed computation name {:?}", header.name))
+        })?
+        .to_string();
+    let (protocol, description) = header_protocol(&header)?;
+    if description <= 0 {
+        return Err(Status::invalid_argument(
+            "header description is unspecified",
+        ));
+    }
+    Ok(AdvanceHeader {
+        gid,
+        protocol,
+        description,
+    })
+}
+
+/// The payload of a message after the header: `Some(bytes)` for a body chunk, `None` for
+/// anything else (which ends the upload with INVALID_ARGUMENT).
+pub fn advance_body_chunk(m: sys::AdvanceComputationRequest) -> Option<Vec<u8>> {
+    use sys::advance_computation_request::Payload;
+    match m.payload {
+        Some(Payload::BodyChunk(c)) => Some(c.partial_data),
+        _ => None,
+    }
+}
+
 fn is_participant(computation: &[u8], duchy: &str) -> bool {
     sys::Computation::decode(computation).is_ok_and(|c| {
         c.computation_participants
@@ -93,32 +148,14 @@ impl ComputationControl for ControlService {
         &self,
         request: Request<Streaming<sys::AdvanceComputationRequest>>,
     ) -> Result<Response<sys::AdvanceComputationResponse>, Status> {
-        use sys::advance_computation_request::Payload;
         let core = &self.core;
         let sender = caller_duchy(core, &request)?;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
-            None => return Err(Status::invalid_argument("empty AdvanceComputation stream")),
-            Some(sys::AdvanceComputationRequest {
-                payload: Some(Payload::Header(h)),
-            }) => h,
-            Some(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message must be the header",
-                ));
-            }
-        };
-        let gid = names::parse_computation(&header.name)
-            .ok_or_else(|| {
-                Status::invalid_argument(format!("malformed computation name {:?}", header.name))
-            })?
-            .to_string();
-        let (protocol, description) = header_protocol(&header)?;
-        if description <= 0 {
-            return Err(Status::invalid_argument(
-                "header description is unspecified",
-            ));
-        }
+        let AdvanceHeader {
+            gid,
+            protocol,
+            description,
+        } = parse_advance_header(stream.message().await?)?;
         let row = core
             .store
             .get(&gid)
@@ -184,10 +221,7 @@ impl ComputationControl for ControlService {
             &core.store.blob_path(&key),
             core.config.max_payload_bytes,
             true,
-            |m| match m.payload {
-                Some(Payload::BodyChunk(c)) => Some(c.partial_data),
-                _ => None,
-            },
+            advance_body_chunk,
         )
         .await?;
         let input = InputRow {

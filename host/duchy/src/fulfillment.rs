@@ -32,33 +32,71 @@ fn internal(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
 }
 
+/// What the first message of a `FulfillRequisition` stream says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FulfillHeader {
+    pub header: api::fulfill_requisition_request::Header,
+    /// `dp` of the header's `dataProviders/{dp}/requisitions/{r}`.
+    pub data_provider: String,
+    /// `r` of the header's `dataProviders/{dp}/requisitions/{r}`.
+    pub requisition: String,
+}
+
+/// Decodes the first message of a `FulfillRequisition` stream (`None`: the stream was empty):
+/// it must be a header naming `dataProviders/{dp}/requisitions/{r}` with a non-zero nonce.
+pub fn parse_fulfill_header(
+    first: Option<api::FulfillRequisitionRequest>,
+) -> Result<FulfillHeader, Status> {
+    use api::fulfill_requisition_request::Payload;
+    let header = match first {
+        None => return Err(Status::invalid_argument("empty FulfillRequisition stream")),
+        Some(api::FulfillRequisitionRequest {
+            payload: Some(Payload::Header(h)),
+        }) => h,
+        Some(_) => {
+            return Err(Status::invalid_argument(
+                "the first message must be the header",
+            ));
+        }
+    };
+    let (dp, rid) = names::parse_public_requisition(&header.name).ok_or_else(|| {
+        Status::invalid_argument(format!("malformed requisition name {:?}", header.name))
+    })?;
+    if header.nonce == 0 {
+        return Err(Status::invalid_argument("nonce must be set"));
+    }
+    Ok(FulfillHeader {
+        data_provider: dp.to_owned(),
+        requisition: rid.to_owned(),
+        header,
+    })
+}
+
+/// The payload of a message after the header: `Some(bytes)` for a body chunk, `None` for
+/// anything else (which ends the upload with INVALID_ARGUMENT).
+pub fn fulfill_body_chunk(m: api::FulfillRequisitionRequest) -> Option<Vec<u8>> {
+    use api::fulfill_requisition_request::Payload;
+    match m.payload {
+        Some(Payload::BodyChunk(c)) => Some(c.data),
+        _ => None,
+    }
+}
+
 #[tonic::async_trait]
 impl RequisitionFulfillment for FulfillmentService {
     async fn fulfill_requisition(
         &self,
         request: Request<Streaming<api::FulfillRequisitionRequest>>,
     ) -> Result<Response<api::FulfillRequisitionResponse>, Status> {
-        use api::fulfill_requisition_request::Payload;
         let core = &self.core;
         let caller = core.config.trust.authenticate(&request)?;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
-            None => return Err(Status::invalid_argument("empty FulfillRequisition stream")),
-            Some(api::FulfillRequisitionRequest {
-                payload: Some(Payload::Header(h)),
-            }) => h,
-            Some(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message must be the header",
-                ));
-            }
-        };
-        let (dp, rid) = names::parse_public_requisition(&header.name).ok_or_else(|| {
-            Status::invalid_argument(format!("malformed requisition name {:?}", header.name))
-        })?;
-        if header.nonce == 0 {
-            return Err(Status::invalid_argument("nonce must be set"));
-        }
+        let FulfillHeader {
+            header,
+            data_provider,
+            requisition,
+        } = parse_fulfill_header(stream.message().await?)?;
+        let (dp, rid) = (data_provider.as_str(), requisition.as_str());
         if caller != Principal::DataProvider(dp.to_string()) {
             return Err(Status::permission_denied(format!(
                 "{} may not fulfil requisitions of dataProviders/{dp}",
@@ -143,10 +181,7 @@ impl RequisitionFulfillment for FulfillmentService {
                 &core.store.blob_path(&key),
                 core.config.max_payload_bytes,
                 false,
-                |m| match m.payload {
-                    Some(Payload::BodyChunk(c)) => Some(c.data),
-                    _ => None,
-                },
+                fulfill_body_chunk,
             )
             .await?;
             let recorded = core

@@ -112,15 +112,7 @@ pub struct ScanReport {
 }
 
 fn parse_file_name(path: &Path) -> Option<(String, semver::Version)> {
-    let stem = path.file_name()?.to_str()?.strip_suffix(".wasm")?;
-    // The version starts after the last '-' that is followed by a digit.
-    let idx = stem
-        .char_indices()
-        .filter(|(i, c)| *c == '-' && stem[i + 1..].starts_with(|d: char| d.is_ascii_digit()))
-        .map(|(i, _)| i)
-        .next_back()?;
-    let version = semver::Version::parse(&stem[idx + 1..]).ok()?;
-    Some((stem[..idx].to_string(), version))
+    halo_signing::parse_component_file_name(path.file_name()?.to_str()?)
 }
 
 impl PluginRegistry {

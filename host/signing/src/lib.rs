@@ -364,6 +364,33 @@ pub fn signature_path(component_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Extension of a plugin component file.
+pub const COMPONENT_EXTENSION: &str = "wasm";
+
+/// The file name of a plugin component: `<protocol>-<version>.wasm`, e.g. `hmss-1.1.0.wasm`.
+pub fn component_file_name(protocol: &str, version: &semver::Version) -> String {
+    format!("{protocol}-{version}.{COMPONENT_EXTENSION}")
+}
+
+/// Parses a plugin component file name `<protocol>-<semver>.wasm` (no directory part) into the
+/// protocol id and version; `None` if it is not of that form.
+///
+/// The version starts after the first `-` that is followed by a digit and leaves a valid semver
+/// version, so pre-release and build parts may themselves contain `-<digit>`
+/// (`sum-1.0.0-0.3.7.wasm`, `sum-1.0.0+build-5.wasm`) and protocol ids may contain `-` followed
+/// by a letter (`ro-llv2-2.0.0.wasm`).
+pub fn parse_component_file_name(file_name: &str) -> Option<(String, semver::Version)> {
+    let stem = file_name
+        .strip_suffix(COMPONENT_EXTENSION)?
+        .strip_suffix('.')?;
+    stem.char_indices()
+        .filter(|(i, c)| *c == '-' && stem[i + 1..].starts_with(|d: char| d.is_ascii_digit()))
+        .find_map(|(i, _)| {
+            let version = semver::Version::parse(&stem[i + 1..]).ok()?;
+            (i > 0).then(|| (stem[..i].to_string(), version))
+        })
+}
+
 impl Signature {
     /// The TOML text of a `.sig` file.
     pub fn to_toml(&self) -> Result<String, SignError> {
