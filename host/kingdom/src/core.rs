@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use halo_authz::{Facts, Rpc};
 use halo_identity::{Principal, TrustStore};
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::computation::{self, MpcProtocolConfig};
@@ -110,45 +111,43 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Authenticates the caller as a configured duchy.
-    pub fn caller_duchy<T>(&self, req: &tonic::Request<T>) -> Result<String, Status> {
-        match self.trust.authenticate(req)? {
-            Principal::Duchy(id) if self.directory.is_duchy(&id) => Ok(id),
-            Principal::Duchy(id) => Err(Status::permission_denied(format!(
+    /// Authenticates the caller, admits it to `rpc` per the authorization matrix
+    /// (`halo_authz::MATRIX`: system RPCs admit duchies only) and requires a duchy configured
+    /// at this Kingdom. Returns the principal and its duchy id.
+    pub fn caller_duchy<T>(
+        &self,
+        rpc: Rpc,
+        req: &tonic::Request<T>,
+    ) -> Result<(Principal, String), Status> {
+        let caller = self.trust.authenticate(req)?;
+        let id = rpc.admit(&caller)?.to_owned();
+        if !self.directory.is_duchy(&id) {
+            return Err(Status::permission_denied(format!(
                 "duchy {id:?} is not known to this kingdom"
-            ))),
-            other => Err(Status::permission_denied(format!(
-                "{other} may not call the system API (duchies only)"
-            ))),
+            )));
         }
+        Ok((caller, id))
     }
 
-    /// Authenticates the caller as exactly `measurementConsumers/{mc}`.
-    pub fn require_measurement_consumer<T>(
+    /// Authenticates the caller and checks `rpc`'s request-level rules for a resource that
+    /// names the principal `named` (e.g. `measurementConsumers/{named}/...`).
+    pub fn require_named<T>(
         &self,
+        rpc: Rpc,
         req: &tonic::Request<T>,
-        mc: &str,
-    ) -> Result<(), Status> {
-        match self.trust.authenticate(req)? {
-            Principal::MeasurementConsumer(id) if id == mc => Ok(()),
-            other => Err(Status::permission_denied(format!(
-                "{other} may not act on behalf of measurementConsumers/{mc}"
-            ))),
-        }
-    }
-
-    /// Authenticates the caller as exactly `dataProviders/{dp}`.
-    pub fn require_data_provider<T>(
-        &self,
-        req: &tonic::Request<T>,
-        dp: &str,
-    ) -> Result<(), Status> {
-        match self.trust.authenticate(req)? {
-            Principal::DataProvider(id) if id == dp => Ok(()),
-            other => Err(Status::permission_denied(format!(
-                "{other} may not act on behalf of dataProviders/{dp}"
-            ))),
-        }
+        resource: &str,
+        named: &str,
+    ) -> Result<Principal, Status> {
+        let caller = self.trust.authenticate(req)?;
+        rpc.check_request(
+            &caller,
+            resource,
+            &Facts {
+                named: Some(named),
+                ..Facts::default()
+            },
+        )?;
+        Ok(caller)
     }
 
     // ---- views ----------------------------------------------------------------------------
@@ -204,6 +203,7 @@ impl Core {
             // fixed64 stored bit-for-bit in a signed column.
             nonce: row.nonce.map(|n| n as u64).unwrap_or_default(),
             fulfillment_context,
+            data_provider: format!("dataProviders/{}", row.data_provider_id),
         })
     }
 
@@ -253,6 +253,14 @@ pub(crate) fn protocol_of(m: &store::MeasurementRow) -> Result<admin::Protocol, 
         Ok(p) if p != admin::Protocol::Unspecified => Ok(p),
         _ => Err(store::corrupt("protocol", m.protocol)),
     }
+}
+
+/// The duchy ids of a computation's participants (authorization facts).
+pub(crate) fn participant_ids(data: &ComputationData) -> Vec<String> {
+    data.participants
+        .iter()
+        .map(|p| p.duchy_id.clone())
+        .collect()
 }
 
 /// `true` for SUCCEEDED, FAILED and CANCELLED.

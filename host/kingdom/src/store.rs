@@ -218,6 +218,7 @@ pub(crate) struct RequisitionRow {
     pub nonce: Option<i64>,
     pub fulfillment_context: Option<Vec<u8>>,
     pub update_time: i64,
+    pub data_provider_id: String,
 }
 
 /// A measurement with its participants and requisitions, read in one transaction.
@@ -232,10 +233,6 @@ impl ComputationData {
     pub fn participant(&self, duchy_id: &str) -> Option<&ParticipantRow> {
         self.participants.iter().find(|p| p.duchy_id == duchy_id)
     }
-
-    pub fn has_participant(&self, duchy_id: &str) -> bool {
-        self.participant(duchy_id).is_some()
-    }
 }
 
 const MEASUREMENT_COLUMNS: &str = "external_computation_id, external_measurement_id, \
@@ -248,7 +245,7 @@ const PARTICIPANT_COLUMNS: &str = "external_computation_id, duchy_id, state, upd
 
 const REQUISITION_COLUMNS: &str = "external_requisition_id, external_computation_id, state, \
     requisition_spec_hash, nonce_hash, encrypted_requisition_spec, fulfilling_duchy_id, nonce, \
-    fulfillment_context, update_time";
+    fulfillment_context, update_time, data_provider_id";
 
 pub(crate) async fn measurement_by_computation_id(
     conn: &mut SqliteConnection,

@@ -23,6 +23,8 @@ use sha2::{Digest as _, Sha256};
 use sqlx::SqliteConnection;
 use tonic::{Request, Response, Status};
 
+use halo_authz::{Facts, Rpc};
+
 use crate::core::{Core, is_terminal, protocol_of, state_name};
 use crate::names::{self, CertificateKey, MeasurementKey};
 use crate::store::{self, db_error};
@@ -97,8 +99,10 @@ impl Measurements for MeasurementsService {
         &self,
         request: Request<CreateMeasurementRequest>,
     ) -> Result<Response<Measurement>, Status> {
-        let mc = names::parse_measurement_consumer(&request.get_ref().parent)?;
-        self.core.require_measurement_consumer(&request, &mc)?;
+        let parent = &request.get_ref().parent;
+        let mc = names::parse_measurement_consumer(parent)?;
+        self.core
+            .require_named(Rpc::CreateMeasurement, &request, parent, &mc)?;
         let req = request.into_inner();
         let directory = &self.core.directory;
         if !directory.is_measurement_consumer(&mc) {
@@ -261,9 +265,14 @@ impl Measurements for MeasurementsService {
         &self,
         request: Request<GetMeasurementRequest>,
     ) -> Result<Response<Measurement>, Status> {
-        let key = MeasurementKey::parse(&request.get_ref().name)?;
-        self.core
-            .require_measurement_consumer(&request, &key.measurement_consumer_id)?;
+        let name = &request.get_ref().name;
+        let key = MeasurementKey::parse(name)?;
+        self.core.require_named(
+            Rpc::GetMeasurement,
+            &request,
+            name,
+            &key.measurement_consumer_id,
+        )?;
         let mut tx = self.core.db.read().await?;
         let row = store::measurement_by_measurement_id(
             &mut tx,
@@ -283,8 +292,12 @@ impl Measurements for MeasurementsService {
         request: Request<CancelMeasurementRequest>,
     ) -> Result<Response<Measurement>, Status> {
         let key = MeasurementKey::parse(&request.get_ref().name)?;
-        self.core
-            .require_measurement_consumer(&request, &key.measurement_consumer_id)?;
+        self.core.require_named(
+            Rpc::CancelMeasurement,
+            &request,
+            &request.get_ref().name,
+            &key.measurement_consumer_id,
+        )?;
         let name = request.into_inner().name;
         let mut tx = self.core.db.write().await?;
         let row = store::measurement_by_measurement_id(
@@ -322,8 +335,10 @@ impl DataProviderRequisitions for DataProviderRequisitionsService {
         &self,
         request: Request<ListRequisitionsRequest>,
     ) -> Result<Response<ListRequisitionsResponse>, Status> {
-        let dp = names::parse_data_provider(&request.get_ref().parent)?;
-        self.core.require_data_provider(&request, &dp)?;
+        let parent = &request.get_ref().parent;
+        let dp = names::parse_data_provider(parent)?;
+        self.core
+            .require_named(Rpc::ListRequisitions, &request, parent, &dp)?;
         let mut tx = self.core.db.read().await?;
         let rows = store::fulfillable_requisitions(
             &mut tx,
@@ -374,8 +389,9 @@ impl Certificates for CertificatesService {
         &self,
         request: Request<GetCertificateRequest>,
     ) -> Result<Response<Certificate>, Status> {
-        self.core.trust.authenticate(&request)?;
+        let caller = self.core.trust.authenticate(&request)?;
         let name = &request.get_ref().name;
+        Rpc::GetCertificate.check_request(&caller, name, &Facts::default())?;
         let key = CertificateKey::parse(name)?;
         let der = self
             .core

@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::core::{Core, state_name};
+use halo_authz::{Facts, Rpc};
+use halo_identity::Principal;
+
+use crate::core::{Core, participant_ids, state_name};
 use crate::names::{CertificateKey, ComputationKey};
 use crate::store::{self, db_error};
 
@@ -108,6 +111,7 @@ type StreamItem = Result<StreamActiveComputationsResponse, Status>;
 /// One batch of the caller's streamed computations strictly after `after`, read on one snapshot.
 async fn stream_batch(
     core: &Core,
+    caller: &Principal,
     duchy_id: &str,
     after: StreamPosition,
 ) -> Result<Vec<(StreamPosition, Computation)>, Status> {
@@ -138,6 +142,18 @@ async fn stream_batch(
         let Some(data) = store::load_computation(&mut tx, id).await? else {
             continue;
         };
+        // The query already filters by participant; the matrix decides all the same.
+        let participants = participant_ids(&data);
+        let facts = Facts {
+            participants: Some(&participants),
+            ..Facts::default()
+        };
+        if Rpc::StreamActiveComputations
+            .check_resource(caller, "", &facts)
+            .is_err()
+        {
+            continue;
+        }
         let computation = core.computation_view(&data)?;
         out.push((
             StreamPosition {
@@ -155,6 +171,7 @@ async fn stream_batch(
 /// elapses, or the server shuts down.
 async fn run_stream(
     core: Arc<Core>,
+    caller: Principal,
     duchy_id: String,
     mut after: StreamPosition,
     tx: mpsc::Sender<StreamItem>,
@@ -169,7 +186,7 @@ async fn run_stream(
         // Mark the current commit generation as seen *before* reading, so a commit that
         // lands after the read wakes us up.
         changes.borrow_and_update();
-        let batch = match stream_batch(&core, &duchy_id, after).await {
+        let batch = match stream_batch(&core, &caller, &duchy_id, after).await {
             Ok(batch) => batch,
             Err(status) => {
                 let _ = tx.send(Err(status)).await;
@@ -208,20 +225,23 @@ impl Computations for ComputationsService {
         &self,
         request: Request<GetComputationRequest>,
     ) -> Result<Response<Computation>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
-        let key = ComputationKey::parse(&request.get_ref().name)?;
+        let (caller, _) = self.core.caller_duchy(Rpc::GetComputation, &request)?;
+        let name = &request.get_ref().name;
+        let key = ComputationKey::parse(name)?;
         let mut tx = self.core.db.read().await?;
         let data = store::load_computation(&mut tx, key.external_computation_id).await?;
         tx.commit().await.map_err(db_error)?;
-        match data {
-            Some(data) if data.has_participant(&duchy) => {
-                Ok(Response::new(self.core.computation_view(&data)?))
-            }
-            _ => Err(Status::not_found(format!(
-                "computation {} not found",
-                request.get_ref().name
-            ))),
-        }
+        let data = data.ok_or_else(|| Status::not_found(format!("{name} not found")))?;
+        let participants = participant_ids(&data);
+        Rpc::GetComputation.check_resource(
+            &caller,
+            name,
+            &Facts {
+                participants: Some(&participants),
+                ..Facts::default()
+            },
+        )?;
+        Ok(Response::new(self.core.computation_view(&data)?))
     }
 
     type StreamActiveComputationsStream =
@@ -231,10 +251,12 @@ impl Computations for ComputationsService {
         &self,
         request: Request<StreamActiveComputationsRequest>,
     ) -> Result<Response<Self::StreamActiveComputationsStream>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let (caller, duchy) = self
+            .core
+            .caller_duchy(Rpc::StreamActiveComputations, &request)?;
         let after = StreamPosition::from_token(&request.get_ref().continuation_token)?;
         let (tx, rx) = mpsc::channel(STREAM_BATCH_SIZE as usize);
-        tokio::spawn(run_stream(self.core.clone(), duchy, after, tx));
+        tokio::spawn(run_stream(self.core.clone(), caller, duchy, after, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -249,37 +271,38 @@ impl Computations for ComputationsService {
         &self,
         request: Request<SetComputationResultRequest>,
     ) -> Result<Response<Computation>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let rpc = Rpc::SetComputationResult;
+        let (caller, duchy) = self.core.caller_duchy(rpc, &request)?;
         let req = request.into_inner();
         let key = ComputationKey::parse(&req.name)?;
         if req.public_api_version.is_empty() {
             return Err(Status::invalid_argument("public_api_version is required"));
         }
         let (cert_duchy, cert_id) = CertificateKey::parse_duchy(&req.aggregator_certificate)?;
-        if cert_duchy != duchy {
-            return Err(Status::permission_denied(format!(
-                "aggregator_certificate {} does not belong to the caller duchies/{duchy}",
-                req.aggregator_certificate
-            )));
-        }
+        rpc.check_request(
+            &caller,
+            &req.name,
+            &Facts {
+                certificate_owner: Some(Some(&cert_duchy)),
+                ..Facts::default()
+            },
+        )?;
         let id = key.external_computation_id;
         let mut tx = self.core.db.write().await?;
-        let data = match store::load_computation(tx.conn(), id).await? {
-            Some(data) if data.has_participant(&duchy) => data,
-            _ => {
-                return Err(Status::not_found(format!(
-                    "computation {} not found",
-                    req.name
-                )));
-            }
-        };
+        let data = store::load_computation(tx.conn(), id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("{} not found", req.name)))?;
+        let participants = participant_ids(&data);
+        rpc.check_resource(
+            &caller,
+            &req.name,
+            &Facts {
+                participants: Some(&participants),
+                aggregator: Some(&data.measurement.aggregator_duchy_id),
+                ..Facts::default()
+            },
+        )?;
         let m = &data.measurement;
-        if m.aggregator_duchy_id != duchy {
-            return Err(Status::permission_denied(format!(
-                "only the aggregator duchies/{} may set the result of {}",
-                m.aggregator_duchy_id, req.name
-            )));
-        }
         if self
             .core
             .directory

@@ -9,8 +9,10 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
-use crate::names::{self, ParticipantKey};
+use crate::names;
+use crate::service::participants::owned_participant;
 use crate::store;
+use halo_authz::Rpc;
 
 pub(crate) struct ComputationLogEntriesService {
     pub core: Arc<Core>,
@@ -22,18 +24,13 @@ impl ComputationLogEntries for ComputationLogEntriesService {
         &self,
         request: Request<CreateComputationLogEntryRequest>,
     ) -> Result<Response<ComputationLogEntry>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let rpc = Rpc::CreateComputationLogEntry;
+        let (caller, duchy) = self.core.caller_duchy(rpc, &request)?;
         let req = request.into_inner();
-        let key = ParticipantKey::parse(&req.parent)?;
+        let key = owned_participant(rpc, &caller, &req.parent)?;
         let mut entry = req
             .computation_log_entry
             .ok_or_else(|| Status::invalid_argument("computation_log_entry is required"))?;
-        if key.duchy_id != duchy {
-            return Err(Status::permission_denied(format!(
-                "The caller (duchies/{duchy}) doesn't own ComputationParticipant {}",
-                req.parent
-            )));
-        }
         if entry.log_message.is_empty() {
             return Err(Status::invalid_argument(
                 "computation_log_entry.log_message is required",

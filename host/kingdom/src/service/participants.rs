@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use halo_authz::{Facts, Rpc};
+use halo_identity::Principal;
 use halo_proto::halo::v1::Protocol;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
 use halo_proto::system::v1alpha::computation_log_entry::{ErrorDetails, error_details};
@@ -24,14 +26,21 @@ pub(crate) struct ComputationParticipantsService {
     pub core: Arc<Core>,
 }
 
-/// Parses the participant name and checks that the caller owns it.
-fn owned_participant(duchy: &str, name: &str) -> Result<ParticipantKey, Status> {
+/// Parses the participant name and checks `rpc`'s rules (the caller must own it).
+pub(crate) fn owned_participant(
+    rpc: Rpc,
+    caller: &Principal,
+    name: &str,
+) -> Result<ParticipantKey, Status> {
     let key = ParticipantKey::parse(name)?;
-    if key.duchy_id != duchy {
-        return Err(Status::permission_denied(format!(
-            "The caller (duchies/{duchy}) doesn't own ComputationParticipant {name}"
-        )));
-    }
+    rpc.check_request(
+        caller,
+        name,
+        &Facts {
+            named: Some(&key.duchy_id),
+            ..Facts::default()
+        },
+    )?;
     Ok(key)
 }
 
@@ -131,9 +140,11 @@ impl ComputationParticipants for ComputationParticipantsService {
         &self,
         request: Request<GetComputationParticipantRequest>,
     ) -> Result<Response<ComputationParticipant>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let (caller, _) = self
+            .core
+            .caller_duchy(Rpc::GetComputationParticipant, &request)?;
         let name = &request.get_ref().name;
-        let key = owned_participant(&duchy, name)?;
+        let key = owned_participant(Rpc::GetComputationParticipant, &caller, name)?;
         let mut tx = self.core.db.read().await?;
         let rows = store::participants(&mut tx, key.external_computation_id).await?;
         tx.commit().await.map_err(db_error)?;
@@ -148,9 +159,11 @@ impl ComputationParticipants for ComputationParticipantsService {
         &self,
         request: Request<SetParticipantRequisitionParamsRequest>,
     ) -> Result<Response<ComputationParticipant>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let (caller, duchy) = self
+            .core
+            .caller_duchy(Rpc::SetParticipantRequisitionParams, &request)?;
         let req = request.into_inner();
-        let key = owned_participant(&duchy, &req.name)?;
+        let key = owned_participant(Rpc::SetParticipantRequisitionParams, &caller, &req.name)?;
         let mut params = req
             .requisition_params
             .ok_or_else(|| Status::invalid_argument("requisition_params is required"))?;
@@ -230,9 +243,11 @@ impl ComputationParticipants for ComputationParticipantsService {
         &self,
         request: Request<FailComputationParticipantRequest>,
     ) -> Result<Response<ComputationParticipant>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let (caller, duchy) = self
+            .core
+            .caller_duchy(Rpc::FailComputationParticipant, &request)?;
         let req = request.into_inner();
-        let key = owned_participant(&duchy, &req.name)?;
+        let key = owned_participant(Rpc::FailComputationParticipant, &caller, &req.name)?;
         let failure = req
             .failure
             .ok_or_else(|| Status::invalid_argument("failure is required"))?;
@@ -283,9 +298,11 @@ impl ComputationParticipants for ComputationParticipantsService {
         &self,
         request: Request<ConfirmComputationParticipantRequest>,
     ) -> Result<Response<ComputationParticipant>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let (caller, duchy) = self
+            .core
+            .caller_duchy(Rpc::ConfirmComputationParticipant, &request)?;
         let req = request.into_inner();
-        let key = owned_participant(&duchy, &req.name)?;
+        let key = owned_participant(Rpc::ConfirmComputationParticipant, &caller, &req.name)?;
 
         let id = key.external_computation_id;
         let mut tx = self.core.db.write().await?;

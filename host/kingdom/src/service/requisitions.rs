@@ -10,7 +10,9 @@ use halo_proto::system::v1alpha::{FulfillRequisitionRequest, Requisition};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::core::{Core, protocol_of, state_name};
+use halo_authz::{Facts, Rpc};
+
+use crate::core::{Core, participant_ids, protocol_of, state_name};
 use crate::names::RequisitionKey;
 use crate::store::{self, db_error};
 
@@ -29,7 +31,8 @@ impl Requisitions for RequisitionsService {
         &self,
         request: Request<FulfillRequisitionRequest>,
     ) -> Result<Response<Requisition>, Status> {
-        let duchy = self.core.caller_duchy(&request)?;
+        let rpc = Rpc::SystemFulfillRequisition;
+        let (caller, duchy) = self.core.caller_duchy(rpc, &request)?;
         let req = request.into_inner();
         let key = RequisitionKey::parse(&req.name)?;
         if req.nonce == 0 {
@@ -47,22 +50,25 @@ impl Requisitions for RequisitionsService {
             .iter()
             .find(|r| r.external_requisition_id == key.external_requisition_id)
             .ok_or_else(not_found)?;
-        if !data.has_participant(&duchy) {
-            return Err(Status::permission_denied(format!(
-                "duchies/{duchy} does not participate in computation {}",
-                data.measurement.external_computation_id
-            )));
-        }
         let protocol = protocol_of(&data.measurement)?;
-        if protocol == Protocol::HonestMajorityShareShuffle
-            && requisition.fulfilling_duchy_id.as_deref() != Some(duchy.as_str())
-        {
-            return Err(Status::permission_denied(format!(
-                "requisition {} must be fulfilled by duchies/{}, not duchies/{duchy}",
-                req.name,
-                requisition.fulfilling_duchy_id.as_deref().unwrap_or("?")
-            )));
-        }
+        let participants = participant_ids(&data);
+        // HMSS requisitions are assigned to one non-aggregator (an unassigned one matches
+        // no duchy); LLv2 / RoLLv2 ones to none.
+        let assigned = match protocol {
+            Protocol::HonestMajorityShareShuffle => {
+                Some(requisition.fulfilling_duchy_id.as_deref().unwrap_or(""))
+            }
+            _ => None,
+        };
+        rpc.check_resource(
+            &caller,
+            &req.name,
+            &Facts {
+                participants: Some(&participants),
+                assigned_fulfiller: Some(assigned),
+                ..Facts::default()
+            },
+        )?;
         if requisition.state != RequisitionState::Unfulfilled as i32 {
             return Err(Status::failed_precondition(format!(
                 "requisition {} is {}, not UNFULFILLED",

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod authz;
 mod bad_input;
 mod common;
 mod lifecycle;
