@@ -7,5 +7,6 @@ mod authz;
 mod bad_input;
 mod common;
 mod lifecycle;
+mod races;
 mod security;
 mod stream;
