@@ -92,6 +92,14 @@ const PLUGINS: &[Plugin] = &[
         wit: "halo:mpc@1.1.0",
     },
     Plugin {
+        konst: "HOSTILE",
+        package: "hostile",
+        features: &[],
+        id: "hostile",
+        version: "1.0.0",
+        wit: "halo:mpc@1.1.0",
+    },
+    Plugin {
         konst: "WRONG_MAJOR",
         package: "wrong-major",
         features: &[],

@@ -113,7 +113,7 @@ async fn advance_computation_20_mib_is_byte_identical_and_idempotent() {
         .unwrap();
     assert_eq!(input.size, 20 << 20);
     assert_eq!(input.sha256, digest);
-    let stored = std::fs::read(agg.store.blob_path(&input.blob)).unwrap();
+    let stored = std::fs::read(agg.store.blob_path(&input.blob).unwrap()).unwrap();
     assert!(stored == payload, "stored blob differs from what was sent");
 
     // A duplicate delivery (e.g. a retry after a lost response) is acknowledged, changes nothing.

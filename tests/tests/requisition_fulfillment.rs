@@ -135,7 +135,8 @@ async fn fulfilment_is_checked_stored_once_and_reported() {
         .into_iter()
         .find(|x| x.requisition_id == rid)
         .unwrap();
-    let stored = std::fs::read(core.store.blob_path(row.blob.as_deref().unwrap())).unwrap();
+    let stored =
+        std::fs::read(core.store.blob_path(row.blob.as_deref().unwrap()).unwrap()).unwrap();
     assert!(stored == data);
     assert_eq!(row.nonce, Some(nonce));
     client(&edp1, &assigned)
@@ -145,7 +146,8 @@ async fn fulfilment_is_checked_stored_once_and_reported() {
         )))
         .await
         .unwrap();
-    let stored = std::fs::read(core.store.blob_path(row.blob.as_deref().unwrap())).unwrap();
+    let stored =
+        std::fs::read(core.store.blob_path(row.blob.as_deref().unwrap()).unwrap()).unwrap();
     assert!(
         stored == data,
         "a retry must not overwrite the fulfilled data"

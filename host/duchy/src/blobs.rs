@@ -125,3 +125,101 @@ where
         }
     }
 }
+
+// ---- blob keys --------------------------------------------------------------------------
+//
+// A blob key is a relative path under `{data_dir}/blobs`. Keys are made only here, from ids
+// the host validated (`names::valid_id`: 1..=64 of `[A-Za-z0-9_-]`) and numbers; no string
+// from a plugin, a peer or a data provider becomes part of a path any other way, and
+// `Store::blob_path` refuses any key that is not of this shape.
+
+fn id_component(what: &str, id: &str) -> Result<()> {
+    if crate::names::valid_id(id) {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "{what} {:?} is not a valid id; refusing to use it in a blob name",
+            id.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+/// Key of a payload received from `sender` under `description`.
+pub fn input_key(global_id: &str, description: i32, sender: &str) -> Result<String> {
+    id_component("computation id", global_id)?;
+    id_component("sender duchy id", sender)?;
+    Ok(format!("inputs/{global_id}/{description}-{sender}.bin"))
+}
+
+/// Key of the data fulfilled for requisition `requisition_id`.
+pub fn requisition_key(global_id: &str, requisition_id: &str) -> Result<String> {
+    id_component("computation id", global_id)?;
+    id_component("requisition id", requisition_id)?;
+    Ok(format!("requisitions/{global_id}/{requisition_id}.bin"))
+}
+
+/// Key of the `index`th payload a stage produced (the recipient is recorded beside it,
+/// never in the name).
+pub fn output_key(global_id: &str, stage: i32, index: usize) -> Result<String> {
+    id_component("computation id", global_id)?;
+    Ok(format!("outputs/{global_id}/{stage}/{index}.bin"))
+}
+
+/// Whether `key` is a relative path of 1..=4 components, each 1..=100 of
+/// `[A-Za-z0-9_.-]` and not starting with a dot (so never `.` or `..`).
+pub fn is_safe_key(key: &str) -> bool {
+    let parts: Vec<&str> = key.split('/').collect();
+    (1..=4).contains(&parts.len())
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 100
+                && !p.starts_with('.')
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn keys_from_valid_ids_are_safe() {
+        let k = input_key("AAAAAAAAAAE", -3, "worker1").unwrap();
+        assert_eq!(k, "inputs/AAAAAAAAAAE/-3-worker1.bin");
+        assert!(is_safe_key(&k));
+        assert!(is_safe_key(&requisition_key("c_1", "r-2").unwrap()));
+        assert!(is_safe_key(&output_key("c", i32::MIN, usize::MAX).unwrap()));
+    }
+
+    #[test]
+    fn hostile_ids_are_refused() {
+        for bad in ["..", "../x", "/abs", "a/b", "", ".", "a\\b", "x\0", "é"] {
+            assert!(input_key("c", 1, bad).is_err(), "{bad:?}");
+            assert!(input_key(bad, 1, "w").is_err(), "{bad:?}");
+            assert!(requisition_key("c", bad).is_err(), "{bad:?}");
+            assert!(requisition_key(bad, "r").is_err(), "{bad:?}");
+            assert!(output_key(bad, 1, 0).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unsafe_keys_are_recognised() {
+        for bad in [
+            "",
+            "/",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "a/b/",
+            ".hidden",
+            "a\\..\\b",
+            "a/b/c/d/e",
+            "C:x",
+        ] {
+            assert!(!is_safe_key(bad), "{bad:?}");
+        }
+    }
+}

@@ -215,10 +215,12 @@ impl ComputationControl for ControlService {
             )));
         }
 
-        let key = format!("inputs/{gid}/{description}-{sender}.bin");
+        let key = crate::blobs::input_key(&gid, description, &sender)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let path = core.store.blob_path(&key).map_err(internal)?;
         let (size, sha256) = receive_body(
             &mut stream,
-            &core.store.blob_path(&key),
+            &path,
             core.config.max_payload_bytes,
             true,
             advance_body_chunk,

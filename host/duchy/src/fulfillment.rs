@@ -175,10 +175,12 @@ impl RequisitionFulfillment for FulfillmentService {
         }
 
         if req.blob.is_none() {
-            let key = format!("requisitions/{}/{rid}.bin", row.global_id);
+            let key = crate::blobs::requisition_key(&row.global_id, rid)
+                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+            let path = core.store.blob_path(&key).map_err(internal)?;
             let (size, _) = receive_body(
                 &mut stream,
-                &core.store.blob_path(&key),
+                &path,
                 core.config.max_payload_bytes,
                 false,
                 fulfill_body_chunk,

@@ -211,7 +211,15 @@ async fn create(
     let started = tokio::task::spawn_blocking(move || p.start(&ctx)).await?;
     let stages = plugin.stages();
     let (stage, state, failure) = match started {
-        Ok(s) => (s.initial_stage, s.state, None),
+        Ok(s) => match crate::outcome::validate_start(
+            &pin,
+            &stages,
+            core.config.mill.outcome_limits(),
+            &s,
+        ) {
+            Ok(()) => (s.initial_stage, s.state, None),
+            Err(e) => (0, Vec::new(), Some(e.cause)),
+        },
         Err(e) => (0, Vec::new(), Some(e.to_string())),
     };
     let queued =

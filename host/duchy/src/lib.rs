@@ -18,6 +18,7 @@ pub mod kingdom;
 pub mod metrics;
 pub mod mill;
 pub mod names;
+pub mod outcome;
 pub mod protocol;
 pub mod store;
 pub mod testing;
@@ -74,6 +75,26 @@ pub struct MillConfig {
     pub retry_max: Duration,
     /// AdvanceComputation body chunk size (1–4 MiB).
     pub chunk_size: usize,
+    /// Upper bound of everything one stage of a plugin sends (payloads to peers plus the
+    /// result); more fails the computation naming the plugin.
+    pub max_plugin_output_bytes: u64,
+    /// Upper bound of the opaque plugin state carried between stages.
+    pub max_plugin_state_bytes: u64,
+}
+
+/// Default of [`MillConfig::max_plugin_output_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_PLUGIN_OUTPUT_BYTES: u64 = 1 << 30;
+/// Default of [`MillConfig::max_plugin_state_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_PLUGIN_STATE_BYTES: u64 = 16 << 20;
+
+impl MillConfig {
+    /// The limits [`outcome::validate_outcome`] applies.
+    pub fn outcome_limits(&self) -> outcome::OutcomeLimits {
+        outcome::OutcomeLimits {
+            max_output_bytes: self.max_plugin_output_bytes,
+            max_state_bytes: self.max_plugin_state_bytes,
+        }
+    }
 }
 
 impl Default for MillConfig {
@@ -86,6 +107,8 @@ impl Default for MillConfig {
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
             chunk_size: 1 << 20,
+            max_plugin_output_bytes: DEFAULT_MAX_PLUGIN_OUTPUT_BYTES,
+            max_plugin_state_bytes: DEFAULT_MAX_PLUGIN_STATE_BYTES,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::blobs;
 use crate::core::Core;
 use crate::kingdom::EffectError;
 use crate::names;
+use crate::outcome::{OutcomeCheck, validate_outcome};
 use crate::protocol::{
     ComputationResult, InputOrigin, StageError, StageInfo, StageInput, StageKind, StageOutcome,
     SystemProtocol, find_stage,
@@ -139,11 +140,34 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
         None => {
             let inputs = gather_inputs(core, &row, wanted, *requisitions).await?;
             let ctx = core.context(&row)?;
+            let participants: Vec<String> = ctx
+                .participants
+                .iter()
+                .map(|p| p.duchy_id.clone())
+                .collect();
             let p = protocol.clone();
             let stage = row.stage;
             let started = std::time::Instant::now();
             let res = tokio::task::spawn_blocking(move || p.execute(&ctx, stage, inputs)).await;
+            // Plugin outputs are untrusted: check everything before caching or acting on it.
+            let invalid = match &res {
+                Ok(Ok(o)) => {
+                    let check = OutcomeCheck {
+                        plugin: &row.pin,
+                        stages: &stages,
+                        stage: row.stage,
+                        duchy_id: core.id(),
+                        role: row.role,
+                        protocol: row.protocol,
+                        participants: &participants,
+                        limits: core.config.mill.outcome_limits(),
+                    };
+                    validate_outcome(&check, o).err()
+                }
+                _ => None,
+            };
             let outcome_label = match &res {
+                _ if invalid.is_some() => "invalid_outcome",
                 Ok(Ok(_)) => "ok",
                 Ok(Err(StageError::Transient(_))) => "transient",
                 Ok(Err(StageError::Permanent(_))) => "permanent",
@@ -157,6 +181,15 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
                 outcome_label,
                 started.elapsed().as_secs_f64(),
             );
+            if let Some(e) = invalid {
+                return fail(
+                    core,
+                    &row,
+                    Some(attempt_info),
+                    &format!("stage {}: {e}", info.name),
+                )
+                .await;
+            }
             let outcome = match res {
                 Ok(Ok(o)) => o,
                 Ok(Err(StageError::Transient(m))) => {
@@ -195,18 +228,6 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
                     &format!("{} in {:.3}s", info.name, started.elapsed().as_secs_f64()),
                 )
                 .await?;
-            if find_stage(&stages, outcome.next_stage).is_none() {
-                return fail(
-                    core,
-                    &row,
-                    Some(attempt_info),
-                    &format!(
-                        "{} chose unknown next stage {}",
-                        row.pin, outcome.next_stage
-                    ),
-                )
-                .await;
-            }
             let cached = cache_outcome(core, &row, outcome).await?;
             core.store
                 .save_outcome(&gid, row.stage, &serde_json::to_string(&cached)?)
@@ -251,7 +272,7 @@ async fn gather_inputs(
     let mut out = Vec::new();
     for input in core.store.inputs(&row.global_id).await? {
         if wanted.contains(&input.description) {
-            let data = blobs::read_blob(&core.store.blob_path(&input.blob)).await?;
+            let data = blobs::read_blob(&core.store.blob_path(&input.blob)?).await?;
             out.push(StageInput {
                 origin: InputOrigin::Peer {
                     duchy_id: input.sender,
@@ -267,7 +288,7 @@ async fn gather_inputs(
                 continue;
             }
             if let Some(blob) = &r.blob {
-                let data = blobs::read_blob(&core.store.blob_path(blob)).await?;
+                let data = blobs::read_blob(&core.store.blob_path(blob)?).await?;
                 out.push(StageInput {
                     origin: InputOrigin::Requisition {
                         requisition_id: r.requisition_id.clone(),
@@ -288,11 +309,8 @@ async fn cache_outcome(
 ) -> Result<CachedOutcome> {
     let mut sends = Vec::new();
     for (i, s) in o.sends.into_iter().enumerate() {
-        let key = format!(
-            "outputs/{}/{}/{}-{}-{}.bin",
-            row.global_id, row.stage, i, s.description, s.to
-        );
-        blobs::write_blob(&core.store.blob_path(&key), &s.payload).await?;
+        let key = blobs::output_key(&row.global_id, row.stage, i)?;
+        blobs::write_blob(&core.store.blob_path(&key)?, &s.payload).await?;
         sends.push(CachedSend {
             to: s.to,
             description: s.description,
@@ -418,7 +436,11 @@ async fn send_to_peer(
             s.to
         )));
     }
-    let data = blobs::read_blob(&core.store.blob_path(&s.blob))
+    let path = core
+        .store
+        .blob_path(&s.blob)
+        .map_err(|e| EffectError::permanent(format!("{e:#}")))?;
+    let data = blobs::read_blob(&path)
         .await
         .map_err(|e| EffectError::transient(format!("{e:#}")))?;
     let chunk = core.config.mill.chunk_size.clamp(1 << 10, 4 << 20);

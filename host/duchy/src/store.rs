@@ -251,9 +251,17 @@ impl Store {
         &self.blob_root
     }
 
-    /// Absolute path of a blob key.
-    pub fn blob_path(&self, key: &str) -> PathBuf {
-        self.blob_root.join(key)
+    /// Absolute path of a blob key (made by the `blobs::*_key` functions). A key that is not
+    /// a plain relative path of safe components (`blobs::is_safe_key`) is refused, so no
+    /// stored or received value can point outside `{data_dir}/blobs`.
+    pub fn blob_path(&self, key: &str) -> Result<PathBuf> {
+        if !crate::blobs::is_safe_key(key) {
+            return Err(anyhow!(
+                "refusing blob key {:?}: not a safe relative path",
+                key.chars().take(120).collect::<String>()
+            ));
+        }
+        Ok(self.blob_root.join(key))
     }
 
     // ---- herald token -------------------------------------------------------------------
