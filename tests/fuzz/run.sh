@@ -69,8 +69,12 @@ digest = "sha256:9b74c9897bac770ffc029102a200c5de9b74c9897bac770ffc029102a200c5d
 signature = "q1w2ZXJ0eXVpb3Bhc2RmZ2hqa2x6eGN2Ym5tcTF3MmUzcjR0NXk2dTdpOG85cDBxd2VydHl1aW9wYXNkZmdoamts"
 signed_at = "2026-01-02T03:04:05Z"
 '
-seed hmss_wire fv "$(printf '\x0a\x07\x00\x01\x7f\x80\x01\xac\x02')"
-seed hmss_wire agg "$(printf '\x0a\x04\x01\x05\x7e\x03\x10\x03')"
+seed_bytes() { # seed_bytes TARGET NAME PRINTF-ESCAPES (binary seeds)
+    mkdir -p "$here/corpus/$1"
+    [ -e "$here/corpus/$1/seed-$2" ] || printf "$3" >"$here/corpus/$1/seed-$2"
+}
+seed_bytes hmss_wire fv '\x0a\x07\x00\x01\x7f\x80\x01\xac\x02'
+seed_bytes hmss_wire agg '\x0a\x04\x01\x05\x7e\x03\x10\x03'
 
 mkdir -p "$here/logs"
 results=()

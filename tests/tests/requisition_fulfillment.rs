@@ -139,13 +139,19 @@ async fn fulfilment_is_checked_stored_once_and_reported() {
         std::fs::read(core.store.blob_path(row.blob.as_deref().unwrap()).unwrap()).unwrap();
     assert!(stored == data);
     assert_eq!(row.nonce, Some(nonce));
+    // An identical retry (e.g. after a lost response) succeeds; different data does not.
     client(&edp1, &assigned)
+        .fulfill_requisition(tokio_stream::iter(requests(good.clone(), &data)))
+        .await
+        .unwrap();
+    let err = client(&edp1, &assigned)
         .fulfill_requisition(tokio_stream::iter(requests(
             good.clone(),
             b"different bytes",
         )))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let stored =
         std::fs::read(core.store.blob_path(row.blob.as_deref().unwrap()).unwrap()).unwrap();
     assert!(

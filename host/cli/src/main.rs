@@ -56,6 +56,14 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, env = "HALO_LISTEN", default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
+        #[command(flatten)]
+        server_limits: ServerLimitArgs,
+        /// Concurrent StreamActiveComputations calls one duchy may have open.
+        #[arg(long, env = "HALO_MAX_ACTIVE_STREAMS_PER_DUCHY", default_value_t = 4)]
+        max_active_streams_per_duchy: usize,
+        /// Largest page_size of ListRequisitions (larger is clamped).
+        #[arg(long, env = "HALO_MAX_PAGE_SIZE", default_value_t = 1000)]
+        max_page_size: usize,
     },
     /// Run a duchy.
     Duchy {
@@ -82,6 +90,21 @@ enum Command {
         /// executions and times by plugin, version, stage and outcome).
         #[arg(long, env = "HALO_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        #[command(flatten)]
+        server_limits: ServerLimitArgs,
+        /// Ceiling of one AdvanceComputation or fulfilment payload, in bytes (the bound
+        /// applied is derived from the computation's protocol config, at most this).
+        #[arg(long, env = "HALO_MAX_PAYLOAD_BYTES", default_value_t = halo_duchy::DEFAULT_MAX_PAYLOAD_BYTES)]
+        max_payload_bytes: u64,
+        /// Largest frequency vector (HMSS register_count) a payload may carry.
+        #[arg(long, env = "HALO_MAX_REGISTER_COUNT", default_value_t = 1 << 26)]
+        max_register_count: u64,
+        /// Concurrent AdvanceComputation streams one peer duchy may have open here.
+        #[arg(long, env = "HALO_MAX_ADVANCE_STREAMS_PER_PEER", default_value_t = 8)]
+        max_advance_streams_per_peer: usize,
+        /// Concurrent FulfillRequisition streams one data provider may have open here.
+        #[arg(long, env = "HALO_MAX_FULFILLMENT_STREAMS_PER_PROVIDER", default_value_t = 8)]
+        max_fulfillment_streams_per_provider: usize,
     },
     /// Inspect, sign, verify and list protocol plugins.
     #[command(subcommand)]
@@ -93,6 +116,43 @@ enum Command {
     Edp(halo_cli::edp::EdpArgs),
     /// Measurement-consumer simulator: create an HMSS measurement, wait and print the result.
     Mc(halo_cli::mc::McArgs),
+}
+
+/// Connection limits of a server (Kingdom or duchy).
+#[derive(clap::Args, Clone)]
+pub struct ServerLimitArgs {
+    /// Largest gRPC message (decoded or encoded), in bytes.
+    #[arg(long, env = "HALO_MAX_MESSAGE_BYTES", default_value_t = halo_limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// HTTP/2 concurrent streams per connection.
+    #[arg(long, env = "HALO_MAX_CONCURRENT_STREAMS", default_value_t = halo_limits::DEFAULT_MAX_CONCURRENT_STREAMS)]
+    pub max_concurrent_streams: u32,
+    /// A connection whose TLS handshake is not done after this many seconds is closed.
+    #[arg(long, env = "HALO_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// TLS handshakes in progress at once.
+    #[arg(long, env = "HALO_MAX_PENDING_HANDSHAKES", default_value_t = 256)]
+    pub max_pending_handshakes: usize,
+    /// A connection without a call in flight for this many seconds is closed.
+    #[arg(long, env = "HALO_IDLE_TIMEOUT_SECS", default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+}
+
+impl ServerLimitArgs {
+    fn server(&self) -> halo_limits::ServerLimits {
+        halo_limits::ServerLimits {
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+        }
+    }
+
+    fn tls(&self) -> halo_identity::TlsServerLimits {
+        halo_identity::TlsServerLimits {
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_secs),
+            max_pending_handshakes: self.max_pending_handshakes,
+        }
+    }
 }
 
 /// Where a duchy finds its protocol plugins and how it runs them.
@@ -232,12 +292,22 @@ async fn run(cli: Cli) -> Result<()> {
             pki,
             data_dir,
             listen,
+            server_limits,
+            max_active_streams_per_duchy,
+            max_page_size,
         } => {
             init_tracing("info");
             halo_identity::init_crypto();
             let pki = DevPki::load(&pki)
                 .with_context(|| format!("loading PKI from {}", pki.display()))?;
-            let config = halo_sim::kingdom_config(&pki, &data_dir, listen)?;
+            let mut config = halo_sim::kingdom_config(&pki, &data_dir, listen)?;
+            config.tls_limits = server_limits.tls();
+            config.limits = halo_kingdom::KingdomLimits {
+                server: server_limits.server(),
+                max_active_streams_per_duchy,
+                max_page_size,
+                ..halo_kingdom::KingdomLimits::default()
+            };
             let k = halo_kingdom::RunningKingdom::start(config).await?;
             tracing::info!(addr = %k.addr, "kingdom listening");
             shutdown_signal().await;
@@ -257,6 +327,11 @@ async fn run(cli: Cli) -> Result<()> {
             workers,
             plugins,
             metrics_listen,
+            server_limits,
+            max_payload_bytes,
+            max_register_count,
+            max_advance_streams_per_peer,
+            max_fulfillment_streams_per_provider,
         } => {
             init_tracing("info");
             halo_identity::init_crypto();
@@ -288,7 +363,14 @@ async fn run(cli: Cli) -> Result<()> {
                 },
                 herald: HeraldConfig::default(),
                 protocols: registry,
-                max_payload_bytes: 4 << 30,
+                max_payload_bytes,
+                tls_limits: server_limits.tls(),
+                limits: halo_duchy::DuchyLimits {
+                    server: server_limits.server(),
+                    max_register_count,
+                    max_advance_streams_per_peer,
+                    max_fulfillment_streams_per_provider,
+                },
             };
             let d = RunningDuchy::start(config).await?;
             tracing::info!(addr = %d.addr, "duchy listening");

@@ -7,13 +7,18 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-/// Streams chunks into a blob; `finish` makes it visible under its final path.
+/// Marks the temporary file of a blob being written: `{name}.tmp-{random}`.
+const PARTIAL_MARK: &str = ".tmp-";
+
+/// Streams chunks into a blob; `finish` makes it visible under its final path. Dropped
+/// without `finish` (an aborted upload, a cancelled call), it removes its partial file.
 pub struct BlobWriter {
     file: tokio::fs::File,
     tmp: std::path::PathBuf,
     dest: std::path::PathBuf,
     hasher: Sha256,
     size: u64,
+    committed: bool,
 }
 
 impl BlobWriter {
@@ -23,7 +28,11 @@ impl BlobWriter {
                 .await
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let tmp = dest.with_extension(format!("tmp-{}", rand::random::<u64>()));
+        let tmp = dest.with_extension(format!(
+            "{}{}",
+            &PARTIAL_MARK[1..],
+            rand::random::<u64>()
+        ));
         let file = tokio::fs::File::create(&tmp)
             .await
             .with_context(|| format!("creating {}", tmp.display()))?;
@@ -33,6 +42,7 @@ impl BlobWriter {
             dest: dest.to_path_buf(),
             hasher: Sha256::new(),
             size: 0,
+            committed: false,
         })
     }
 
@@ -53,18 +63,60 @@ impl BlobWriter {
     pub async fn finish(mut self) -> Result<(u64, String)> {
         self.file.flush().await?;
         self.file.sync_all().await?;
-        drop(self.file);
         tokio::fs::rename(&self.tmp, &self.dest)
             .await
             .with_context(|| format!("renaming into {}", self.dest.display()))?;
-        Ok((self.size, hex::encode(self.hasher.finalize())))
+        self.committed = true;
+        Ok((self.size, hex::encode(self.hasher.finalize_reset())))
     }
 
     /// Removes the partial file.
-    pub async fn abort(self) {
-        drop(self.file);
-        let _ = tokio::fs::remove_file(&self.tmp).await;
+    pub async fn abort(mut self) {
+        if tokio::fs::remove_file(&self.tmp).await.is_ok() {
+            self.committed = true;
+        }
     }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Removes every partial blob (`*.tmp-*`) under `root`, left by a run that stopped while
+/// receiving or writing. Returns how many were removed.
+pub async fn sweep_partial(root: &Path) -> Result<usize> {
+    fn sweep(dir: &Path, removed: &mut usize) -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                sweep(&path, removed)?;
+            } else if entry.file_name().to_string_lossy().contains(PARTIAL_MARK) {
+                std::fs::remove_file(&path)?;
+                *removed += 1;
+            }
+        }
+        Ok(())
+    }
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut removed = 0;
+        sweep(&root, &mut removed)
+            .with_context(|| format!("removing partial blobs under {}", root.display()))?;
+        Ok(removed)
+    })
+    .await
+    .context("partial-blob sweep task")?
 }
 
 /// Writes a whole blob at once.
@@ -78,6 +130,115 @@ pub async fn read_blob(path: &Path) -> Result<Vec<u8>> {
     tokio::fs::read(path)
         .await
         .with_context(|| format!("reading blob {}", path.display()))
+}
+
+/// A blob being read in chunks (see [`open_chunks`]).
+pub struct ChunkedBlob {
+    /// Size of the blob in bytes.
+    pub len: u64,
+    /// The chunks, in order; one empty chunk for an empty blob.
+    pub chunks: BlobChunks,
+    /// Receives the error if reading fails part-way. The chunk stream then never ends, so a
+    /// call streaming it must be abandoned (not completed with a truncated body).
+    pub failed: tokio::sync::oneshot::Receiver<String>,
+}
+
+/// Opens the blob at `path` for streaming it out `chunk` bytes at a time, so at most one
+/// chunk of it is in memory at once.
+pub async fn open_chunks(path: &Path, chunk: usize) -> Result<ChunkedBlob> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening blob {}", path.display()))?;
+    let len = file
+        .metadata()
+        .await
+        .with_context(|| format!("reading the size of blob {}", path.display()))?
+        .len();
+    let (fail, failed) = tokio::sync::oneshot::channel();
+    Ok(ChunkedBlob {
+        len,
+        chunks: BlobChunks {
+            file,
+            left: len,
+            chunk: chunk.max(1),
+            buf: Vec::new(),
+            filled: 0,
+            empty_pending: len == 0,
+            fail: Some(fail),
+            display: path.display().to_string(),
+        },
+        failed,
+    })
+}
+
+/// The chunk stream of [`ChunkedBlob`].
+pub struct BlobChunks {
+    file: tokio::fs::File,
+    left: u64,
+    chunk: usize,
+    buf: Vec<u8>,
+    filled: usize,
+    empty_pending: bool,
+    /// Taken when a read fails; the stream is then pending forever.
+    fail: Option<tokio::sync::oneshot::Sender<String>>,
+    display: String,
+}
+
+impl BlobChunks {
+    fn failed(&mut self, why: String) -> std::task::Poll<Option<Vec<u8>>> {
+        if let Some(fail) = self.fail.take() {
+            let _ = fail.send(format!("reading blob {}: {why}", self.display));
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl tokio_stream::Stream for BlobChunks {
+    type Item = Vec<u8>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Vec<u8>>> {
+        use std::task::Poll;
+        use tokio::io::AsyncRead;
+        let this = self.get_mut();
+        if this.fail.is_none() {
+            return Poll::Pending;
+        }
+        if this.left == 0 {
+            if this.empty_pending {
+                this.empty_pending = false;
+                return Poll::Ready(Some(Vec::new()));
+            }
+            return Poll::Ready(None);
+        }
+        if this.buf.is_empty() {
+            let want = usize::try_from(this.left)
+                .unwrap_or(usize::MAX)
+                .min(this.chunk);
+            this.buf = vec![0u8; want];
+            this.filled = 0;
+        }
+        loop {
+            let mut rb = tokio::io::ReadBuf::new(&mut this.buf[this.filled..]);
+            match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return this.failed(e.to_string()),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        return this.failed(format!("ends {} bytes early", this.left));
+                    }
+                    this.filled += n;
+                    if this.filled == this.buf.len() {
+                        this.left -= this.filled as u64;
+                        return Poll::Ready(Some(std::mem::take(&mut this.buf)));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Receives the body chunks of a client stream into a new blob at `dest`.
@@ -99,7 +260,11 @@ where
     let mut writer = BlobWriter::create(dest).await.map_err(internal)?;
     let mut chunks = 0usize;
     let outcome: Result<(), tonic::Status> = async {
-        while let Some(msg) = stream.message().await? {
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(halo_limits::oversized_message_status)?
+        {
             let data = chunk_of(msg).ok_or_else(|| {
                 tonic::Status::invalid_argument("only body chunks may follow the header")
             })?;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use halo_authz::{Facts, Rpc};
 use halo_identity::Principal;
 use halo_proto::system::v1alpha as sys;
 use prost::Message;
@@ -14,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::blobs::receive_body;
 use crate::core::Core;
 use crate::names;
-use crate::protocol::{StageKind, SystemProtocol, find_stage};
+use crate::protocol::{PayloadKind, StageKind, SystemProtocol, find_stage, payload_bound};
 use crate::store::InputRow;
 
 pub struct ControlService {
@@ -22,9 +23,10 @@ pub struct ControlService {
 }
 
 pub fn server(core: Arc<Core>) -> ComputationControlServer<ControlService> {
+    let max_message = core.config.limits.server.max_message_bytes;
     ComputationControlServer::new(ControlService { core })
-        .max_decoding_message_size(8 << 20)
-        .max_encoding_message_size(8 << 20)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
 }
 
 fn internal(e: anyhow::Error) -> Status {
@@ -32,14 +34,11 @@ fn internal(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
 }
 
-fn caller_duchy<T>(core: &Core, req: &Request<T>) -> Result<String, Status> {
-    match core.config.trust.authenticate(req)? {
-        Principal::Duchy(d) => Ok(d),
-        other => Err(Status::permission_denied(format!(
-            "{} is not a duchy",
-            other.resource_name()
-        ))),
-    }
+/// Authenticates the caller and admits it to `rpc` (duchies only, per `halo_authz::MATRIX`).
+fn caller_duchy<T>(core: &Core, rpc: Rpc, req: &Request<T>) -> Result<(Principal, String), Status> {
+    let caller = core.config.trust.authenticate(req)?;
+    let id = rpc.admit(&caller)?.to_owned();
+    Ok((caller, id))
 }
 
 fn header_protocol(
@@ -113,12 +112,17 @@ pub fn advance_body_chunk(m: sys::AdvanceComputationRequest) -> Option<Vec<u8>> 
     }
 }
 
-fn is_participant(computation: &[u8], duchy: &str) -> bool {
-    sys::Computation::decode(computation).is_ok_and(|c| {
-        c.computation_participants
-            .iter()
-            .any(|p| names::parse_participant(&p.name).is_some_and(|(_, d)| d == duchy))
-    })
+/// The duchy ids of the participants of a stored computation snapshot (none if it does not
+/// decode, so every participant check fails closed).
+fn participant_ids(computation: &[u8]) -> Vec<String> {
+    sys::Computation::decode(computation)
+        .map(|c| {
+            c.computation_participants
+                .iter()
+                .filter_map(|p| names::parse_participant(&p.name).map(|(_, d)| d.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Reads and discards the rest of a delivery that was already received, still enforcing
@@ -149,7 +153,10 @@ impl ComputationControl for ControlService {
         request: Request<Streaming<sys::AdvanceComputationRequest>>,
     ) -> Result<Response<sys::AdvanceComputationResponse>, Status> {
         let core = &self.core;
-        let sender = caller_duchy(core, &request)?;
+        let rpc = Rpc::AdvanceComputation;
+        let (caller, sender) = caller_duchy(core, rpc, &request)?;
+        // Bounded before anything is read: at most N concurrent deliveries per peer.
+        let _permit = core.advance_streams.try_acquire(&caller.resource_name())?;
         let mut stream = request.into_inner();
         let AdvanceHeader {
             gid,
@@ -162,15 +169,22 @@ impl ComputationControl for ControlService {
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("computation {gid} is unknown here")))?;
+        let resource = names::computation_name(&gid);
+        let participants = participant_ids(&row.computation);
+        // Before the waiting stage is known: the sender must take part at all.
+        rpc.check_resource(
+            &caller,
+            &resource,
+            &Facts {
+                participants: Some(&participants),
+                expected_senders: Some(None),
+                ..Facts::default()
+            },
+        )?;
         if row.protocol != protocol {
             return Err(Status::invalid_argument(format!(
                 "computation {gid} runs {}, the header says {protocol}",
                 row.protocol
-            )));
-        }
-        if !is_participant(&row.computation, &sender) {
-            return Err(Status::permission_denied(format!(
-                "duchy {sender} does not take part in {gid}"
             )));
         }
         if core
@@ -206,22 +220,32 @@ impl ComputationControl for ControlService {
             }
         };
         let expected = core.expected_senders(&row, &from).map_err(internal)?;
-        if let Some(list) = &expected
-            && !list.contains(&sender)
-        {
-            return Err(Status::permission_denied(format!(
-                "stage {} does not expect input from {sender}",
-                info.name
-            )));
-        }
+        rpc.check_resource(
+            &caller,
+            &resource,
+            &Facts {
+                participants: Some(&participants),
+                expected_senders: Some(expected.as_deref()),
+                ..Facts::default()
+            },
+        )?;
 
         let key = crate::blobs::input_key(&gid, description, &sender)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let path = core.store.blob_path(&key).map_err(internal)?;
+        // The bound follows the computation's protocol config (register count, sketch size,
+        // requisitions), so an oversized delivery stops at the bound, before more is written.
+        let computation = sys::Computation::decode(row.computation.as_slice())
+            .map_err(|e| Status::internal(format!("stored computation: {e}")))?;
+        let max = payload_bound(
+            &computation,
+            PayloadKind::StageInput,
+            &core.payload_limits(),
+        );
         let (size, sha256) = receive_body(
             &mut stream,
             &path,
-            core.config.max_payload_bytes,
+            max,
             true,
             advance_body_chunk,
         )
@@ -287,7 +311,8 @@ impl ComputationControl for ControlService {
         request: Request<sys::GetComputationStageRequest>,
     ) -> Result<Response<sys::ComputationStage>, Status> {
         let core = &self.core;
-        caller_duchy(core, &request)?;
+        let rpc = Rpc::GetComputationStage;
+        let (caller, _) = caller_duchy(core, rpc, &request)?;
         let name = request.into_inner().name;
         let (gid, duchy) = names::parse_computation_stage(&name).ok_or_else(|| {
             Status::invalid_argument(format!("malformed ComputationStage name {name:?}"))
@@ -304,6 +329,15 @@ impl ComputationControl for ControlService {
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("computation {gid} is unknown here")))?;
+        let participants = participant_ids(&row.computation);
+        rpc.check_resource(
+            &caller,
+            &name,
+            &Facts {
+                participants: Some(&participants),
+                ..Facts::default()
+            },
+        )?;
         use sys::computation_stage::Stage;
         let stage = match row.protocol {
             SystemProtocol::LiquidLegionsV2 => {

@@ -31,6 +31,10 @@ pub struct Core {
     peers: Mutex<HashMap<String, (String, Channel)>>,
     certificate_name: String,
     stage_identity: Arc<dyn StageIdentity>,
+    /// Concurrent AdvanceComputation streams per peer duchy.
+    pub advance_streams: halo_limits::PerKeyLimiter,
+    /// Concurrent FulfillRequisition streams per data provider.
+    pub fulfillment_streams: halo_limits::PerKeyLimiter,
 }
 
 /// Certificate id as the Kingdom derives it: first 8 bytes of SHA-256(DER), hex.
@@ -59,9 +63,18 @@ pub fn system_protocol_of(c: &Computation) -> Option<SystemProtocol> {
 impl Core {
     pub async fn new(config: DuchyConfig) -> Result<Core> {
         let store = Store::open(&config.data_dir).await?;
+        // Partial uploads of a previous run (crash, kill) are never completed: remove them.
+        let swept = crate::blobs::sweep_partial(store.blob_root()).await?;
+        if swept > 0 {
+            tracing::info!(duchy = %config.id, files = swept, "removed partial uploads of an earlier run");
+        }
         let kingdom = config
             .identity
-            .channel(&config.trust, &config.kingdom_url)
+            .channel(
+                &config.trust,
+                &halo_identity::Principal::Kingdom,
+                &config.kingdom_url,
+            )
             .with_context(|| format!("kingdom channel {}", config.kingdom_url))?;
         let der = config
             .identity
@@ -80,7 +93,17 @@ impl Core {
                 runtime: tokio::runtime::Handle::current(),
             },
         );
+        let advance_streams = halo_limits::PerKeyLimiter::new(
+            "AdvanceComputation streams",
+            config.limits.max_advance_streams_per_peer,
+        );
+        let fulfillment_streams = halo_limits::PerKeyLimiter::new(
+            "FulfillRequisition streams",
+            config.limits.max_fulfillment_streams_per_provider,
+        );
         Ok(Core {
+            advance_streams,
+            fulfillment_streams,
             stage_identity,
             config,
             store,
@@ -125,14 +148,26 @@ impl Core {
             && *u == url
         {
             return Ok(ComputationControlClient::new(ch.clone())
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20));
+                .max_decoding_message_size(self.config.limits.server.max_message_bytes)
+                .max_encoding_message_size(self.config.limits.server.max_message_bytes));
         }
-        let ch = self.config.identity.channel(&self.config.trust, &url)?;
+        let ch = self.config.identity.channel(
+            &self.config.trust,
+            &halo_identity::Principal::Duchy(duchy.to_owned()),
+            &url,
+        )?;
         peers.insert(duchy.to_string(), (url, ch.clone()));
         Ok(ComputationControlClient::new(ch)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+            .max_decoding_message_size(self.config.limits.server.max_message_bytes)
+            .max_encoding_message_size(self.config.limits.server.max_message_bytes))
+    }
+
+    /// The limits payload bounds are derived under ([`crate::protocol::payload_bound`]).
+    pub fn payload_limits(&self) -> crate::protocol::PayloadLimits {
+        crate::protocol::PayloadLimits {
+            max_register_count: self.config.limits.max_register_count,
+            ceiling: self.config.max_payload_bytes,
+        }
     }
 
     /// This duchy's role in `protocol`, if it takes part at all.

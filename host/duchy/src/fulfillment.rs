@@ -3,10 +3,11 @@
 //! once (a retried fulfilment does not write again) and reports the fulfilment to the
 //! Kingdom.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use api::requisition_fulfillment_server::{RequisitionFulfillment, RequisitionFulfillmentServer};
-use halo_identity::Principal;
+use halo_authz::{Facts, Rpc};
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1::MeasurementSpec;
 use halo_proto::system::v1alpha as sys;
@@ -17,14 +18,65 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::blobs::receive_body;
 use crate::core::Core;
 use crate::names;
+use crate::protocol::{PayloadKind, payload_bound};
 
 pub struct FulfillmentService {
     core: Arc<Core>,
+    locks: Arc<LockMap>,
+}
+
+/// One async mutex per requisition being fulfilled, so concurrent fulfilments of the same
+/// requisition are serialized from "is anything recorded?" to "recorded" (the body goes to
+/// a fixed blob name, which must never be overwritten once a header refers to it).
+type LockMap = std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// Holds a requisition's lock; removes its map entry when nobody else waits for it.
+struct RequisitionLock {
+    map: Arc<LockMap>,
+    key: (String, String),
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl RequisitionLock {
+    async fn acquire(map: &Arc<LockMap>, global_id: &str, rid: &str) -> RequisitionLock {
+        let key = (global_id.to_owned(), rid.to_owned());
+        let mutex = map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let guard = mutex.lock_owned().await;
+        RequisitionLock {
+            map: map.clone(),
+            key,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for RequisitionLock {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours plus the map's: nobody else holds (or can, under the map lock, take) a clone.
+        if map
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) <= 2)
+        {
+            map.remove(&self.key);
+        }
+        self.guard.take();
+    }
 }
 
 pub fn server(core: Arc<Core>) -> RequisitionFulfillmentServer<FulfillmentService> {
-    RequisitionFulfillmentServer::new(FulfillmentService { core })
-        .max_decoding_message_size(8 << 20)
+    let max_message = core.config.limits.server.max_message_bytes;
+    RequisitionFulfillmentServer::new(FulfillmentService {
+        core,
+        locks: Arc::default(),
+    })
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message)
 }
 
 fn internal(e: anyhow::Error) -> Status {
@@ -82,6 +134,194 @@ pub fn fulfill_body_chunk(m: api::FulfillRequisitionRequest) -> Option<Vec<u8>> 
     }
 }
 
+/// The most bytes the body of this fulfilment may have ([`payload_bound`]); a declared HMSS
+/// `register_count` above the configured maximum is RESOURCE_EXHAUSTED before any byte of the
+/// body is read.
+fn requisition_bound(
+    core: &Core,
+    computation: &sys::Computation,
+    header: &api::fulfill_requisition_request::Header,
+) -> Result<u64, Status> {
+    let limits = core.payload_limits();
+    let register_count = match &header.protocol {
+        Some(api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(h)) => {
+            let n = u64::try_from(h.register_count).map_err(|_| {
+                Status::invalid_argument(format!("negative register_count {}", h.register_count))
+            })?;
+            if n > limits.max_register_count {
+                return Err(Status::resource_exhausted(format!(
+                    "register_count {n} is above this duchy's maximum of {}",
+                    limits.max_register_count
+                )));
+            }
+            (n > 0).then_some(n)
+        }
+        None => None,
+    };
+    Ok(payload_bound(
+        computation,
+        PayloadKind::Requisition { register_count },
+        &limits,
+    ))
+}
+
+/// `{dp}` of `dataProviders/{dp}` or `dataProviders/{dp}/...`.
+fn data_provider_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("dataProviders/")?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// The header as stored and compared: everything but the etag (a retry may carry a fresh
+/// one).
+fn canonical_header(header: &api::fulfill_requisition_request::Header) -> Vec<u8> {
+    let mut h = header.clone();
+    h.etag.clear();
+    h.encode_to_vec()
+}
+
+/// Reads the rest of a fulfilment stream without storing it: (size, SHA-256).
+async fn hash_body(
+    stream: &mut Streaming<api::FulfillRequisitionRequest>,
+    max: u64,
+) -> Result<(u64, Vec<u8>), Status> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(m) = stream.message().await? {
+        let data = fulfill_body_chunk(m)
+            .ok_or_else(|| Status::invalid_argument("only body chunks may follow the header"))?;
+        size += data.len() as u64;
+        if size > max {
+            return Err(Status::resource_exhausted(format!(
+                "payload larger than {max} bytes"
+            )));
+        }
+        hasher.update(&data);
+    }
+    Ok((size, hasher.finalize().to_vec()))
+}
+
+/// SHA-256 of a stored blob, read in chunks.
+async fn hash_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context as _;
+    use tokio::io::AsyncReadExt as _;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().to_vec())
+}
+
+impl FulfillmentService {
+    /// Stores the body and header of a fulfilment exactly once. Concurrent calls for one
+    /// requisition are serialized; the first records body and header together, later ones
+    /// (retries) are accepted only if header (etag aside) and body are identical to what is
+    /// stored, else FAILED_PRECONDITION. Never leaves one call's body with another's header.
+    async fn store_once(
+        &self,
+        stream: &mut Streaming<api::FulfillRequisitionRequest>,
+        global_id: &str,
+        rid: &str,
+        dp: &str,
+        header: &api::fulfill_requisition_request::Header,
+        max: u64,
+    ) -> Result<(), Status> {
+        let core = &self.core;
+        let _lock = RequisitionLock::acquire(&self.locks, global_id, rid).await;
+        let stored = core
+            .store
+            .requisitions(global_id)
+            .await
+            .map_err(internal)?
+            .into_iter()
+            .find(|r| r.requisition_id == rid)
+            .ok_or_else(|| Status::internal(format!("requisition {rid} vanished")))?;
+        let wanted = canonical_header(header);
+        if let Some(blob) = &stored.blob {
+            let (_, body_hash) = hash_body(stream, max).await?;
+            let stored_header = stored
+                .header
+                .as_deref()
+                .and_then(|b| api::fulfill_requisition_request::Header::decode(b).ok())
+                .map(|h| canonical_header(&h));
+            let path = core.store.blob_path(blob).map_err(internal)?;
+            let stored_hash = hash_file(&path).await.map_err(internal)?;
+            if stored_header.as_deref() != Some(wanted.as_slice()) || stored_hash != body_hash {
+                return Err(Status::failed_precondition(format!(
+                    "requisition {rid} was already fulfilled with different data"
+                )));
+            }
+            return Ok(());
+        }
+        let key = crate::blobs::requisition_key(global_id, rid)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let path = core.store.blob_path(&key).map_err(internal)?;
+        let (size, _) = receive_body(
+            stream,
+            &path,
+            max,
+            false,
+            fulfill_body_chunk,
+        )
+        .await?;
+        let recorded = core
+            .store
+            .record_requisition(global_id, rid, &key, &wanted, header.nonce, core.id())
+            .await
+            .map_err(internal)?;
+        if !recorded {
+            // Cannot happen while the lock is held (only this server records); refuse
+            // rather than guess which body the stored header belongs to.
+            return Err(Status::aborted(format!(
+                "requisition {rid} was recorded concurrently; retry"
+            )));
+        }
+        core.store
+            .audit(
+                global_id,
+                "requisition",
+                &format!("{rid}: {size} bytes from {dp}"),
+            )
+            .await
+            .map_err(internal)?;
+        Ok(())
+    }
+
+    /// Whether the Kingdom's stored state says this duchy already fulfilled `name` with
+    /// `nonce` (so a FAILED_PRECONDITION from a repeated FulfillRequisition is a success).
+    async fn fulfilled_at_kingdom(&self, global_id: &str, name: &str, nonce: u64) -> bool {
+        let core = &self.core;
+        let computation = match core
+            .computations_client()
+            .get_computation(sys::GetComputationRequest {
+                name: names::computation_name(global_id),
+            })
+            .await
+        {
+            Ok(c) => c.into_inner(),
+            Err(s) => {
+                tracing::warn!(computation = %global_id, "cannot re-read the computation: {s}");
+                return false;
+            }
+        };
+        let me = names::participant_name(global_id, core.id());
+        computation.requisitions.iter().any(|r| {
+            r.name == name
+                && r.state == sys::requisition::State::Fulfilled as i32
+                && r.nonce == nonce
+                && r.fulfilling_computation_participant == me
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl RequisitionFulfillment for FulfillmentService {
     async fn fulfill_requisition(
@@ -90,6 +330,10 @@ impl RequisitionFulfillment for FulfillmentService {
     ) -> Result<Response<api::FulfillRequisitionResponse>, Status> {
         let core = &self.core;
         let caller = core.config.trust.authenticate(&request)?;
+        // Bounded before anything is read: at most N concurrent uploads per caller.
+        let _permit = core
+            .fulfillment_streams
+            .try_acquire(&caller.resource_name())?;
         let mut stream = request.into_inner();
         let FulfillHeader {
             header,
@@ -97,29 +341,30 @@ impl RequisitionFulfillment for FulfillmentService {
             requisition,
         } = parse_fulfill_header(stream.message().await?)?;
         let (dp, rid) = (data_provider.as_str(), requisition.as_str());
-        if caller != Principal::DataProvider(dp.to_string()) {
-            return Err(Status::permission_denied(format!(
-                "{} may not fulfil requisitions of dataProviders/{dp}",
-                caller.resource_name()
-            )));
-        }
+        let rpc = Rpc::FulfillRequisition;
         // The certificate that will vouch for the data provider's share seed must be its own
         // (the peer duchy checks the seed's signature against it, halo-system §8.2).
-        if let Some(
-            api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(h),
-        ) = &header.protocol
-        {
-            let own = format!("dataProviders/{dp}/certificates/");
-            if !h.data_provider_certificate.is_empty()
-                && !h.data_provider_certificate.starts_with(&own)
-            {
-                return Err(Status::permission_denied(format!(
-                    "{} may not name certificate {:?} for its requisition",
-                    caller.resource_name(),
-                    h.data_provider_certificate
-                )));
+        let certificate = match &header.protocol {
+            Some(
+                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(h),
+            ) if !h.data_provider_certificate.is_empty() => {
+                Some(h.data_provider_certificate.as_str())
             }
-        }
+            _ => None,
+        };
+        let resource = match certificate {
+            Some(c) => format!("{} (certificate {c:?})", header.name),
+            None => header.name.clone(),
+        };
+        rpc.check_request(
+            &caller,
+            &resource,
+            &Facts {
+                named: Some(dp),
+                certificate_owner: Some(certificate.map(|c| data_provider_of(c).unwrap_or(""))),
+                ..Facts::default()
+            },
+        )?;
         let rows = core.store.find_requisition(rid).await.map_err(internal)?;
         let mut found = None;
         for r in rows {
@@ -143,6 +388,23 @@ impl RequisitionFulfillment for FulfillmentService {
                 core.id()
             )));
         };
+        // Fulfilment is tied to the requisition's own data provider (as the Kingdom recorded
+        // it), not only to whoever knows its nonce and names itself in the request.
+        let system_name = format!("computations/{}/requisitions/{rid}", row.global_id);
+        let owner = comp
+            .requisitions
+            .iter()
+            .find(|r| r.name == system_name)
+            .and_then(|r| data_provider_of(&r.data_provider))
+            .unwrap_or("");
+        rpc.check_resource(
+            &caller,
+            &header.name,
+            &Facts {
+                requisition_owner: Some(owner),
+                ..Facts::default()
+            },
+        )?;
         let nonce_hash = Sha256::digest(header.nonce.to_be_bytes());
         if nonce_hash.as_slice() != req.nonce_hash.as_slice() {
             return Err(Status::failed_precondition(
@@ -174,48 +436,14 @@ impl RequisitionFulfillment for FulfillmentService {
             )));
         }
 
-        if req.blob.is_none() {
-            let key = crate::blobs::requisition_key(&row.global_id, rid)
-                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-            let path = core.store.blob_path(&key).map_err(internal)?;
-            let (size, _) = receive_body(
-                &mut stream,
-                &path,
-                core.config.max_payload_bytes,
-                false,
-                fulfill_body_chunk,
-            )
+        let max = requisition_bound(core, &comp, &header)?;
+        self.store_once(&mut stream, &row.global_id, rid, dp, &header, max)
             .await?;
-            let recorded = core
-                .store
-                .record_requisition(
-                    &row.global_id,
-                    rid,
-                    &key,
-                    &header.encode_to_vec(),
-                    header.nonce,
-                    core.id(),
-                )
-                .await
-                .map_err(internal)?;
-            if recorded {
-                core.store
-                    .audit(
-                        &row.global_id,
-                        "requisition",
-                        &format!("{rid}: {size} bytes from {dp}"),
-                    )
-                    .await
-                    .map_err(internal)?;
-            }
-        } else {
-            while stream.message().await?.is_some() {}
-        }
 
         let res = core
             .requisitions_client()
             .fulfill_requisition(sys::FulfillRequisitionRequest {
-                name: format!("computations/{}/requisitions/{rid}", row.global_id),
+                name: system_name.clone(),
                 nonce: header.nonce,
                 fulfillment_context: header.fulfillment_context.map(|c| {
                     sys::requisition::FulfillmentContext {
@@ -228,8 +456,16 @@ impl RequisitionFulfillment for FulfillmentService {
             .await;
         match res {
             Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::FailedPrecondition && req.blob.is_some() => {
-                // Already fulfilled at the Kingdom by an earlier attempt of this call.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                // Only "already fulfilled by us with this nonce" (an earlier attempt whose
+                // response was lost) counts as success; any other precondition failure
+                // (cancelled computation, requisition withdrawn, ...) is reported as is.
+                if !self
+                    .fulfilled_at_kingdom(&row.global_id, &system_name, header.nonce)
+                    .await
+                {
+                    return Err(s);
+                }
             }
             Err(s) => return Err(s),
         }

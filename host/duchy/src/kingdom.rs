@@ -56,16 +56,26 @@ pub(crate) fn timestamp_now() -> prost_types::Timestamp {
 }
 
 impl Core {
+    fn max_message(&self) -> usize {
+        self.config.limits.server.max_message_bytes
+    }
+
     pub fn computations_client(&self) -> ComputationsClient<Channel> {
-        ComputationsClient::new(self.kingdom_channel()).max_decoding_message_size(64 << 20)
+        ComputationsClient::new(self.kingdom_channel())
+            .max_decoding_message_size(self.max_message())
+            .max_encoding_message_size(self.max_message())
     }
 
     pub fn participants_client(&self) -> ComputationParticipantsClient<Channel> {
         ComputationParticipantsClient::new(self.kingdom_channel())
+            .max_decoding_message_size(self.max_message())
+            .max_encoding_message_size(self.max_message())
     }
 
     pub fn requisitions_client(&self) -> RequisitionsClient<Channel> {
         RequisitionsClient::new(self.kingdom_channel())
+            .max_decoding_message_size(self.max_message())
+            .max_encoding_message_size(self.max_message())
     }
 
     async fn my_participant(

@@ -161,8 +161,40 @@ pub struct DuchyConfig {
     pub mill: MillConfig,
     pub herald: HeraldConfig,
     pub protocols: Arc<dyn ProtocolRegistry>,
-    /// Upper bound of one AdvanceComputation or fulfilment payload.
+    /// Ceiling of one AdvanceComputation or fulfilment payload; the bound actually applied
+    /// is derived from the computation's protocol config ([`protocol::payload_bound`]).
     pub max_payload_bytes: u64,
+    /// TLS handshake timeout and concurrent handshakes of the server.
+    pub tls_limits: halo_identity::TlsServerLimits,
+    /// Connection and per-principal limits of the servers.
+    pub limits: DuchyLimits,
+}
+
+/// Default of [`DuchyConfig::max_payload_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u64 = 1 << 30;
+
+/// Resource limits of a duchy's servers (see README "Limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DuchyLimits {
+    /// Message size, HTTP/2 streams per connection, idle timeout.
+    pub server: halo_limits::ServerLimits,
+    /// Largest frequency vector (HMSS `register_count`) a payload may carry.
+    pub max_register_count: u64,
+    /// Concurrent AdvanceComputation streams one peer duchy may have open here.
+    pub max_advance_streams_per_peer: usize,
+    /// Concurrent FulfillRequisition streams one data provider may have open here.
+    pub max_fulfillment_streams_per_provider: usize,
+}
+
+impl Default for DuchyLimits {
+    fn default() -> Self {
+        DuchyLimits {
+            server: halo_limits::ServerLimits::default(),
+            max_register_count: 1 << 26,
+            max_advance_streams_per_peer: 8,
+            max_fulfillment_streams_per_provider: 8,
+        }
+    }
 }
 
 /// A running duchy: herald, mill pool and the two gRPC servers.
@@ -183,12 +215,20 @@ impl RunningDuchy {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let tls = config.identity.server_tls(&config.trust);
+        let tls = config
+            .identity
+            .server_config(&config.trust)
+            .context("server TLS config")?;
+        let incoming = halo_identity::tls_incoming(listener, tls, config.tls_limits);
+        let (incoming, idle) =
+            halo_limits::idle::track(incoming, config.limits.server.idle_timeout);
         let mut stop = shutdown_rx.clone();
-        let server = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .context("server TLS config")?
+        let server = config
+            .limits
+            .server
+            .apply(tonic::transport::Server::builder())
+            .layer(idle)
+            .layer(halo_identity::AuthenticateLayer::new(config.trust.clone()))
             .add_service(control::server(core.clone()))
             .add_service(fulfillment::server(core.clone()))
             .serve_with_incoming_shutdown(incoming, async move {

@@ -440,43 +440,53 @@ async fn send_to_peer(
         .store
         .blob_path(&s.blob)
         .map_err(|e| EffectError::permanent(format!("{e:#}")))?;
-    let data = blobs::read_blob(&path)
+    // Streamed from the file one chunk at a time: the payload is never whole in memory.
+    let chunk = core.config.mill.chunk_size.clamp(1 << 10, 4 << 20);
+    let blob = blobs::open_chunks(&path, chunk)
         .await
         .map_err(|e| EffectError::transient(format!("{e:#}")))?;
-    let chunk = core.config.mill.chunk_size.clamp(1 << 10, 4 << 20);
+    let sent = blob.len;
+    let failed = blob.failed;
     let header = advance_header(row.protocol, &row.global_id, s.description);
-    let mut msgs = vec![header];
-    for c in data.chunks(chunk) {
-        msgs.push(sys::AdvanceComputationRequest {
+    fn body_chunk(partial_data: Vec<u8>) -> sys::AdvanceComputationRequest {
+        sys::AdvanceComputationRequest {
             payload: Some(sys::advance_computation_request::Payload::BodyChunk(
-                sys::advance_computation_request::BodyChunk {
-                    partial_data: c.to_vec(),
-                },
+                sys::advance_computation_request::BodyChunk { partial_data },
             )),
-        });
+        }
     }
-    if data.is_empty() {
-        msgs.push(sys::AdvanceComputationRequest {
-            payload: Some(sys::advance_computation_request::Payload::BodyChunk(
-                sys::advance_computation_request::BodyChunk {
-                    partial_data: Vec::new(),
-                },
-            )),
-        });
+    use tokio_stream::StreamExt as _;
+    let msgs = tokio_stream::once(header).chain(blob.chunks.map(body_chunk));
+    // A read error abandons the call (cancelling the stream), never completes it. The call
+    // runs in its own task (owning client and stream), which the read error aborts.
+    let call = tokio::spawn(async move { client.advance_computation(msgs).await });
+    let abort = call.abort_handle();
+    let read_error = Box::pin(async move {
+        match failed.await {
+            Ok(e) => e,
+            Err(_) => futures::future::pending().await,
+        }
+    });
+    match futures::future::select(call, read_error).await {
+        futures::future::Either::Left((joined, _)) => {
+            joined
+                .map_err(|e| EffectError::transient(format!("delivery task: {e}")))?
+                .map_err(|st| {
+                    EffectError::from_status(&format!("AdvanceComputation to {}", s.to), &st)
+                })?;
+        }
+        futures::future::Either::Right((e, _)) => {
+            abort.abort();
+            return Err(EffectError::transient(e));
+        }
     }
-    client
-        .advance_computation(tokio_stream::iter(msgs))
-        .await
-        .map_err(|st| EffectError::from_status(&format!("AdvanceComputation to {}", s.to), &st))?;
     core.store
         .audit(
             &row.global_id,
             "sent",
             &format!(
-                "{} bytes (description {}) to {}",
-                data.len(),
-                s.description,
-                s.to
+                "{sent} bytes (description {}) to {}",
+                s.description, s.to
             ),
         )
         .await

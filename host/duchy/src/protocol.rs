@@ -348,3 +348,181 @@ impl ProtocolRegistry for StaticRegistry {
 pub fn find_stage(stages: &[StageInfo], number: i32) -> Option<&StageInfo> {
     stages.iter().find(|s| s.number == number)
 }
+
+// ---- payload bounds -----------------------------------------------------------------------
+
+/// Bytes one encoded register may take on the wire: a `uint32` varint needs at most 5 (and a
+/// fixed-width little-endian `u32`, as the test protocol sends, 4).
+pub const MAX_REGISTER_BYTES: u64 = 5;
+/// Liquid Legions v2: bytes of one sketch register (three ElGamal ciphertexts, each two
+/// compressed P-256 points of 33 bytes).
+pub const LLV2_REGISTER_BYTES: u64 = 3 * 2 * 33;
+/// Allowance per requisition for what travels beside the registers (sealed seeds, certificate
+/// names, signatures).
+pub const PER_REQUISITION_ALLOWANCE: u64 = 16 << 10;
+/// Fixed allowance for protobuf framing and small fields.
+pub const PAYLOAD_ALLOWANCE: u64 = 64 << 10;
+
+/// The configured limits a payload bound is derived under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadLimits {
+    /// Largest frequency vector (HMSS `register_count`) a data provider may send, and so the
+    /// largest vector any stage carries.
+    pub max_register_count: u64,
+    /// Ceiling of any one payload, whatever the protocol config says.
+    pub ceiling: u64,
+}
+
+/// What a bound is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// One AdvanceComputation payload (one sender, one description) of any stage.
+    StageInput,
+    /// The body of one requisition; `register_count` is what the fulfilment header declares
+    /// (HMSS), if anything.
+    Requisition { register_count: Option<u64> },
+}
+
+/// The most bytes one payload of computation `c` may carry, derived from the protocol's
+/// expected sizes (never above `limits.ceiling`):
+///
+/// * Honest Majority Share Shuffle: a payload is at most one frequency vector —
+///   `register_count` registers (the header's for a requisition, else the configured
+///   maximum) of at most [`MAX_REGISTER_BYTES`] each — plus a seed allowance per requisition.
+/// * Liquid Legions v2 (and reach-only): the sketches of all requisitions plus as many noise
+///   registers again, `max_size` registers of [`LLV2_REGISTER_BYTES`] each; one requisition
+///   is one sketch.
+/// * Anything else (unknown protocol): the ceiling.
+pub fn payload_bound(
+    c: &halo_proto::system::v1alpha::Computation,
+    kind: PayloadKind,
+    limits: &PayloadLimits,
+) -> u64 {
+    use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as P;
+    let requisitions = c.requisitions.len() as u64;
+    let protocol = c
+        .mpc_protocol_config
+        .as_ref()
+        .and_then(|m| m.protocol.as_ref());
+    let bound = match protocol {
+        Some(P::HonestMajorityShareShuffle(_)) => {
+            let registers = match kind {
+                PayloadKind::Requisition {
+                    register_count: Some(n),
+                } => n.min(limits.max_register_count),
+                _ => limits.max_register_count,
+            };
+            registers
+                .saturating_mul(MAX_REGISTER_BYTES)
+                .saturating_add(requisitions.saturating_mul(PER_REQUISITION_ALLOWANCE))
+                .saturating_add(PAYLOAD_ALLOWANCE)
+        }
+        Some(P::LiquidLegionsV2(p)) | Some(P::ReachOnlyLiquidLegionsV2(p)) => {
+            let max_size = p
+                .sketch_params
+                .as_ref()
+                .and_then(|s| u64::try_from(s.max_size).ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(limits.max_register_count);
+            let sketches = match kind {
+                PayloadKind::StageInput => requisitions.max(1).saturating_mul(2),
+                PayloadKind::Requisition { .. } => 1,
+            };
+            max_size
+                .saturating_mul(LLV2_REGISTER_BYTES)
+                .saturating_mul(sketches)
+                .saturating_add(PAYLOAD_ALLOWANCE)
+        }
+        Some(P::TrusTee(_)) | None => limits.ceiling,
+    };
+    bound.min(limits.ceiling)
+}
+
+#[cfg(test)]
+mod payload_bound_tests {
+    use super::*;
+    use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
+    use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
+        self as mpc, Protocol as P, liquid_legions_v2 as llv2,
+    };
+    use halo_proto::system::v1alpha::{Computation, Requisition};
+
+    fn computation(p: P, requisitions: usize) -> Computation {
+        Computation {
+            mpc_protocol_config: Some(MpcProtocolConfig { protocol: Some(p) }),
+            requisitions: vec![Requisition::default(); requisitions],
+            ..Default::default()
+        }
+    }
+
+    const LIMITS: PayloadLimits = PayloadLimits {
+        max_register_count: 1 << 20,
+        ceiling: 1 << 30,
+    };
+
+    #[test]
+    fn hmss_follows_register_count_and_requisitions() {
+        let c = computation(P::HonestMajorityShareShuffle(Default::default()), 3);
+        let stage = payload_bound(&c, PayloadKind::StageInput, &LIMITS);
+        assert_eq!(stage, (1 << 20) * 5 + 3 * (16 << 10) + (64 << 10));
+        // A declared register count narrows a requisition's bound...
+        let small = payload_bound(
+            &c,
+            PayloadKind::Requisition {
+                register_count: Some(1000),
+            },
+            &LIMITS,
+        );
+        assert_eq!(small, 5000 + 3 * (16 << 10) + (64 << 10));
+        // ...but never widens it past the configured maximum.
+        let huge = payload_bound(
+            &c,
+            PayloadKind::Requisition {
+                register_count: Some(u64::MAX),
+            },
+            &LIMITS,
+        );
+        assert_eq!(huge, stage);
+    }
+
+    #[test]
+    fn llv2_follows_sketch_size() {
+        let p = mpc::LiquidLegionsV2 {
+            sketch_params: Some(llv2::LiquidLegionsSketchParams {
+                decay_rate: 12.0,
+                max_size: 1000,
+            }),
+            ..Default::default()
+        };
+        let c = computation(P::LiquidLegionsV2(p.clone()), 2);
+        assert_eq!(
+            payload_bound(&c, PayloadKind::StageInput, &LIMITS),
+            1000 * 198 * 4 + (64 << 10)
+        );
+        let c = computation(P::ReachOnlyLiquidLegionsV2(p), 2);
+        assert_eq!(
+            payload_bound(
+                &c,
+                PayloadKind::Requisition {
+                    register_count: None
+                },
+                &LIMITS
+            ),
+            1000 * 198 + (64 << 10)
+        );
+    }
+
+    #[test]
+    fn ceiling_caps_everything() {
+        let limits = PayloadLimits {
+            max_register_count: u64::MAX,
+            ceiling: 12345,
+        };
+        let c = computation(P::HonestMajorityShareShuffle(Default::default()), 1000);
+        assert_eq!(payload_bound(&c, PayloadKind::StageInput, &limits), 12345);
+        assert_eq!(
+            payload_bound(&Computation::default(), PayloadKind::StageInput, &limits),
+            12345
+        );
+    }
+}

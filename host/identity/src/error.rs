@@ -105,6 +105,17 @@ pub enum IdentityError {
         /// What went wrong.
         message: String,
     },
+    /// Building a rustls configuration failed.
+    #[error("{context}: {message}")]
+    Tls {
+        /// Which configuration.
+        context: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A principal has no trusted root to check a server against.
+    #[error("no trusted root for {0}: cannot check that a server is this principal")]
+    NoRootFor(String),
     /// Building a tonic endpoint failed (bad URL or TLS configuration).
     #[error("cannot configure channel to {url}: {source}")]
     Transport {

@@ -6,7 +6,7 @@ use std::path::Path;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TonicIdentity, ServerTlsConfig,
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TonicIdentity,
 };
 
 use crate::pki::{CERT_FILE, KEY_FILE, ROOT_FILE};
@@ -66,39 +66,44 @@ impl Identity {
         TonicIdentity::from_pem(&self.cert_pem, &self.key_pem)
     }
 
-    /// `tonic::transport::ServerTlsConfig` with this identity and
-    /// `client_ca_root(trust.roots_pem())`: client certificates are REQUIRED and must chain to
-    /// one of the trusted roots. Callers then identify clients with [`TrustStore::authenticate`].
-    ///
-    /// Errors in the PEM data surface when the server starts (`Server::tls_config`).
-    pub fn server_tls(&self, trust: &TrustStore) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.tonic_identity())
-            .client_ca_root(Certificate::from_pem(trust.roots_pem()))
-            .client_auth_optional(false)
-    }
-
-    /// `tonic::transport::ClientTlsConfig` trusting `trust.roots_pem()`, presenting this identity
-    /// as client certificate and expecting the server certificate to be valid for
-    /// [`TLS_DOMAIN`] ("localhost").
-    pub fn client_tls(&self, trust: &TrustStore) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(trust.roots_pem()))
+    /// `tonic::transport::ClientTlsConfig` presenting this identity as client certificate and
+    /// trusting ONLY the roots of `server`: the server must prove it is that principal (its
+    /// certificate chains to one of `server`'s roots and is valid for [`TLS_DOMAIN`]), not
+    /// merely any holder of a certificate from a trusted root.
+    pub fn client_tls(
+        &self,
+        trust: &TrustStore,
+        server: &Principal,
+    ) -> Result<ClientTlsConfig, IdentityError> {
+        let roots = trust.roots_pem_of(server);
+        if roots.is_empty() {
+            return Err(IdentityError::NoRootFor(server.resource_name()));
+        }
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(roots))
             .identity(self.tonic_identity())
             .domain_name(TLS_DOMAIN)
+            .timeout(std::time::Duration::from_secs(10)))
     }
 
-    /// A lazily connecting [`Channel`] to `url` (e.g. `"https://127.0.0.1:4000"`) using
-    /// [`Identity::client_tls`]. No I/O happens here, but it must be called from within a
-    /// Tokio runtime (tonic spawns the channel's worker task).
-    pub fn channel(&self, trust: &TrustStore, url: &str) -> Result<Channel, IdentityError> {
+    /// A lazily connecting [`Channel`] to `url` (e.g. `"https://127.0.0.1:4000"`), which must be
+    /// served by `server` (see [`Identity::client_tls`]; a server presenting another principal's
+    /// certificate fails the connection). No I/O happens here, but it must be called from
+    /// within a Tokio runtime (tonic spawns the channel's worker task).
+    pub fn channel(
+        &self,
+        trust: &TrustStore,
+        server: &Principal,
+        url: &str,
+    ) -> Result<Channel, IdentityError> {
         let transport = |source| IdentityError::Transport {
             url: url.to_owned(),
             source,
         };
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(transport)?
-            .tls_config(self.client_tls(trust))
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .tls_config(self.client_tls(trust, server)?)
             .map_err(transport)?;
         Ok(endpoint.connect_lazy())
     }

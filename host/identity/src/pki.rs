@@ -232,22 +232,7 @@ impl Root {
         let context = format!("root CA of {principal}");
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(IdentityError::generation(&context))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Halo development PKI");
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("{} root CA", principal.resource_name()),
-        );
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.key_identifier_method = KeyIdMethod::Sha256;
+        let params = root_params(principal);
         let cert = params
             .self_signed(&key)
             .map_err(IdentityError::generation(&context))?;
@@ -258,12 +243,44 @@ impl Root {
     }
 }
 
+/// Parameters of `principal`'s development root CA.
+fn root_params(principal: &Principal) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Halo development PKI");
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("{} root CA", principal.resource_name()),
+    );
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.key_identifier_method = KeyIdMethod::Sha256;
+    params
+}
+
 /// Issues a serverAuth+clientAuth leaf for `principal` (SANs localhost, 127.0.0.1, ::1),
 /// with or without an Authority Key Identifier. Returns `(cert_pem, key_pem)`.
 fn issue_leaf(
     principal: &Principal,
     issuer: &Issuer<'_, KeyPair>,
     with_akid: bool,
+) -> Result<(String, String), IdentityError> {
+    issue_leaf_with(principal, issuer, |params| {
+        params.use_authority_key_identifier_extension = with_akid;
+    })
+}
+
+/// [`issue_leaf`] with the parameters adjusted by `customize` before signing.
+fn issue_leaf_with(
+    principal: &Principal,
+    issuer: &Issuer<'_, KeyPair>,
+    customize: impl FnOnce(&mut CertificateParams),
 ) -> Result<(String, String), IdentityError> {
     let context = format!("leaf certificate of {principal}");
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
@@ -287,7 +304,8 @@ fn issue_leaf(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    params.use_authority_key_identifier_extension = with_akid;
+    params.use_authority_key_identifier_extension = true;
+    customize(&mut params);
     let cert = params
         .signed_by(&key, issuer)
         .map_err(IdentityError::generation(&context))?;
@@ -341,6 +359,82 @@ pub fn identity_with_two_cert_chain(
         cert_pem,
         key_pem,
         root_pem,
+    })
+}
+
+/// For tests (an attacker's certificate): a leaf naming `victim` whose Authority Key Identifier
+/// is `victim`'s root SKID, but which `signer`'s root signed (its Issuer is `signer`'s root
+/// name, so it chains to `signer`'s trusted root by name; with `victim_issuer_name` its Issuer
+/// is `victim`'s root name instead). A server that took the AKID as the identity without
+/// checking the signature would take it for `victim`.
+pub fn forged_akid_identity(
+    pki: &DevPki,
+    signer: &Principal,
+    victim: &Principal,
+    victim_issuer_name: bool,
+) -> Result<Identity, IdentityError> {
+    let (_, signer_entry) = pki.issuer(signer)?;
+    let victim_entry = pki
+        .entry(victim)
+        .ok_or_else(|| IdentityError::UnknownPrincipal(victim.resource_name()))?;
+    let victim_skid =
+        crate::certificate_skid(&victim_entry.identity.root_pem)?.ok_or_else(|| {
+            IdentityError::MissingSkid {
+                principal: victim.resource_name(),
+            }
+        })?;
+    let key_pem = signer_entry
+        .root_key_pem
+        .as_deref()
+        .ok_or_else(|| IdentityError::MissingRootKey(signer.resource_name()))?;
+    let key = KeyPair::from_pem(key_pem)
+        .map_err(IdentityError::generation(format!("root key of {signer}")))?;
+    // The signer's root as an issuer (same subject name as `Root::generate` gives it), with the
+    // victim's key identifier written into the leaf's AKID.
+    let mut params = root_params(if victim_issuer_name { victim } else { signer });
+    params.key_identifier_method = KeyIdMethod::PreSpecified(victim_skid);
+    let forger = Issuer::new(params, key);
+    let (cert_pem, key_pem) = issue_leaf(victim, &forger, true)?;
+    Ok(Identity {
+        principal: victim.clone(),
+        cert_pem,
+        key_pem,
+        root_pem: victim_entry.identity.root_pem.clone(),
+    })
+}
+
+/// For tests: a leaf of `principal` from its real root that expired a day ago.
+pub fn expired_identity(pki: &DevPki, principal: &Principal) -> Result<Identity, IdentityError> {
+    let (root, entry) = pki.issuer(principal)?;
+    let now = time::OffsetDateTime::now_utc();
+    let (cert_pem, key_pem) = issue_leaf_with(principal, &root, |params| {
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now - time::Duration::days(1);
+    })?;
+    Ok(Identity {
+        principal: principal.clone(),
+        cert_pem,
+        key_pem,
+        root_pem: entry.identity.root_pem.clone(),
+    })
+}
+
+/// For tests: a CA certificate (basic constraints cA=true, keyCertSign) that `principal`'s real
+/// root issued, with an AKID, presented as a leaf.
+pub fn ca_as_leaf_identity(pki: &DevPki, principal: &Principal) -> Result<Identity, IdentityError> {
+    let (root, entry) = pki.issuer(principal)?;
+    let (cert_pem, key_pem) = issue_leaf_with(principal, &root, |params| {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+    })?;
+    Ok(Identity {
+        principal: principal.clone(),
+        cert_pem,
+        key_pem,
+        root_pem: entry.identity.root_pem.clone(),
     })
 }
 

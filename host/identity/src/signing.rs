@@ -6,9 +6,8 @@
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
-use x509_parser::prelude::X509Certificate;
 
-use crate::trust::{authority_key_identifier, parse_cert};
+use crate::trust::{LeafUse, parse_cert};
 use crate::{Identity, IdentityError, Principal, TrustStore};
 
 /// Object identifier of `ecdsa-with-SHA256`, the only signature algorithm used.
@@ -71,36 +70,12 @@ impl TrustStore {
         }
         let der = CertificateDer::from(certificate_der);
         let cert = parse_cert(&der).map_err(|m| fail(format!("certificate: {m}")))?;
-        self.check_issued_to(signer, &cert)
+        self.check_leaf(signer, &cert, LeafUse::Signing)
             .map_err(signature_error(context.clone()))?;
         let key = &cert.tbs_certificate.subject_pki.subject_public_key.data;
         ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
             .verify(message, signature)
             .map_err(|_| fail("the signature does not match the message and certificate".into()))
-    }
-
-    /// The certificate was issued by a trusted root of `owner` and is valid now.
-    fn check_issued_to(&self, owner: &Principal, cert: &X509Certificate<'_>) -> Result<(), String> {
-        let akid = authority_key_identifier(cert)
-            .ok_or("the certificate has no authority key identifier")?;
-        let root_der =
-            self.root_der(owner, &akid)
-                .ok_or_else(|| match self.principal_for_akid(&akid) {
-                    Some(other) => {
-                        format!("the certificate was issued by the root of {other}, not of {owner}")
-                    }
-                    None => "the certificate was not issued by any trusted root".to_string(),
-                })?;
-        let root_der = CertificateDer::from(root_der);
-        let root = parse_cert(&root_der)?;
-        cert.verify_signature(Some(&root.tbs_certificate.subject_pki))
-            .map_err(|e| {
-                format!("the certificate's signature does not verify with the root of {owner}: {e}")
-            })?;
-        if !cert.validity().is_valid() {
-            return Err("the certificate is expired or not yet valid".into());
-        }
-        Ok(())
     }
 }
 

@@ -93,6 +93,21 @@ impl TrustStore {
         self.roots.iter().map(|r| r.pem.as_str()).collect()
     }
 
+    /// PEM bundle of the roots of `principal` only (what a client trusts when it means to reach
+    /// that principal).
+    pub fn roots_pem_of(&self, principal: &Principal) -> String {
+        self.roots
+            .iter()
+            .filter(|r| r.principal == *principal)
+            .map(|r| r.pem.as_str())
+            .collect()
+    }
+
+    /// DER of every root, in insertion order.
+    pub(crate) fn roots_der(&self) -> impl Iterator<Item = &[u8]> {
+        self.roots.iter().map(|r| r.der.as_slice())
+    }
+
     /// Number of configured roots.
     pub fn len(&self) -> usize {
         self.roots.len()
@@ -123,13 +138,19 @@ impl TrustStore {
 
     /// Identifies the peer of a TLS connection from its certificate chain.
     ///
-    /// Rules: no peer certificates -> UNAUTHENTICATED "no client certificate";
-    /// more than one certificate in the chain -> UNAUTHENTICATED; leaf has no AKID -> UNAUTHENTICATED
-    /// "No authority key identifier (AKID) found in client certificate"; AKID unknown ->
-    /// UNAUTHENTICATED "No identity found for client certificate"; unparsable cert -> UNAUTHENTICATED.
+    /// A caller is the principal whose root CA *verifiably signed* its single leaf: the root
+    /// named by the leaf's Authority Key Identifier must verify the leaf's signature, the leaf
+    /// must be valid now, must not be a CA, and (when it carries those extensions) its key usage
+    /// must allow digital signatures and its extended key usage must allow TLS client
+    /// authentication. The TLS layer only checks that the client holds the leaf's private key
+    /// (see [`crate::Identity::server_config`]); everything else is checked here.
     ///
-    /// This does not verify signatures: it relies on the TLS layer having verified the chain
-    /// against [`TrustStore::roots_pem`] (see [`crate::Identity::server_tls`]).
+    /// Every failure is UNAUTHENTICATED: no peer certificates ("no client certificate"), more
+    /// than one certificate in the chain, an unparsable leaf, no AKID ("No authority key
+    /// identifier (AKID) found in client certificate"), an AKID naming no trusted root ("No
+    /// identity found for client certificate"), or a leaf the named root did not sign, expired
+    /// or not yet valid, a CA certificate, or a key not meant for client authentication
+    /// ("invalid client certificate: ...").
     pub fn identify(
         &self,
         peer_certs: Option<&[CertificateDer<'static>]>,
@@ -143,14 +164,61 @@ impl TrustStore {
             .map_err(|e| Status::unauthenticated(format!("{INVALID_CLIENT_CERTIFICATE}: {e}")))?;
         let akid =
             authority_key_identifier(&cert).ok_or_else(|| Status::unauthenticated(NO_AKID))?;
-        self.principal_for_akid(&akid)
+        let principal = self
+            .principal_for_akid(&akid)
             .cloned()
-            .ok_or_else(|| Status::unauthenticated(NO_IDENTITY))
+            .ok_or_else(|| Status::unauthenticated(NO_IDENTITY))?;
+        self.check_leaf(&principal, &cert, LeafUse::TlsClient)
+            .map_err(|e| Status::unauthenticated(format!("{INVALID_CLIENT_CERTIFICATE}: {e}")))?;
+        Ok(principal)
+    }
+
+    /// Checks that `cert` is a leaf that a trusted root of `owner` verifiably issued and that it
+    /// may be used for `usage` now: the root named by its AKID belongs to `owner` and verifies
+    /// its signature, it is within its validity period, it is not a CA, and its key usage /
+    /// extended key usage (when present) allow `usage`.
+    pub(crate) fn check_leaf(
+        &self,
+        owner: &Principal,
+        cert: &X509Certificate<'_>,
+        usage: LeafUse,
+    ) -> Result<(), String> {
+        let akid = authority_key_identifier(cert)
+            .ok_or("the certificate has no authority key identifier")?;
+        let root_der =
+            self.root_der(owner, &akid)
+                .ok_or_else(|| match self.principal_for_akid(&akid) {
+                    Some(other) => {
+                        format!("the certificate was issued by the root of {other}, not of {owner}")
+                    }
+                    None => "the certificate was not issued by any trusted root".to_string(),
+                })?;
+        let root_der = CertificateDer::from(root_der);
+        let root = parse_cert(&root_der)?;
+        if cert.issuer() != root.subject() {
+            return Err(format!(
+                "the certificate's issuer does not match the subject of the root of {owner}"
+            ));
+        }
+        cert.verify_signature(Some(&root.tbs_certificate.subject_pki))
+            .map_err(|e| {
+                format!("the certificate's signature does not verify with the root of {owner}: {e}")
+            })?;
+        if !cert.validity().is_valid() {
+            return Err("the certificate is expired or not yet valid".into());
+        }
+        check_end_entity(cert, usage)
     }
 
     /// Identifies the caller of a tonic request served over TLS, using
     /// [`tonic::Request::peer_certs`] and [`TrustStore::identify`].
+    ///
+    /// A principal already identified by [`crate::AuthenticateLayer`] for this request is taken
+    /// as is.
     pub fn authenticate<T>(&self, req: &tonic::Request<T>) -> Result<Principal, Status> {
+        if let Some(crate::tls::Authenticated(p)) = req.extensions().get() {
+            return Ok(p.clone());
+        }
         let certs = req.peer_certs();
         self.identify(certs.as_deref().map(Vec::as_slice))
     }
@@ -166,6 +234,52 @@ impl TrustStore {
         }
         Ok(store)
     }
+}
+
+/// What a leaf certificate is checked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LeafUse {
+    /// A TLS client certificate (extended key usage must allow clientAuth when present).
+    TlsClient,
+    /// A certificate whose key signs application messages (seeds, results).
+    Signing,
+}
+
+/// A leaf must not be a CA, must allow digital signatures when it has a key usage extension,
+/// and, as a TLS client, must allow clientAuth when it has an extended key usage extension.
+fn check_end_entity(cert: &X509Certificate<'_>, usage: LeafUse) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for ext in cert.extensions() {
+        if !seen.insert(ext.oid.to_id_string()) {
+            return Err(format!("duplicate extension {}", ext.oid.to_id_string()));
+        }
+    }
+    if cert.is_ca() {
+        return Err("a CA certificate cannot be used as a leaf".into());
+    }
+    if let Ok(Some(ku)) = cert.key_usage() {
+        if !ku.value.digital_signature() {
+            return Err("the certificate's key usage does not allow digital signatures".into());
+        }
+        if ku.value.key_cert_sign() {
+            return Err("a certificate-signing key cannot be used as a leaf".into());
+        }
+    } else if cert.key_usage().is_err() {
+        return Err("the certificate's key usage extension is malformed".into());
+    }
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) => {
+            if usage == LeafUse::TlsClient && !(eku.value.any || eku.value.client_auth) {
+                return Err(
+                    "the certificate's extended key usage does not allow TLS client authentication"
+                        .into(),
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(_) => return Err("the certificate's extended key usage extension is malformed".into()),
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, String> {

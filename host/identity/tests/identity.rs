@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use halo_identity::{
-    DevPki, Identity, IdentityError, MULTIPLE_CLIENT_CERTIFICATES, NO_AKID, NO_CLIENT_CERTIFICATE,
-    NO_IDENTITY, Principal, TrustStore, certificate_akid, certificate_skid,
+    DevPki, INVALID_CLIENT_CERTIFICATE, Identity, IdentityError, MULTIPLE_CLIENT_CERTIFICATES,
+    NO_AKID, NO_CLIENT_CERTIFICATE, NO_IDENTITY, Principal, TrustStore, ca_as_leaf_identity,
+    certificate_akid, certificate_skid, expired_identity, forged_akid_identity,
     identity_with_two_cert_chain, identity_without_akid, impostor_identity,
 };
 use rustls_pki_types::CertificateDer;
@@ -167,6 +168,58 @@ fn identify_rejects_impostor() {
     assert_unauthenticated(trust.identify(Some(&leaf(&id))), NO_IDENTITY);
 }
 
+/// The hole this check closes: a data provider's root signs a leaf whose AKID is a duchy root's
+/// SKID (public in trust.pem). The AKID alone would name the duchy.
+#[test]
+fn identify_rejects_forged_akid() {
+    let pki = pki();
+    let trust = pki.trust_store().unwrap();
+    let edp = Principal::DataProvider("edp1".into());
+    for victim in [
+        Principal::Duchy("aggregator".into()),
+        Principal::Kingdom,
+        Principal::MeasurementConsumer("mc1".into()),
+    ] {
+        for victim_issuer_name in [false, true] {
+            let forged = forged_akid_identity(pki, &edp, &victim, victim_issuer_name).unwrap();
+            let victim_skid = certificate_skid(&pki.identity(&victim).unwrap().root_pem).unwrap();
+            assert_eq!(certificate_akid(&forged.cert_pem).unwrap(), victim_skid);
+            assert_unauthenticated(
+                trust.identify(Some(&leaf(&forged))),
+                INVALID_CLIENT_CERTIFICATE,
+            );
+            // Nor does it pass as the victim's signing certificate.
+            let err = trust
+                .verify_signature(
+                    &victim,
+                    &forged.certificate_der().unwrap(),
+                    b"m",
+                    &forged.sign(b"m").unwrap(),
+                    halo_identity::ECDSA_WITH_SHA256_OID,
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("root of"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn identify_rejects_expired_and_ca_leaves() {
+    let pki = pki();
+    let trust = pki.trust_store().unwrap();
+    let worker = Principal::Duchy("worker1".into());
+    let expired = expired_identity(pki, &worker).unwrap();
+    let status = trust.identify(Some(&leaf(&expired))).unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("expired"), "{status:?}");
+    // A CA certificate issued by the right root.
+    let root = ca_as_leaf_identity(pki, &worker).unwrap();
+    let status = trust.identify(Some(&leaf(&root))).unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("CA certificate"), "{status:?}");
+}
+
 #[test]
 fn identify_rejects_two_certificate_chain() {
     let pki = pki();
@@ -303,11 +356,12 @@ async fn tls_configs_and_lazy_channel_build() {
     let pki = pki();
     let trust = pki.trust_store().unwrap();
     let id = pki.identity(&Principal::Duchy("worker1".into())).unwrap();
-    let _server = id.server_tls(&trust);
-    let _client = id.client_tls(&trust);
-    id.channel(&trust, "https://127.0.0.1:1").unwrap();
+    let _server = id.server_config(&trust).unwrap();
+    let _client = id.client_tls(&trust, &Principal::Kingdom).unwrap();
+    id.channel(&trust, &Principal::Kingdom, "https://127.0.0.1:1")
+        .unwrap();
     assert!(matches!(
-        id.channel(&trust, "not a url"),
+        id.channel(&trust, &Principal::Kingdom, "not a url"),
         Err(IdentityError::Transport { .. })
     ));
 }

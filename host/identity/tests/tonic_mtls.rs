@@ -1,5 +1,8 @@
-//! End-to-end: a tonic server configured with `Identity::server_tls` identifies callers
-//! connecting through `Identity::channel` with `TrustStore::authenticate`.
+//! End-to-end over real mTLS on loopback: a tonic server built as the Kingdom and the duchies
+//! build theirs (`Identity::server_config`, `tls_incoming`, `AuthenticateLayer`) identifies
+//! callers connecting through `Identity::channel`, refuses forged, expired, unknown and CA
+//! certificates with UNAUTHENTICATED, and clients refuse a server that is not the principal
+//! they meant to reach.
 
 // Helpers outside `#[test]` functions are test code too.
 #![allow(clippy::unwrap_used)]
@@ -9,8 +12,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use halo_identity::{
-    DevPki, Identity, MULTIPLE_CLIENT_CERTIFICATES, NO_AKID, Principal, TrustStore,
-    identity_with_two_cert_chain, identity_without_akid, impostor_identity,
+    AuthenticateLayer, DevPki, Identity, MULTIPLE_CLIENT_CERTIFICATES, NO_AKID, NO_IDENTITY,
+    Principal, TlsServerLimits, TrustStore, ca_as_leaf_identity, expired_identity,
+    forged_akid_identity, identity_with_two_cert_chain, identity_without_akid, impostor_identity,
+    tls_incoming,
 };
 use tonic::body::Body;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -60,8 +65,14 @@ impl Service<http::Request<Body>> for WhoAmI {
     }
 }
 
-async fn who_am_i(client: &Identity, trust: &TrustStore, url: &str) -> Result<String, Status> {
-    let channel = client.channel(trust, url).unwrap();
+async fn call(
+    client: &Identity,
+    trust: &TrustStore,
+    server: &Principal,
+    url: &str,
+    path: &'static str,
+) -> Result<String, Status> {
+    let channel = client.channel(trust, server, url).unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
@@ -69,11 +80,58 @@ async fn who_am_i(client: &Identity, trust: &TrustStore, url: &str) -> Result<St
     let response = grpc
         .unary(
             Request::new(()),
-            PathAndQuery::from_static("/halo.test.WhoAmI/Get"),
+            PathAndQuery::from_static(path),
             ProstCodec::<(), String>::default(),
         )
         .await?;
     Ok(response.into_inner())
+}
+
+async fn who_am_i(client: &Identity, trust: &TrustStore, url: &str) -> Result<String, Status> {
+    call(
+        client,
+        trust,
+        &Principal::Kingdom,
+        url,
+        "/halo.test.WhoAmI/Get",
+    )
+    .await
+}
+
+/// Serves `WhoAmI` as `server` with `Identity::server_config`, `tls_incoming` and
+/// `AuthenticateLayer`, as the Kingdom and the duchies do.
+async fn serve(
+    server: &Identity,
+    trust: &TrustStore,
+    limits: TlsServerLimits,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tls_incoming(listener, server.server_config(trust).unwrap(), limits);
+    let router = tonic::transport::Server::builder()
+        .layer(AuthenticateLayer::new(trust.clone()))
+        .add_service(WhoAmI(Arc::new(trust.clone())));
+    let handle = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (url, stop, handle)
+}
+
+#[track_caller]
+fn assert_unauthenticated(result: Result<String, Status>, needle: &str) {
+    let status = result.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains(needle), "{status:?}");
 }
 
 #[tokio::test]
@@ -84,22 +142,7 @@ async fn tonic_server_identifies_clients() {
     let pki = DevPki::generate(&[Principal::Kingdom, worker1.clone(), edp1.clone()]).unwrap();
     let trust = pki.trust_store().unwrap();
     let kingdom = pki.identity(&Principal::Kingdom).unwrap();
-
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tls_config(kingdom.server_tls(&trust))
-            .unwrap()
-            .add_service(WhoAmI(Arc::new(trust.clone())))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-    );
+    let (url, stop, server) = serve(kingdom, &trust, TlsServerLimits::default()).await;
 
     for p in [&worker1, &edp1, &Principal::Kingdom] {
         let name = who_am_i(pki.identity(p).unwrap(), &trust, &url)
@@ -122,12 +165,134 @@ async fn tonic_server_identifies_clients() {
         (Code::Unauthenticated, MULTIPLE_CLIENT_CERTIFICATES)
     );
 
-    // The impostor's root is unknown to the server: the TLS handshake fails.
+    // The attack this layer exists for: a data provider issues itself, with its own root key,
+    // a leaf whose AKID is worker1's root SKID. Without the signature check it would be taken
+    // for worker1.
+    for victim_issuer_name in [false, true] {
+        let forged = forged_akid_identity(&pki, &edp1, &worker1, victim_issuer_name).unwrap();
+        assert_unauthenticated(
+            who_am_i(&forged, &trust, &url).await,
+            "root of duchies/worker1",
+        );
+    }
+    let forged = forged_akid_identity(&pki, &edp1, &worker1, false).unwrap();
+    // Refused before routing: an unknown method is UNAUTHENTICATED, not UNIMPLEMENTED.
+    assert_unauthenticated(
+        call(
+            &forged,
+            &trust,
+            &Principal::Kingdom,
+            &url,
+            "/halo.test.WhoAmI/Nope",
+        )
+        .await,
+        "invalid client certificate",
+    );
+    // A leaf from an unknown CA (its AKID names no trusted root).
     let impostor = impostor_identity(&worker1).unwrap();
-    let status = who_am_i(&impostor, &trust, &url).await.unwrap_err();
-    assert_ne!(status.code(), Code::Ok);
-    assert_ne!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_unauthenticated(who_am_i(&impostor, &trust, &url).await, NO_IDENTITY);
+    // An expired leaf from the right root.
+    let expired = expired_identity(&pki, &worker1).unwrap();
+    assert_unauthenticated(who_am_i(&expired, &trust, &url).await, "expired");
+    // A CA certificate issued by worker1's root, used as a leaf.
+    let root = ca_as_leaf_identity(&pki, &worker1).unwrap();
+    assert_unauthenticated(who_am_i(&root, &trust, &url).await, "CA certificate");
 
     stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.await.unwrap();
+}
+
+/// A client checks that the server is the principal it meant to reach, not any holder of a
+/// certificate from a trusted root.
+#[tokio::test]
+async fn clients_check_the_server_principal() {
+    halo_identity::init_crypto();
+    let worker1 = Principal::Duchy("worker1".into());
+    let worker2 = Principal::Duchy("worker2".into());
+    let edp1 = Principal::DataProvider("edp1".into());
+    let pki = DevPki::generate(&[
+        Principal::Kingdom,
+        worker1.clone(),
+        worker2.clone(),
+        edp1.clone(),
+    ])
+    .unwrap();
+    let trust = pki.trust_store().unwrap();
+    let client = pki.identity(&edp1).unwrap();
+    let path = "/halo.test.WhoAmI/Get";
+
+    // worker2 serves with its own valid certificate.
+    let (url, stop, server) = serve(
+        pki.identity(&worker2).unwrap(),
+        &trust,
+        TlsServerLimits::default(),
+    )
+    .await;
+    assert_eq!(
+        call(client, &trust, &worker2, &url, path).await.unwrap(),
+        edp1.resource_name()
+    );
+    for meant in [&worker1, &Principal::Kingdom] {
+        let status = call(client, &trust, meant, &url, path).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap();
+
+    // A server presenting a forged certificate (signed by edp1's root, AKID = worker1's SKID,
+    // subject worker1) is not worker1.
+    let forged = forged_akid_identity(&pki, &edp1, &worker1, true).unwrap();
+    let (url, stop, server) = serve(&forged, &trust, TlsServerLimits::default()).await;
+    let status = call(client, &trust, &worker1, &url, path)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    stop.send(()).unwrap();
+    server.await.unwrap();
+
+    // No root for the principal: refused before connecting.
+    let stranger = Principal::Duchy("stranger".into());
+    assert!(
+        client
+            .channel(&trust, &stranger, "https://127.0.0.1:1")
+            .is_err()
+    );
+}
+
+/// A connection that never finishes its TLS handshake is closed after the handshake timeout
+/// and does not stop other clients from being served meanwhile.
+#[tokio::test]
+async fn stalled_handshakes_are_dropped() {
+    use tokio::io::AsyncReadExt as _;
+    halo_identity::init_crypto();
+    let worker1 = Principal::Duchy("worker1".into());
+    let pki = DevPki::generate(&[Principal::Kingdom, worker1.clone()]).unwrap();
+    let trust = pki.trust_store().unwrap();
+    let limits = TlsServerLimits {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        max_pending_handshakes: 8,
+    };
+    let (url, stop, server) =
+        serve(pki.identity(&Principal::Kingdom).unwrap(), &trust, limits).await;
+    let addr = url.trim_start_matches("https://").to_owned();
+    // More silent connections than the pending-handshake bound.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A real client still gets through (it waits at most a few handshake timeouts).
+    let name = who_am_i(pki.identity(&worker1).unwrap(), &trust, &url)
+        .await
+        .unwrap();
+    assert_eq!(name, worker1.resource_name());
+    // Every silent connection is closed by the server (read returns EOF or an error).
+    for mut conn in silent {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read(&mut buf))
+            .await
+            .expect("the server must close a stalled handshake");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    stop.send(()).unwrap();
+    server.await.unwrap();
 }

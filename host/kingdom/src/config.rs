@@ -49,6 +49,34 @@ pub struct KingdomConfig {
     pub stream_max_duration: Duration,
     /// Protocol parameters used when `CreateMeasurement` carries none.
     pub default_protocol_config: DefaultProtocolConfigs,
+    /// TLS handshake timeout and concurrent handshakes.
+    pub tls_limits: halo_identity::TlsServerLimits,
+    /// Connection, stream and page-size limits.
+    pub limits: KingdomLimits,
+}
+
+/// Resource limits of the Kingdom's server (see README "Limits").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KingdomLimits {
+    /// Message size, HTTP/2 streams per connection, idle timeout.
+    pub server: halo_limits::ServerLimits,
+    /// Concurrent `StreamActiveComputations` calls one duchy may have open.
+    pub max_active_streams_per_duchy: usize,
+    /// Largest `page_size` of a list call (larger is clamped to it).
+    pub max_page_size: usize,
+    /// `page_size` of a list call that sets none.
+    pub default_page_size: usize,
+}
+
+impl Default for KingdomLimits {
+    fn default() -> Self {
+        KingdomLimits {
+            server: halo_limits::ServerLimits::default(),
+            max_active_streams_per_duchy: 4,
+            max_page_size: 1000,
+            default_page_size: 100,
+        }
+    }
 }
 
 /// A duchy and its (single) certificate.
@@ -443,6 +471,8 @@ impl KingdomFileConfig {
                 .stream_max_duration_secs
                 .map_or(DEFAULT_STREAM_MAX_DURATION, Duration::from_secs),
             default_protocol_config: self.protocols,
+            tls_limits: Default::default(),
+            limits: KingdomLimits::default(),
         };
         config.validate()?;
         Ok(config)

@@ -108,6 +108,8 @@ pub(crate) struct Core {
     pub stream_max_duration: Duration,
     /// Becomes `true` when the server shuts down (ends open streams).
     pub shutdown: watch::Receiver<bool>,
+    /// Open `StreamActiveComputations` calls per duchy.
+    pub active_streams: halo_limits::PerKeyLimiter,
 }
 
 impl Core {

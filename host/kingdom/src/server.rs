@@ -15,7 +15,6 @@ use halo_proto::system::v1alpha::requisitions_server::RequisitionsServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::config::KingdomConfig;
@@ -67,6 +66,10 @@ impl RunningKingdom {
             stream_poll_interval: config.stream_poll_interval,
             stream_max_duration: config.stream_max_duration,
             shutdown: shutdown_rx.clone(),
+            active_streams: halo_limits::PerKeyLimiter::new(
+                "StreamActiveComputations calls",
+                config.limits.max_active_streams_per_duchy,
+            ),
         });
         let listener = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
@@ -76,37 +79,66 @@ impl RunningKingdom {
             }
         };
         let addr = listener.local_addr().context("local address")?;
-        let tls = config.identity.server_tls(&config.trust);
-        let mut builder = match Server::builder().tls_config(tls) {
-            Ok(builder) => builder,
+        let tls = match config.identity.server_config(&config.trust) {
+            Ok(tls) => tls,
             Err(e) => {
                 db.close().await;
                 return Err(e).context("server TLS configuration");
             }
         };
+        let incoming = halo_identity::tls_incoming(listener, tls, config.tls_limits);
+        let limits = config.limits.server;
+        let (incoming, idle) = halo_limits::idle::track(incoming, limits.idle_timeout);
+        let max = limits.max_message_bytes;
+        let mut builder = limits
+            .apply(Server::builder())
+            .layer(idle)
+            .layer(halo_identity::AuthenticateLayer::new(config.trust.clone()));
         let router = builder
-            .add_service(ComputationsServer::new(ComputationsService {
-                core: core.clone(),
-            }))
-            .add_service(ComputationParticipantsServer::new(
-                ComputationParticipantsService { core: core.clone() },
-            ))
-            .add_service(ComputationLogEntriesServer::new(
-                ComputationLogEntriesService { core: core.clone() },
-            ))
-            .add_service(RequisitionsServer::new(RequisitionsService {
-                core: core.clone(),
-            }))
-            .add_service(MeasurementsServer::new(MeasurementsService {
-                core: core.clone(),
-            }))
-            .add_service(DataProviderRequisitionsServer::new(
-                DataProviderRequisitionsService { core: core.clone() },
-            ))
-            .add_service(CertificatesServer::new(CertificatesService { core }));
+            .add_service(
+                ComputationsServer::new(ComputationsService { core: core.clone() })
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                ComputationParticipantsServer::new(ComputationParticipantsService {
+                    core: core.clone(),
+                })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            )
+            .add_service(
+                ComputationLogEntriesServer::new(ComputationLogEntriesService {
+                    core: core.clone(),
+                })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            )
+            .add_service(
+                RequisitionsServer::new(RequisitionsService { core: core.clone() })
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                MeasurementsServer::new(MeasurementsService { core: core.clone() })
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                DataProviderRequisitionsServer::new(DataProviderRequisitionsService {
+                    core: core.clone(),
+                })
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            )
+            .add_service(
+                CertificatesServer::new(CertificatesService { core })
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            );
         let mut signal = shutdown_rx;
         let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            incoming,
             async move {
                 let _ = signal.wait_for(|stop| *stop).await;
             },

@@ -133,7 +133,10 @@ fn file_names_with_dashes_in_the_version() {
     ] {
         assert_eq!(
             parse_component_file_name(name),
-            Some((protocol.to_owned(), semver::Version::parse(version).unwrap())),
+            Some((
+                protocol.to_owned(),
+                semver::Version::parse(version).unwrap()
+            )),
             "{name}"
         );
     }

@@ -72,6 +72,8 @@ pub fn kingdom_config(
         stream_poll_interval: Duration::from_millis(200),
         stream_max_duration: Duration::from_secs(600),
         default_protocol_config: Default::default(),
+        tls_limits: Default::default(),
+        limits: Default::default(),
     })
 }
 
@@ -102,6 +104,16 @@ pub struct ClusterOptions {
     pub protocols: RegistryFn,
     pub mill: MillConfig,
     pub stream_max_duration: Duration,
+    /// Duchies that get an identity in the PKI (and so are configured at the Kingdom) but
+    /// are not started; HMSS computations do not include them (tests use them as
+    /// authenticated non-participants).
+    pub extra_duchies: Vec<String>,
+    /// TLS handshake limits of every server (Kingdom and duchies).
+    pub tls_limits: halo_identity::TlsServerLimits,
+    /// Limits of the duchies' servers.
+    pub duchy_limits: halo_duchy::DuchyLimits,
+    /// Limits of the Kingdom's server.
+    pub kingdom_limits: halo_kingdom::KingdomLimits,
 }
 
 impl ClusterOptions {
@@ -116,6 +128,10 @@ impl ClusterOptions {
                 ..MillConfig::default()
             },
             stream_max_duration: Duration::from_secs(600),
+            extra_duchies: Vec::new(),
+            tls_limits: Default::default(),
+            duchy_limits: Default::default(),
+            kingdom_limits: Default::default(),
         }
     }
 }
@@ -131,7 +147,9 @@ pub struct Cluster {
 }
 
 fn all_principals(opts: &ClusterOptions) -> Vec<Principal> {
-    standard_principals(&opts.data_providers, &opts.measurement_consumer)
+    let mut all = standard_principals(&opts.data_providers, &opts.measurement_consumer);
+    all.extend(opts.extra_duchies.iter().map(|d| Principal::Duchy(d.clone())));
+    all
 }
 
 impl Cluster {
@@ -148,6 +166,8 @@ impl Cluster {
             self.kingdom_listen,
         )?;
         cfg.stream_max_duration = self.options.stream_max_duration;
+        cfg.tls_limits = self.options.tls_limits;
+        cfg.limits = self.options.kingdom_limits;
         Ok(cfg)
     }
 
@@ -201,7 +221,9 @@ impl Cluster {
             mill: self.options.mill.clone(),
             herald: HeraldConfig::default(),
             protocols: (self.options.protocols)(id),
-            max_payload_bytes: 4 << 30,
+            max_payload_bytes: halo_duchy::DEFAULT_MAX_PAYLOAD_BYTES,
+            tls_limits: self.options.tls_limits,
+            limits: self.options.duchy_limits,
         };
         let running = RunningDuchy::start(config).await?;
         self.peers.set(id, &format!("https://{}", running.addr));
@@ -229,7 +251,7 @@ impl Cluster {
     pub fn kingdom_channel(&self, who: &Principal) -> Result<Channel> {
         Ok(self
             .identity(who)?
-            .channel(&self.trust, &self.kingdom_url())?)
+            .channel(&self.trust, &Principal::Kingdom, &self.kingdom_url())?)
     }
 
     /// A channel to a duchy authenticated as `who`.
@@ -237,7 +259,9 @@ impl Cluster {
         let url = self
             .duchy_url(duchy)
             .ok_or_else(|| anyhow!("duchy {duchy} is not running"))?;
-        Ok(self.identity(who)?.channel(&self.trust, &url)?)
+        Ok(self
+            .identity(who)?
+            .channel(&self.trust, &Principal::Duchy(duchy.to_owned()), &url)?)
     }
 
     pub async fn shutdown(mut self) -> Result<()> {

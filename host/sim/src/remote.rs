@@ -64,7 +64,7 @@ impl Remote {
     /// A channel to the Kingdom authenticated as `who`.
     pub fn kingdom_channel(&self, who: &Principal) -> Result<Channel> {
         self.identity(who)?
-            .channel(&self.trust, &self.kingdom_url)
+            .channel(&self.trust, &Principal::Kingdom, &self.kingdom_url)
             .with_context(|| format!("Kingdom URL {:?}", self.kingdom_url))
     }
 
@@ -84,7 +84,7 @@ impl Remote {
             )
         })?;
         self.identity(who)?
-            .channel(&self.trust, url)
+            .channel(&self.trust, &Principal::Duchy(duchy.to_owned()), url)
             .with_context(|| format!("duchy {duchy} URL {url:?}"))
     }
 }

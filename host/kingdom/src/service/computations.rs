@@ -255,8 +255,14 @@ impl Computations for ComputationsService {
             .core
             .caller_duchy(Rpc::StreamActiveComputations, &request)?;
         let after = StreamPosition::from_token(&request.get_ref().continuation_token)?;
+        // At most N open streams per duchy; the slot is held until the stream ends.
+        let permit = self.core.active_streams.try_acquire(&duchy)?;
         let (tx, rx) = mpsc::channel(STREAM_BATCH_SIZE as usize);
-        tokio::spawn(run_stream(self.core.clone(), caller, duchy, after, tx));
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            run_stream(core, caller, duchy, after, tx).await;
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -127,6 +127,8 @@ impl TestKingdom {
             stream_poll_interval: Duration::from_millis(200),
             stream_max_duration: Duration::from_secs(60),
             default_protocol_config: DefaultProtocolConfigs::default(),
+            tls_limits: Default::default(),
+            limits: Default::default(),
         };
         adjust(&mut config, &pki);
         let kingdom = RunningKingdom::start(config.clone()).await.unwrap();
@@ -162,11 +164,15 @@ impl TestKingdom {
     }
 
     pub fn channel(&self, p: &Principal) -> Channel {
-        self.identity(p).channel(&self.trust, &self.url).unwrap()
+        self.identity(p)
+            .channel(&self.trust, &Principal::Kingdom, &self.url)
+            .unwrap()
     }
 
     pub fn channel_for(&self, identity: &Identity) -> Channel {
-        identity.channel(&self.trust, &self.url).unwrap()
+        identity
+            .channel(&self.trust, &Principal::Kingdom, &self.url)
+            .unwrap()
     }
 
     pub fn computations(&self, d: &str) -> ComputationsClient<Channel> {
