@@ -84,6 +84,13 @@ enum Command {
         /// Mill workers.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Most bytes one plugin stage may send (payloads to peers plus the result); more
+        /// fails the computation naming the plugin.
+        #[arg(long, env = "HALO_MAX_PLUGIN_OUTPUT_BYTES", default_value_t = halo_duchy::DEFAULT_MAX_PLUGIN_OUTPUT_BYTES)]
+        max_plugin_output_bytes: u64,
+        /// Most bytes of opaque state a plugin may carry between stages.
+        #[arg(long, env = "HALO_MAX_PLUGIN_STATE_BYTES", default_value_t = halo_duchy::DEFAULT_MAX_PLUGIN_STATE_BYTES)]
+        max_plugin_state_bytes: u64,
         #[command(flatten)]
         plugins: PluginArgs,
         /// Serve OpenMetrics text at http://ADDR/metrics (loaded plugin versions, stage
@@ -325,6 +332,8 @@ async fn run(cli: Cli) -> Result<()> {
             kingdom,
             peers,
             workers,
+            max_plugin_output_bytes,
+            max_plugin_state_bytes,
             plugins,
             metrics_listen,
             server_limits,
@@ -359,6 +368,8 @@ async fn run(cli: Cli) -> Result<()> {
                 roles: RoleConfig::default(),
                 mill: MillConfig {
                     workers,
+                    max_plugin_output_bytes,
+                    max_plugin_state_bytes,
                     ..MillConfig::default()
                 },
                 herald: HeraldConfig::default(),
