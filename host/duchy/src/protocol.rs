@@ -494,7 +494,7 @@ mod payload_bound_tests {
             }),
             ..Default::default()
         };
-        let c = computation(P::LiquidLegionsV2(p.clone()), 2);
+        let c = computation(P::LiquidLegionsV2(p), 2);
         assert_eq!(
             payload_bound(&c, PayloadKind::StageInput, &LIMITS),
             1000 * 198 * 4 + (64 << 10)
