@@ -34,10 +34,9 @@ pub enum Server {
 impl Server {
     pub fn as_str(self) -> &'static str {
         match self {
-            Server::KingdomSystem => "Kingdom system",
-            Server::KingdomAdmin => "Kingdom admin (halo.v1)",
-            Server::DuchyComputationControl => "duchy ComputationControl",
-            Server::DuchyRequisitionFulfillment => "duchy RequisitionFulfillment",
+            Server::KingdomSystem => "Kingdom",
+            Server::KingdomAdmin => "Kingdom (halo.v1)",
+            Server::DuchyComputationControl | Server::DuchyRequisitionFulfillment => "duchy",
         }
     }
 }
@@ -58,8 +57,8 @@ impl Caller {
         match self {
             Caller::Duchy => "duchy",
             Caller::DataProvider => "data provider",
-            Caller::MeasurementConsumer => "measurement consumer",
-            Caller::Any => "any principal",
+            Caller::MeasurementConsumer => "consumer",
+            Caller::Any => "anyone",
         }
     }
 
@@ -106,6 +105,19 @@ impl Requirement {
             self,
             Requirement::NamesCaller | Requirement::OwnsCertificate
         )
+    }
+
+    /// A short label (README table).
+    pub fn label(self) -> &'static str {
+        match self {
+            Requirement::NamesCaller => "named owner",
+            Requirement::OwnsCertificate => "own certificate",
+            Requirement::Participant => "participant",
+            Requirement::Aggregator => "aggregator",
+            Requirement::AssignedFulfiller => "assigned duchy",
+            Requirement::ExpectedSender => "expected sender",
+            Requirement::RequisitionOwner => "requisition's provider",
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -195,7 +207,7 @@ pub const MATRIX: &[Rule] = &[
         server: Server::KingdomSystem,
         method: "Computations.StreamActiveComputations",
         caller: Caller::Duchy,
-        resource: "computations the caller participates in (filter)",
+        resource: "computations/{c} (stream filter)",
         checks: &[check(Participant, NotFound)],
     },
     Rule {
@@ -203,7 +215,7 @@ pub const MATRIX: &[Rule] = &[
         server: Server::KingdomSystem,
         method: "Computations.SetComputationResult",
         caller: Caller::Duchy,
-        resource: "computations/{c} + duchies/{d}/certificates/{x}",
+        resource: "computations/{c}, aggregator_certificate",
         checks: &[
             check(OwnsCertificate, PermissionDenied),
             check(Participant, NotFound),
@@ -298,7 +310,7 @@ pub const MATRIX: &[Rule] = &[
         server: Server::KingdomAdmin,
         method: "Certificates.GetCertificate",
         caller: Caller::Any,
-        resource: "duchies/{d}/certificates/{x}, dataProviders/{dp}/certificates/{x} (public)",
+        resource: "{owner}/certificates/{x}",
         checks: &[],
     },
     Rule {
@@ -317,7 +329,7 @@ pub const MATRIX: &[Rule] = &[
         server: Server::DuchyComputationControl,
         method: "ComputationControl.GetComputationStage",
         caller: Caller::Duchy,
-        resource: "computations/{c}/participants/{this duchy}/computationStage",
+        resource: "computations/{c}/participants/{self}/computationStage",
         checks: &[check(Participant, PermissionDenied)],
     },
     Rule {
@@ -325,7 +337,7 @@ pub const MATRIX: &[Rule] = &[
         server: Server::DuchyRequisitionFulfillment,
         method: "RequisitionFulfillment.FulfillRequisition",
         caller: Caller::DataProvider,
-        resource: "dataProviders/{dp}/requisitions/{r}",
+        resource: "dataProviders/{dp}/requisitions/{r}, data_provider_certificate",
         checks: &[
             check(NamesCaller, PermissionDenied),
             check(OwnsCertificate, PermissionDenied),
@@ -477,20 +489,29 @@ fn deny(rule: &Rule, c: &Check, caller: &Principal, resource: &str) -> Status {
     )
 }
 
-/// The matrix as a Markdown table (the README's "Authorization" section is this output).
+/// The matrix as a Markdown table (the README's "Authorization" section carries exactly this,
+/// checked by a test). Requirements are listed in checking order with the code returned when
+/// one does not hold (PD = PERMISSION_DENIED, NF = NOT_FOUND).
 pub fn markdown() -> String {
     let mut out = String::from(
-        "| Server | RPC | Caller | Resource | Requirements (code if not met) |\n|---|---|---|---|---|\n",
+        "| server | RPC | caller | resource | requirements (code if not met) |\n|---|---|---|---|---|\n",
     );
     for r in MATRIX {
         let checks = if r.checks.is_empty() {
-            "none (public)".to_owned()
+            "— (public)".to_owned()
         } else {
             r.checks
                 .iter()
-                .map(|c| format!("{} ({:?})", c.requirement.as_str(), c.denied))
+                .map(|c| {
+                    let code = match c.denied {
+                        PermissionDenied => "PD",
+                        NotFound => "NF",
+                        _ => "other",
+                    };
+                    format!("{} ({code})", c.requirement.label())
+                })
                 .collect::<Vec<_>>()
-                .join("; ")
+                .join(", ")
         };
         out.push_str(&format!(
             "| {} | {} | {} | `{}` | {} |\n",
@@ -600,5 +621,20 @@ mod tests {
         for r in MATRIX {
             assert!(md.contains(r.method));
         }
+    }
+}
+
+#[cfg(test)]
+mod readme {
+    /// The README's "Authorization" table is exactly [`super::markdown`]'s output, so the
+    /// documentation cannot drift from the code.
+    #[test]
+    fn readme_carries_the_matrix() {
+        let readme = include_str!("../../../README.md");
+        let table = super::markdown();
+        assert!(
+            readme.contains(&table),
+            "README.md's Authorization table differs from halo_authz::markdown():\n{table}"
+        );
     }
 }
