@@ -215,7 +215,11 @@ async fn advance_computation_20_mib_is_byte_identical_and_idempotent() {
     assert_eq!(err.code(), Code::PermissionDenied);
     let impostor = halo_identity::impostor_identity(&Principal::Duchy("worker2".into())).unwrap();
     let ch = impostor
-        .channel(&cluster.trust, &cluster.duchy_url("aggregator").unwrap())
+        .channel(
+            &cluster.trust,
+            &Principal::Duchy("aggregator".into()),
+            &cluster.duchy_url("aggregator").unwrap(),
+        )
         .unwrap();
     let err = ComputationControlClient::new(ch)
         .advance_computation(tokio_stream::iter(chunked(
@@ -226,7 +230,7 @@ async fn advance_computation_20_mib_is_byte_identical_and_idempotent() {
         )))
         .await
         .unwrap_err();
-    assert_ne!(err.code(), Code::Ok);
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(
         agg.store
             .input(&gid, AGGREGATION_PHASE_INPUT, "worker2")

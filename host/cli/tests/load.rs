@@ -352,7 +352,7 @@ async fn oversized_advances(servers: &Servers, stop: Arc<AtomicBool>) -> BTreeMa
         };
         // Alternately: an oversized first message, and a header followed by oversized chunks.
         let round: u64 = codes.values().sum();
-        let body: Vec<_> = if round % 2 == 0 {
+        let body: Vec<_> = if round.is_multiple_of(2) {
             (0..4).map(chunk).collect()
         } else {
             std::iter::once(header).chain((0..4).map(chunk)).collect()
