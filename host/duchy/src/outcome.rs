@@ -199,7 +199,7 @@ pub fn validate_outcome(
                 format!("send #{i} is addressed to this duchy itself ({})", s.to),
             ));
         }
-        if !check.participants.iter().any(|p| *p == s.to) {
+        if !check.participants.contains(&s.to) {
             return Err(invalid(
                 pin,
                 format!(
@@ -302,14 +302,18 @@ fn check_requisition_params(
         )
     })?;
     use requisition_params::Protocol as P;
-    let matches = match (&params.protocol, protocol) {
-        (Some(P::LiquidLegionsV2(_)), SystemProtocol::LiquidLegionsV2) => true,
-        (Some(P::ReachOnlyLiquidLegionsV2(_)), SystemProtocol::ReachOnlyLiquidLegionsV2) => true,
-        (Some(P::HonestMajorityShareShuffle(_)), SystemProtocol::HonestMajorityShareShuffle) => {
-            true
-        }
-        _ => false,
-    };
+    let matches = matches!(
+        (&params.protocol, protocol),
+        (Some(P::LiquidLegionsV2(_)), SystemProtocol::LiquidLegionsV2)
+            | (
+                Some(P::ReachOnlyLiquidLegionsV2(_)),
+                SystemProtocol::ReachOnlyLiquidLegionsV2
+            )
+            | (
+                Some(P::HonestMajorityShareShuffle(_)),
+                SystemProtocol::HonestMajorityShareShuffle
+            )
+    );
     if !matches {
         let found = match &params.protocol {
             None => "none",
