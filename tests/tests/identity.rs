@@ -95,6 +95,7 @@ async fn bad_client_certificates_are_unauthenticated_everywhere() {
         let r = admin::data_provider_requisitions_client::DataProviderRequisitionsClient::new(ch)
             .list_requisitions(admin::ListRequisitionsRequest {
                 parent: "dataProviders/edp1".into(),
+                ..Default::default()
             })
             .await;
         assert_unauthenticated(what, "Kingdom ListRequisitions", r);
@@ -173,6 +174,7 @@ async fn servers_are_checked_to_be_the_principal_meant() {
     )
     .list_requisitions(admin::ListRequisitionsRequest {
         parent: "dataProviders/edp1".into(),
+        ..Default::default()
     })
     .await;
     assert_eq!(r.unwrap_err().code(), Code::Unavailable);
@@ -196,6 +198,7 @@ async fn servers_are_checked_to_be_the_principal_meant() {
     )
     .list_requisitions(admin::ListRequisitionsRequest {
         parent: "dataProviders/edp1".into(),
+        ..Default::default()
     })
     .await
     .map(|_| ())

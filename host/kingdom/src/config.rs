@@ -74,7 +74,7 @@ impl Default for KingdomLimits {
             server: halo_limits::ServerLimits::default(),
             max_active_streams_per_duchy: 4,
             max_page_size: 1000,
-            default_page_size: 100,
+            default_page_size: 50,
         }
     }
 }
@@ -314,6 +314,10 @@ impl KingdomConfig {
         ensure!(
             !self.stream_poll_interval.is_zero(),
             "stream_poll_interval must be positive"
+        );
+        ensure!(
+            self.limits.max_page_size >= 1 && self.limits.default_page_size >= 1,
+            "max_page_size and default_page_size must be at least 1"
         );
         Ok(())
     }

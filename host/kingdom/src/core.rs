@@ -110,6 +110,10 @@ pub(crate) struct Core {
     pub shutdown: watch::Receiver<bool>,
     /// Open `StreamActiveComputations` calls per duchy.
     pub active_streams: halo_limits::PerKeyLimiter,
+    /// `page_size` of a `ListRequisitions` call that sets none.
+    pub default_page_size: usize,
+    /// Largest `page_size` of a `ListRequisitions` call (larger is clamped).
+    pub max_page_size: usize,
 }
 
 impl Core {

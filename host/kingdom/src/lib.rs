@@ -50,6 +50,7 @@ pub use config::{
 };
 pub use core::PUBLIC_API_VERSION;
 pub use server::RunningKingdom;
+pub use service::admin::RequisitionPageToken;
 pub use service::computations::{STREAM_BATCH_SIZE, STREAMED_STATES, StreamPosition};
 pub use store::DB_FILE;
 

@@ -70,6 +70,8 @@ impl RunningKingdom {
                 "StreamActiveComputations calls",
                 config.limits.max_active_streams_per_duchy,
             ),
+            default_page_size: config.limits.default_page_size,
+            max_page_size: config.limits.max_page_size,
         });
         let listener = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener,

@@ -320,27 +320,75 @@ pub(crate) async fn requisitions(
     .map_err(db_error)
 }
 
-/// Unfulfilled requisitions of a data provider whose computation awaits fulfilment.
+/// Sort key of [`fulfillable_requisitions`]: unique per requisition (one measurement is created
+/// per write transaction, whose time is unique, and `(computation, ordinal)` is unique).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct RequisitionPosition {
+    pub create_time_micros: i64,
+    pub external_computation_id: i64,
+    pub ordinal: i64,
+}
+
+impl RequisitionPosition {
+    /// Before every requisition.
+    pub const START: RequisitionPosition = RequisitionPosition {
+        create_time_micros: i64::MIN,
+        external_computation_id: i64::MIN,
+        ordinal: i64::MIN,
+    };
+}
+
+/// A row of [`fulfillable_requisitions`]: the requisition and its sort key.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub(crate) struct FulfillableRow {
+    pub create_time: i64,
+    pub ordinal: i64,
+    #[sqlx(flatten)]
+    pub requisition: RequisitionRow,
+}
+
+impl FulfillableRow {
+    pub fn position(&self) -> RequisitionPosition {
+        RequisitionPosition {
+            create_time_micros: self.create_time,
+            external_computation_id: self.requisition.external_computation_id,
+            ordinal: self.ordinal,
+        }
+    }
+}
+
+/// At most `limit` unfulfilled requisitions of a data provider whose computation awaits
+/// fulfilment, strictly after `after` in the order (computation create time, computation id,
+/// ordinal): keyset pagination, no OFFSET.
 pub(crate) async fn fulfillable_requisitions(
     conn: &mut SqliteConnection,
     data_provider_id: &str,
     unfulfilled: i32,
     pending_fulfillment: i32,
-) -> Result<Vec<RequisitionRow>, Status> {
+    after: RequisitionPosition,
+    limit: i64,
+) -> Result<Vec<FulfillableRow>, Status> {
     let columns = REQUISITION_COLUMNS
         .split(", ")
         .map(|c| format!("r.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ");
     sqlx::query_as(&format!(
-        "SELECT {columns} FROM requisitions r \
+        "SELECT m.create_time AS create_time, r.ordinal AS ordinal, {columns} \
+         FROM requisitions r \
          JOIN measurements m ON m.external_computation_id = r.external_computation_id \
          WHERE r.data_provider_id = ?1 AND r.state = ?2 AND m.state = ?3 \
-         ORDER BY m.create_time, r.external_computation_id, r.ordinal"
+         AND (m.create_time, r.external_computation_id, r.ordinal) > (?4, ?5, ?6) \
+         ORDER BY m.create_time, r.external_computation_id, r.ordinal \
+         LIMIT ?7"
     ))
     .bind(data_provider_id)
     .bind(unfulfilled)
     .bind(pending_fulfillment)
+    .bind(after.create_time_micros)
+    .bind(after.external_computation_id)
+    .bind(after.ordinal)
+    .bind(limit)
     .fetch_all(conn)
     .await
     .map_err(db_error)

@@ -16,17 +16,31 @@ use tonic::transport::Channel;
 
 use crate::mc::nonce_of;
 
-/// Lists this data provider's requisitions that can be fulfilled now.
+/// Most pages [`list`] follows before giving up (the Kingdom's pages hold up to 1000).
+const MAX_LIST_PAGES: usize = 10_000;
+
+/// Lists this data provider's requisitions that can be fulfilled now (every page).
 pub async fn list(kingdom: Channel, edp: &str) -> Result<Vec<admin::DataProviderRequisition>> {
-    Ok(
-        admin::data_provider_requisitions_client::DataProviderRequisitionsClient::new(kingdom)
+    let mut client =
+        admin::data_provider_requisitions_client::DataProviderRequisitionsClient::new(kingdom);
+    let mut all = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..MAX_LIST_PAGES {
+        let page = client
             .list_requisitions(admin::ListRequisitionsRequest {
                 parent: format!("dataProviders/{edp}"),
+                page_size: 0,
+                page_token,
             })
             .await?
-            .into_inner()
-            .requisitions,
-    )
+            .into_inner();
+        all.extend(page.requisitions);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+    bail!("{edp}: ListRequisitions returned more than {MAX_LIST_PAGES} pages")
 }
 
 /// Waits until `count` requisitions are listed.

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use halo_proto::halo::v1::certificates_server::Certificates;
 use halo_proto::halo::v1::data_provider_requisitions_server::DataProviderRequisitions;
 use halo_proto::halo::v1::measurements_server::Measurements;
 use halo_proto::halo::v1::{
     CancelMeasurementRequest, Certificate, CreateMeasurementRequest, DataProviderRequisition,
-    GetCertificateRequest, GetMeasurementRequest, ListRequisitionsRequest,
-    ListRequisitionsResponse, Measurement, MeasurementSpec, Protocol,
+    GetCertificateRequest, GetMeasurementRequest, ListRequisitionsPageToken,
+    ListRequisitionsRequest, ListRequisitionsResponse, Measurement, MeasurementSpec, Protocol,
 };
 use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
@@ -329,6 +331,96 @@ impl Measurements for MeasurementsService {
     }
 }
 
+/// Longest `page_token` accepted (a real one is well under 100 characters).
+const MAX_PAGE_TOKEN_CHARS: usize = 512;
+
+/// A decoded `ListRequisitions` page token: the parent it was issued for and the sort key of
+/// the last requisition of the previous page (the next page starts strictly after it).
+///
+/// Encoded as base64url (no padding) of a serialized `halo.v1.ListRequisitionsPageToken`.
+/// A token carries no secret and grants nothing: the listing is always filtered by the
+/// authorized parent, so a made-up position only moves where that listing starts. A token is
+/// refused (INVALID_ARGUMENT) for any parent other than its own, and when it is not a token
+/// this Kingdom could have issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequisitionPageToken {
+    /// `dataProviders/{data_provider}`.
+    pub parent: String,
+    pub create_time_micros: i64,
+    pub external_computation_id: i64,
+    pub ordinal: i64,
+}
+
+impl RequisitionPageToken {
+    fn at(parent: &str, position: store::RequisitionPosition) -> RequisitionPageToken {
+        RequisitionPageToken {
+            parent: parent.to_owned(),
+            create_time_micros: position.create_time_micros,
+            external_computation_id: position.external_computation_id,
+            ordinal: position.ordinal,
+        }
+    }
+
+    fn position(&self) -> store::RequisitionPosition {
+        store::RequisitionPosition {
+            create_time_micros: self.create_time_micros,
+            external_computation_id: self.external_computation_id,
+            ordinal: self.ordinal,
+        }
+    }
+
+    /// The opaque string form.
+    pub fn encode(&self) -> String {
+        let token = ListRequisitionsPageToken {
+            parent: self.parent.clone(),
+            last_create_time_micros: self.create_time_micros,
+            last_external_computation_id: self.external_computation_id,
+            last_ordinal: self.ordinal,
+        };
+        URL_SAFE_NO_PAD.encode(token.encode_to_vec())
+    }
+
+    /// Decodes a token presented with a request for `parent`. Every error is INVALID_ARGUMENT.
+    pub fn decode(token: &str, parent: &str) -> Result<RequisitionPageToken, Status> {
+        let bad = |why: &str| Status::invalid_argument(format!("invalid page_token: {why}"));
+        if token.len() > MAX_PAGE_TOKEN_CHARS {
+            return Err(bad("too long"));
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.trim_end_matches('='))
+            .map_err(|_| bad("not base64url"))?;
+        let t = ListRequisitionsPageToken::decode(bytes.as_slice())
+            .map_err(|_| bad("not a ListRequisitions page token"))?;
+        if t.parent != parent {
+            return Err(bad("it was issued for another parent"));
+        }
+        if t.last_create_time_micros < 0
+            || t.last_external_computation_id <= 0
+            || t.last_ordinal < 0
+        {
+            return Err(bad("position out of range"));
+        }
+        Ok(RequisitionPageToken {
+            parent: t.parent,
+            create_time_micros: t.last_create_time_micros,
+            external_computation_id: t.last_external_computation_id,
+            ordinal: t.last_ordinal,
+        })
+    }
+}
+
+/// The number of requisitions to return for a requested `page_size`.
+fn page_size(requested: i32, default: usize, max: usize) -> Result<usize, Status> {
+    let max = max.max(1);
+    match usize::try_from(requested) {
+        Err(_) => Err(Status::invalid_argument(format!(
+            "page_size must not be negative (got {requested})"
+        ))),
+        Ok(0) => Ok(default.clamp(1, max)),
+        Ok(n) => Ok(n.min(max)),
+    }
+}
+
 #[tonic::async_trait]
 impl DataProviderRequisitions for DataProviderRequisitionsService {
     async fn list_requisitions(
@@ -339,17 +431,38 @@ impl DataProviderRequisitions for DataProviderRequisitionsService {
         let dp = names::parse_data_provider(parent)?;
         self.core
             .require_named(Rpc::ListRequisitions, &request, parent, &dp)?;
+        let size = page_size(
+            request.get_ref().page_size,
+            self.core.default_page_size,
+            self.core.max_page_size,
+        )?;
+        let after = match request.get_ref().page_token.as_str() {
+            "" => store::RequisitionPosition::START,
+            token => RequisitionPageToken::decode(token, parent)?.position(),
+        };
         let mut tx = self.core.db.read().await?;
-        let rows = store::fulfillable_requisitions(
+        // One more than a page tells whether another page follows.
+        let mut rows = store::fulfillable_requisitions(
             &mut tx,
             &dp,
             RequisitionState::Unfulfilled as i32,
             ComputationState::PendingRequisitionFulfillment as i32,
+            after,
+            i64::try_from(size.saturating_add(1)).unwrap_or(i64::MAX),
         )
         .await?;
+        let next_page_token = if rows.len() > size {
+            rows.truncate(size);
+            rows.last()
+                .map(|last| RequisitionPageToken::at(parent, last.position()).encode())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let mut computations = HashMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
+            let row = row.requisition;
             let id = row.external_computation_id;
             let (computation, protocol) = match computations.entry(id) {
                 Entry::Occupied(e) => e.into_mut(),
@@ -379,6 +492,7 @@ impl DataProviderRequisitions for DataProviderRequisitionsService {
         tx.commit().await.map_err(db_error)?;
         Ok(Response::new(ListRequisitionsResponse {
             requisitions: out,
+            next_page_token,
         }))
     }
 }

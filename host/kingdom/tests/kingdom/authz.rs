@@ -438,6 +438,7 @@ async fn row_list_requisitions_only_own_data_provider() {
         k.dp_requisitions(EDP1)
             .list_requisitions(ListRequisitionsRequest {
                 parent: format!("dataProviders/{EDP2}"),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -447,6 +448,7 @@ async fn row_list_requisitions_only_own_data_provider() {
             DataProviderRequisitionsClient::new(k.channel(&who))
                 .list_requisitions(ListRequisitionsRequest {
                     parent: format!("dataProviders/{EDP1}"),
+                    ..Default::default()
                 })
                 .await,
             Code::PermissionDenied,

@@ -142,6 +142,7 @@ async fn malformed_and_unknown_names() {
         k.dp_requisitions(EDP1)
             .list_requisitions(ListRequisitionsRequest {
                 parent: "dataProviders".to_owned(),
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,

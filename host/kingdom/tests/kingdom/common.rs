@@ -261,15 +261,27 @@ impl TestKingdom {
             .unwrap()
     }
 
+    /// Every page of `dp`'s fulfillable requisitions.
     pub async fn list(&self, dp: &str) -> Vec<DataProviderRequisition> {
-        self.dp_requisitions(dp)
-            .list_requisitions(ListRequisitionsRequest {
-                parent: format!("dataProviders/{dp}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .requisitions
+        let mut client = self.dp_requisitions(dp);
+        let mut all = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_requisitions(ListRequisitionsRequest {
+                    parent: format!("dataProviders/{dp}"),
+                    page_size: 0,
+                    page_token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            all.extend(page.requisitions);
+            if page.next_page_token.is_empty() {
+                return all;
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     pub async fn try_fulfill(

@@ -7,6 +7,7 @@ mod authz;
 mod bad_input;
 mod common;
 mod lifecycle;
+mod pagination;
 mod races;
 mod security;
 mod stream;

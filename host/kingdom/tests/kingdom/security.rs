@@ -211,6 +211,7 @@ async fn principals_are_confined_to_their_apis() {
         k.dp_requisitions(EDP1)
             .list_requisitions(ListRequisitionsRequest {
                 parent: format!("dataProviders/{EDP2}"),
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -220,7 +221,10 @@ async fn principals_are_confined_to_their_apis() {
         halo_proto::halo::v1::data_provider_requisitions_client::DataProviderRequisitionsClient::new(
             k.channel(&duchy(W1)),
         )
-        .list_requisitions(ListRequisitionsRequest { parent: format!("dataProviders/{EDP1}") })
+        .list_requisitions(ListRequisitionsRequest {
+            parent: format!("dataProviders/{EDP1}"),
+            ..Default::default()
+        })
         .await,
         Code::PermissionDenied,
     );
