@@ -110,7 +110,11 @@ enum Command {
         #[arg(long, env = "HALO_MAX_ADVANCE_STREAMS_PER_PEER", default_value_t = 8)]
         max_advance_streams_per_peer: usize,
         /// Concurrent FulfillRequisition streams one data provider may have open here.
-        #[arg(long, env = "HALO_MAX_FULFILLMENT_STREAMS_PER_PROVIDER", default_value_t = 8)]
+        #[arg(
+            long,
+            env = "HALO_MAX_FULFILLMENT_STREAMS_PER_PROVIDER",
+            default_value_t = 8
+        )]
         max_fulfillment_streams_per_provider: usize,
     },
     /// Inspect, sign, verify and list protocol plugins.

@@ -28,11 +28,7 @@ impl BlobWriter {
                 .await
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let tmp = dest.with_extension(format!(
-            "{}{}",
-            &PARTIAL_MARK[1..],
-            rand::random::<u64>()
-        ));
+        let tmp = dest.with_extension(format!("{}{}", &PARTIAL_MARK[1..], rand::random::<u64>()));
         let file = tokio::fs::File::create(&tmp)
             .await
             .with_context(|| format!("creating {}", tmp.display()))?;
