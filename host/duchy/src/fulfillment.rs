@@ -264,14 +264,7 @@ impl FulfillmentService {
         let key = crate::blobs::requisition_key(global_id, rid)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let path = core.store.blob_path(&key).map_err(internal)?;
-        let (size, _) = receive_body(
-            stream,
-            &path,
-            max,
-            false,
-            fulfill_body_chunk,
-        )
-        .await?;
+        let (size, _) = receive_body(stream, &path, max, false, fulfill_body_chunk).await?;
         let recorded = core
             .store
             .record_requisition(global_id, rid, &key, &wanted, header.nonce, core.id())

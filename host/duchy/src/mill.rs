@@ -484,10 +484,7 @@ async fn send_to_peer(
         .audit(
             &row.global_id,
             "sent",
-            &format!(
-                "{sent} bytes (description {}) to {}",
-                s.description, s.to
-            ),
+            &format!("{sent} bytes (description {}) to {}", s.description, s.to),
         )
         .await
         .map_err(|e| EffectError::transient(format!("{e:#}")))?;

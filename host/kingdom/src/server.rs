@@ -139,12 +139,9 @@ impl RunningKingdom {
                     .max_encoding_message_size(max),
             );
         let mut signal = shutdown_rx;
-        let server = tokio::spawn(router.serve_with_incoming_shutdown(
-            incoming,
-            async move {
-                let _ = signal.wait_for(|stop| *stop).await;
-            },
-        ));
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        }));
         tracing::info!(%addr, data_dir = %config.data_dir.display(), "kingdom listening");
         Ok(RunningKingdom {
             addr,

@@ -148,7 +148,11 @@ pub struct Cluster {
 
 fn all_principals(opts: &ClusterOptions) -> Vec<Principal> {
     let mut all = standard_principals(&opts.data_providers, &opts.measurement_consumer);
-    all.extend(opts.extra_duchies.iter().map(|d| Principal::Duchy(d.clone())));
+    all.extend(
+        opts.extra_duchies
+            .iter()
+            .map(|d| Principal::Duchy(d.clone())),
+    );
     all
 }
 
