@@ -244,3 +244,175 @@ async fn kingdom_failed_precondition_is_not_taken_for_already_fulfilled() {
     assert!(listed.iter().all(|x| !x.name.ends_with(&rid)));
     cluster.shutdown().await.unwrap();
 }
+
+/// Header then `data` in 4 KiB chunks (so two deliveries interleave).
+fn advance_requests(
+    gid: &str,
+    description: i32,
+    data: &[u8],
+) -> Vec<sys::AdvanceComputationRequest> {
+    use sys::advance_computation_request::{BodyChunk, Payload};
+    let mut v = vec![halo_duchy::mill::advance_header(
+        halo_duchy::protocol::SystemProtocol::HonestMajorityShareShuffle,
+        gid,
+        description,
+    )];
+    v.extend(data.chunks(4096).map(|c| sys::AdvanceComputationRequest {
+        payload: Some(Payload::BodyChunk(BodyChunk {
+            partial_data: c.to_vec(),
+        })),
+    }));
+    v
+}
+
+async fn advance(
+    channel: tonic::transport::Channel,
+    gid: &str,
+    description: i32,
+    data: &[u8],
+) -> Result<(), tonic::Status> {
+    sys::computation_control_client::ComputationControlClient::new(channel)
+        .advance_computation(tokio_stream::iter(advance_requests(gid, description, data)))
+        .await
+        .map(|_| ())
+}
+
+/// Two concurrent AdvanceComputation deliveries from one sender (over two connections) for
+/// the same input with different bodies: exactly one is accepted and recorded, with a record
+/// (size, SHA-256) that matches the one file stored; the other is FAILED_PRECONDITION; the
+/// winner's identical retry is acknowledged and the loser's retry is refused, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_advance_deliveries_with_different_bodies_leave_one_consistent_input() {
+    use halo_duchy::testing::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
+    const N: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start_cluster(dir.path()).await.unwrap();
+    let mut gids = Vec::new();
+    for _ in 0..N {
+        let created = create(&cluster, spec(1.0)).await.unwrap();
+        gids.push(
+            created
+                .measurement
+                .computation
+                .trim_start_matches("computations/")
+                .to_string(),
+        );
+    }
+    let agg = &cluster.duchies["aggregator"].core;
+    // Without fulfilments the workers never deliver; the aggregator parks in
+    // WAIT_ON_AGGREGATION_INPUT once it has published its params.
+    let start = Instant::now();
+    for gid in &gids {
+        loop {
+            if let Some(row) = agg.store.get(gid).await.unwrap()
+                && row.stage == WAIT_ON_AGGREGATION_INPUT
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "{gid} never reached WAIT_ON_AGGREGATION_INPUT"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let worker1 = Principal::Duchy("worker1".into());
+    let (ch_a, ch_b) = (
+        cluster.duchy_channel(&worker1, "aggregator").unwrap(),
+        cluster.duchy_channel(&worker1, "aggregator").unwrap(),
+    );
+    let (mut a_won, mut b_won) = (0, 0);
+    for (i, gid) in gids.iter().enumerate() {
+        let body_a = le(&vector(2 * i as u64 + 101, 16 << 10));
+        let body_b = le(&vector(2 * i as u64 + 102, 16 << 10));
+        assert_ne!(body_a, body_b);
+        let (ra, rb) = tokio::join!(
+            advance(ch_a.clone(), gid, AGGREGATION_PHASE_INPUT, &body_a),
+            advance(ch_b.clone(), gid, AGGREGATION_PHASE_INPUT, &body_b)
+        );
+        let (winner, loser_body, loser) = match (ra, rb) {
+            (Ok(()), Err(e)) => {
+                a_won += 1;
+                (&body_a, &body_b, e)
+            }
+            (Err(e), Ok(())) => {
+                b_won += 1;
+                (&body_b, &body_a, e)
+            }
+            other => panic!("iteration {i}: exactly one delivery must be accepted: {other:?}"),
+        };
+        assert_eq!(
+            loser.code(),
+            Code::FailedPrecondition,
+            "iteration {i}: {loser:?}"
+        );
+
+        let check = |what: &str| {
+            let what = what.to_owned();
+            async move {
+                let input = agg
+                    .store
+                    .input(gid, AGGREGATION_PHASE_INPUT, "worker1")
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let stored = std::fs::read(agg.store.blob_path(&input.blob).unwrap()).unwrap();
+                assert!(
+                    &stored == winner,
+                    "iteration {i} ({what}): the stored input is not the accepted body"
+                );
+                assert_eq!(input.size, stored.len() as i64, "iteration {i} ({what})");
+                assert_eq!(
+                    input.sha256,
+                    hex::encode(Sha256::digest(&stored)),
+                    "iteration {i} ({what}): record and file disagree"
+                );
+                // Only the one blob for this computation: no second body, no partial file.
+                let files: Vec<_> =
+                    std::fs::read_dir(agg.store.blob_path(&input.blob).unwrap().parent().unwrap())
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name())
+                        .collect();
+                assert_eq!(files.len(), 1, "iteration {i} ({what}): {files:?}");
+            }
+        };
+        check("after the race").await;
+
+        // The accepted body again (a retry after a lost response): acknowledged, no change.
+        let ch = if winner == &body_a { &ch_a } else { &ch_b };
+        advance(ch.clone(), gid, AGGREGATION_PHASE_INPUT, winner)
+            .await
+            .unwrap();
+        // The refused body again: still refused, never overwrites what was recorded.
+        let err = advance(ch.clone(), gid, AGGREGATION_PHASE_INPUT, loser_body)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::FailedPrecondition,
+            "iteration {i}: {err:?}"
+        );
+        // A prefix of the accepted body is a different body too.
+        let err = advance(
+            ch.clone(),
+            gid,
+            AGGREGATION_PHASE_INPUT,
+            &winner[..winner.len() - 1],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::FailedPrecondition,
+            "iteration {i}: {err:?}"
+        );
+        check("after the retries").await;
+        let row = agg.store.get(gid).await.unwrap().unwrap();
+        assert_eq!(
+            row.stage, WAIT_ON_AGGREGATION_INPUT,
+            "still waiting for worker2"
+        );
+    }
+    assert_eq!(a_won + b_won, N);
+    cluster.shutdown().await.unwrap();
+}

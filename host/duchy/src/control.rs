@@ -1,8 +1,13 @@
 //! The `ComputationControl` server: other duchies deliver stage payloads
 //! (`AdvanceComputation`, client-streaming) and ask for this duchy's stage
 //! (`GetComputationStage`). Deliveries are idempotent: a payload already received from the
-//! same sender under the same description is acknowledged without change.
+//! same sender under the same description is acknowledged without change when the body is
+//! identical, and refused with FAILED_PRECONDITION when it differs (the recorded body is never
+//! replaced). Concurrent deliveries of one input are serialized ([`InputLocks`]), so a
+//! second one waits for the first and then gets that answer (rather than ABORTED): exactly one
+//! body is stored and recorded, with its size and SHA-256.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use halo_authz::{Facts, Rpc};
@@ -20,13 +25,64 @@ use crate::store::InputRow;
 
 pub struct ControlService {
     core: Arc<Core>,
+    locks: Arc<InputLocks>,
+}
+
+/// An input of a computation: (global id, description, sender duchy id).
+type InputId = (String, i32, String);
+
+/// One async mutex per input being delivered, so concurrent deliveries of the same input are
+/// serialized from "is anything recorded?" to "recorded" (or refused): the body goes to a
+/// fixed blob name, which must never be overwritten once a record refers to it, nor paired
+/// with another delivery's size and digest. Keyed by sender, so a peer only ever waits for
+/// its own deliveries.
+#[derive(Default)]
+struct InputLocks(std::sync::Mutex<HashMap<InputId, Arc<tokio::sync::Mutex<()>>>>);
+
+/// Holds an input's lock; removes its map entry when nobody else waits for it.
+struct InputLock {
+    locks: Arc<InputLocks>,
+    id: InputId,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl InputLock {
+    async fn acquire(locks: &Arc<InputLocks>, id: InputId) -> InputLock {
+        let mutex = locks
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let guard = mutex.lock_owned().await;
+        InputLock {
+            locks: locks.clone(),
+            id,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for InputLock {
+    fn drop(&mut self) {
+        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's and our guard's: nobody else holds (or can, under the map lock, take) one.
+        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
+            map.remove(&self.id);
+        }
+        self.guard.take();
+    }
 }
 
 pub fn server(core: Arc<Core>) -> ComputationControlServer<ControlService> {
     let max_message = core.config.limits.server.max_message_bytes;
-    ComputationControlServer::new(ControlService { core })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message)
+    ComputationControlServer::new(ControlService {
+        core,
+        locks: Arc::default(),
+    })
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message)
 }
 
 fn internal(e: anyhow::Error) -> Status {
@@ -125,25 +181,38 @@ fn participant_ids(computation: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Reads and discards the rest of a delivery that was already received, still enforcing
-/// the message shape (body chunks only, at least one).
-async fn drain(stream: &mut Streaming<sys::AdvanceComputationRequest>) -> Result<(), Status> {
-    use sys::advance_computation_request::Payload;
+/// Reads the rest of a delivery of an input that was already received, without storing it,
+/// still enforcing the message shape (body chunks only, at least one) and the byte bound
+/// `max` (RESOURCE_EXHAUSTED beyond it). Returns (size, hex SHA-256) of the body, to compare
+/// with the recorded input.
+async fn drain(
+    stream: &mut Streaming<sys::AdvanceComputationRequest>,
+    max: u64,
+) -> Result<(u64, String), Status> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
     let mut chunks = 0usize;
-    while let Some(m) = stream.message().await? {
-        match m.payload {
-            Some(Payload::BodyChunk(_)) => chunks += 1,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "only body chunks may follow the header",
-                ));
-            }
+    while let Some(m) = stream
+        .message()
+        .await
+        .map_err(halo_limits::oversized_message_status)?
+    {
+        let data = advance_body_chunk(m)
+            .ok_or_else(|| Status::invalid_argument("only body chunks may follow the header"))?;
+        chunks += 1;
+        size = size.saturating_add(data.len() as u64);
+        if size > max {
+            return Err(Status::resource_exhausted(format!(
+                "payload larger than {max} bytes"
+            )));
         }
+        hasher.update(&data);
     }
     if chunks == 0 {
         return Err(Status::invalid_argument("header without body"));
     }
-    Ok(())
+    Ok((size, hex::encode(hasher.finalize())))
 }
 
 #[tonic::async_trait]
@@ -187,14 +256,34 @@ impl ComputationControl for ControlService {
                 row.protocol
             )));
         }
-        if core
+        // The bound follows the computation's protocol config (register count, sketch size,
+        // requisitions), so an oversized delivery stops at the bound, before more is read or
+        // written.
+        let computation = sys::Computation::decode(row.computation.as_slice())
+            .map_err(|e| Status::internal(format!("stored computation: {e}")))?;
+        let max = payload_bound(
+            &computation,
+            PayloadKind::StageInput,
+            &core.payload_limits(),
+        );
+        // Held until this delivery is recorded or refused (see `InputLocks`).
+        let _lock =
+            InputLock::acquire(&self.locks, (gid.clone(), description, sender.clone())).await;
+        if let Some(stored) = core
             .store
             .input(&gid, description, &sender)
             .await
             .map_err(internal)?
-            .is_some()
         {
-            drain(&mut stream).await?;
+            let (size, sha256) = drain(&mut stream, max).await?;
+            if u64::try_from(stored.size).ok() != Some(size) || stored.sha256 != sha256 {
+                return Err(Status::failed_precondition(format!(
+                    "description {description} of computation {gid} was already received from \
+                     {sender} with a different body ({} bytes, SHA-256 {}); this one has {size} \
+                     bytes, SHA-256 {sha256}",
+                    stored.size, stored.sha256
+                )));
+            }
             return Ok(Response::new(sys::AdvanceComputationResponse {}));
         }
         if row.terminal.is_some() {
@@ -233,23 +322,10 @@ impl ComputationControl for ControlService {
         let key = crate::blobs::input_key(&gid, description, &sender)
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let path = core.store.blob_path(&key).map_err(internal)?;
-        // The bound follows the computation's protocol config (register count, sketch size,
-        // requisitions), so an oversized delivery stops at the bound, before more is written.
-        let computation = sys::Computation::decode(row.computation.as_slice())
-            .map_err(|e| Status::internal(format!("stored computation: {e}")))?;
-        let max = payload_bound(
-            &computation,
-            PayloadKind::StageInput,
-            &core.payload_limits(),
-        );
-        let (size, sha256) = receive_body(
-            &mut stream,
-            &path,
-            max,
-            true,
-            advance_body_chunk,
-        )
-        .await?;
+        // Under the lock with nothing recorded for this input: no record refers to `path`, so
+        // writing it cannot change a recorded input.
+        let (size, sha256) =
+            receive_body(&mut stream, &path, max, true, advance_body_chunk).await?;
         let input = InputRow {
             description,
             sender: sender.clone(),
@@ -263,14 +339,10 @@ impl ComputationControl for ControlService {
             .await
             .map_err(internal)?
         {
-            if core
-                .store
-                .input(&gid, description, &sender)
-                .await
-                .map_err(internal)?
-                .is_some()
-            {
-                return Ok(Response::new(sys::AdvanceComputationResponse {}));
+            // The computation moved on meanwhile; nothing refers to the blob just written (only
+            // a delivery holding this input's lock records it).
+            if let Err(e) = tokio::fs::remove_file(&path).await {
+                tracing::warn!(computation = %gid, "removing unrecorded input blob: {e}");
             }
             return Err(Status::failed_precondition(format!(
                 "computation {gid} left stage {}",
