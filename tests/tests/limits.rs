@@ -453,3 +453,89 @@ async fn wait_for_requisitions_or_ping(cluster: &Cluster) {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }
+
+/// A repeated delivery of an input already received is read against the same bound as the
+/// first one: an endless duplicate is cut off with RESOURCE_EXHAUSTED once it passes the
+/// bound (rather than read to its end), one just over the bound too, and the recorded input
+/// is unchanged; an identical repeat is still acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_delivery_is_read_against_the_payload_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = start(dir.path(), |_| {}).await;
+    let gid = computation_waiting_at_aggregator(&cluster).await;
+    let ch = cluster
+        .duchy_channel(&Principal::Duchy("worker1".into()), "aggregator")
+        .unwrap();
+    let mut client = ComputationControlClient::new(ch);
+    let header = || {
+        advance_header(
+            SystemProtocol::HonestMajorityShareShuffle,
+            &gid,
+            AGGREGATION_PHASE_INPUT,
+        )
+    };
+    let payload = vec![3u8; BOUND as usize];
+    let delivery = |data: &[u8]| {
+        let mut msgs = vec![header()];
+        msgs.extend(data.chunks(16 << 10).map(body));
+        tokio_stream::iter(msgs)
+    };
+
+    // The first delivery, exactly at the bound.
+    client
+        .advance_computation(delivery(&payload))
+        .await
+        .unwrap();
+    let agg = &cluster.duchies["aggregator"].core;
+    let recorded = agg
+        .store
+        .input(&gid, AGGREGATION_PHASE_INPUT, "worker1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorded.size as u64, BOUND);
+
+    // A duplicate that never ends: refused once past the bound. Without a bound the server
+    // would keep reading and this call would not return.
+    let chunk = vec![9u8; 16 << 10];
+    let endless = tokio_stream::iter(
+        std::iter::once(header()).chain(std::iter::repeat_with(move || body(&chunk))),
+    );
+    let err = tokio::time::timeout(TIMEOUT, client.advance_computation(endless))
+        .await
+        .expect("an endless duplicate delivery was read without a bound")
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains(&BOUND.to_string()),
+        "the message names the bound: {}",
+        err.message()
+    );
+
+    // One byte over the bound: RESOURCE_EXHAUSTED too (not the "different body" answer).
+    let mut over = payload.clone();
+    over.push(3);
+    let err = client
+        .advance_computation(delivery(&over))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+
+    // The record and its blob are unchanged, and an identical repeat is acknowledged.
+    let after = agg
+        .store
+        .input(&gid, AGGREGATION_PHASE_INPUT, "worker1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.size, &after.sha256),
+        (recorded.size, &recorded.sha256)
+    );
+    assert!(partial(&inputs_dir(&cluster, &gid)).is_empty());
+    client
+        .advance_computation(delivery(&payload))
+        .await
+        .unwrap();
+    cluster.shutdown().await.unwrap();
+}
