@@ -7,7 +7,6 @@
 //! second one waits for the first and then gets that answer (rather than ABORTED): exactly one
 //! body is stored and recorded, with its size and SHA-256.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use halo_authz::{Facts, Rpc};
@@ -19,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::receive_body;
 use crate::core::Core;
+use crate::keyed_lock::{KeyedLock, KeyedLocks};
 use crate::names;
 use crate::protocol::{PayloadKind, StageKind, SystemProtocol, find_stage, payload_bound};
 use crate::store::InputRow;
@@ -31,49 +31,11 @@ pub struct ControlService {
 /// An input of a computation: (global id, description, sender duchy id).
 type InputId = (String, i32, String);
 
-/// One async mutex per input being delivered, so concurrent deliveries of the same input are
-/// serialized from "is anything recorded?" to "recorded" (or refused): the body goes to a
-/// fixed blob name, which must never be overwritten once a record refers to it, nor paired
-/// with another delivery's size and digest. Keyed by sender, so a peer only ever waits for
-/// its own deliveries.
-#[derive(Default)]
-struct InputLocks(std::sync::Mutex<HashMap<InputId, Arc<tokio::sync::Mutex<()>>>>);
-
-/// Holds an input's lock; removes its map entry when nobody else waits for it.
-struct InputLock {
-    locks: Arc<InputLocks>,
-    id: InputId,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl InputLock {
-    async fn acquire(locks: &Arc<InputLocks>, id: InputId) -> InputLock {
-        let mutex = locks
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id.clone())
-            .or_default()
-            .clone();
-        let guard = mutex.lock_owned().await;
-        InputLock {
-            locks: locks.clone(),
-            id,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl Drop for InputLock {
-    fn drop(&mut self) {
-        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        // The map's and our guard's: nobody else holds (or can, under the map lock, take) one.
-        if map.get(&self.id).is_some_and(|m| Arc::strong_count(m) <= 2) {
-            map.remove(&self.id);
-        }
-        self.guard.take();
-    }
-}
+/// Concurrent deliveries of the same input are serialized from "is anything recorded?" to
+/// "recorded" (or refused): the body goes to a fixed blob name, which must never be
+/// overwritten once a record refers to it, nor paired with another delivery's size and digest.
+/// Keyed by sender, so a peer only ever waits for its own deliveries.
+type InputLocks = KeyedLocks<InputId>;
 
 pub fn server(core: Arc<Core>) -> ComputationControlServer<ControlService> {
     let max_message = core.config.limits.server.max_message_bytes;
@@ -268,7 +230,7 @@ impl ComputationControl for ControlService {
         );
         // Held until this delivery is recorded or refused (see `InputLocks`).
         let _lock =
-            InputLock::acquire(&self.locks, (gid.clone(), description, sender.clone())).await;
+            KeyedLock::acquire(&self.locks, (gid.clone(), description, sender.clone())).await;
         if let Some(stored) = core
             .store
             .input(&gid, description, &sender)

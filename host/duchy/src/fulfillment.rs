@@ -3,7 +3,6 @@
 //! once (a retried fulfilment does not write again) and reports the fulfilment to the
 //! Kingdom.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use api::requisition_fulfillment_server::{RequisitionFulfillment, RequisitionFulfillmentServer};
@@ -17,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::receive_body;
 use crate::core::Core;
+use crate::keyed_lock::{KeyedLock, KeyedLocks};
 use crate::names;
 use crate::protocol::{PayloadKind, payload_bound};
 
@@ -25,49 +25,10 @@ pub struct FulfillmentService {
     locks: Arc<LockMap>,
 }
 
-/// One async mutex per requisition being fulfilled, so concurrent fulfilments of the same
-/// requisition are serialized from "is anything recorded?" to "recorded" (the body goes to
-/// a fixed blob name, which must never be overwritten once a header refers to it).
-type LockMap = std::sync::Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
-
-/// Holds a requisition's lock; removes its map entry when nobody else waits for it.
-struct RequisitionLock {
-    map: Arc<LockMap>,
-    key: (String, String),
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl RequisitionLock {
-    async fn acquire(map: &Arc<LockMap>, global_id: &str, rid: &str) -> RequisitionLock {
-        let key = (global_id.to_owned(), rid.to_owned());
-        let mutex = map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let guard = mutex.lock_owned().await;
-        RequisitionLock {
-            map: map.clone(),
-            key,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl Drop for RequisitionLock {
-    fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        // Ours plus the map's: nobody else holds (or can, under the map lock, take) a clone.
-        if map
-            .get(&self.key)
-            .is_some_and(|m| Arc::strong_count(m) <= 2)
-        {
-            map.remove(&self.key);
-        }
-        self.guard.take();
-    }
-}
+/// Concurrent fulfilments of the same requisition (global id, requisition id) are serialized
+/// from "is anything recorded?" to "recorded" (the body goes to a fixed blob name, which must
+/// never be overwritten once a header refers to it).
+type LockMap = KeyedLocks<(String, String)>;
 
 pub fn server(core: Arc<Core>) -> RequisitionFulfillmentServer<FulfillmentService> {
     let max_message = core.config.limits.server.max_message_bytes;
@@ -235,7 +196,7 @@ impl FulfillmentService {
         max: u64,
     ) -> Result<(), Status> {
         let core = &self.core;
-        let _lock = RequisitionLock::acquire(&self.locks, global_id, rid).await;
+        let _lock = KeyedLock::acquire(&self.locks, (global_id.to_owned(), rid.to_owned())).await;
         let stored = core
             .store
             .requisitions(global_id)

@@ -14,6 +14,7 @@ mod core;
 pub mod fulfillment;
 pub mod herald;
 pub mod identity;
+mod keyed_lock;
 pub mod kingdom;
 pub mod metrics;
 pub mod mill;
