@@ -147,6 +147,20 @@ pub struct ServerLimitArgs {
     /// A connection without a call in flight for this many seconds is closed.
     #[arg(long, env = "HALO_IDLE_TIMEOUT_SECS", default_value_t = 300)]
     pub idle_timeout_secs: u64,
+    /// A connection that sends no byte (no ClientHello) for this many seconds is closed.
+    #[arg(long, env = "HALO_CLIENT_HELLO_TIMEOUT_SECS", default_value_t = 3)]
+    pub client_hello_timeout_secs: u64,
+    /// Established connections at once (more wait in the accept queue).
+    #[arg(long, env = "HALO_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Connections whose certificate identifies no principal, at once (each is closed after
+    /// --unauthenticated-lifetime-secs; more are closed at once).
+    #[arg(long, env = "HALO_MAX_UNAUTHENTICATED", default_value_t = 64)]
+    pub max_unauthenticated: usize,
+    /// How long a connection whose certificate identifies no principal is served (enough to
+    /// answer UNAUTHENTICATED).
+    #[arg(long, env = "HALO_UNAUTHENTICATED_LIFETIME_SECS", default_value_t = 5)]
+    pub unauthenticated_lifetime_secs: u64,
 }
 
 impl ServerLimitArgs {
@@ -161,7 +175,13 @@ impl ServerLimitArgs {
     fn tls(&self) -> halo_identity::TlsServerLimits {
         halo_identity::TlsServerLimits {
             handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_secs),
+            client_hello_timeout: std::time::Duration::from_secs(self.client_hello_timeout_secs),
             max_pending_handshakes: self.max_pending_handshakes,
+            max_connections: self.max_connections,
+            unauthenticated_lifetime: std::time::Duration::from_secs(
+                self.unauthenticated_lifetime_secs,
+            ),
+            max_unauthenticated: self.max_unauthenticated,
         }
     }
 }

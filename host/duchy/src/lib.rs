@@ -220,7 +220,8 @@ impl RunningDuchy {
             .identity
             .server_config(&config.trust)
             .context("server TLS config")?;
-        let incoming = halo_identity::tls_incoming(listener, tls, config.tls_limits);
+        let incoming =
+            halo_identity::tls_incoming(listener, tls, config.trust.clone(), config.tls_limits);
         let (incoming, idle) =
             halo_limits::idle::track(incoming, config.limits.server.idle_timeout);
         let mut stop = shutdown_rx.clone();

@@ -113,6 +113,9 @@ pub enum IdentityError {
         /// What went wrong.
         message: String,
     },
+    /// A URL that is not `https://` (it would connect without TLS).
+    #[error("{0:?} is not an https:// URL: every connection uses mutual TLS")]
+    InsecureUrl(String),
     /// A principal has no trusted root to check a server against.
     #[error("no trusted root for {0}: cannot check that a server is this principal")]
     NoRootFor(String),

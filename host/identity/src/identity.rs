@@ -100,6 +100,14 @@ impl Identity {
             url: url.to_owned(),
             source,
         };
+        // tonic applies TLS only to https URLs: anything else would silently skip both mutual
+        // TLS and the server check.
+        if !url
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        {
+            return Err(IdentityError::InsecureUrl(url.to_owned()));
+        }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(transport)?
             .connect_timeout(std::time::Duration::from_secs(10))

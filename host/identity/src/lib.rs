@@ -24,12 +24,12 @@ pub use error::IdentityError;
 pub use identity::{Identity, TLS_DOMAIN};
 pub use pki::{
     CERT_FILE, DevPki, KEY_FILE, MANIFEST_FILE, ROOT_FILE, ROOT_KEY_FILE, TRUST_FILE,
-    ca_as_leaf_identity, expired_identity, forged_akid_identity, identity_with_two_cert_chain,
-    identity_without_akid, impostor_identity,
+    ca_as_leaf_identity, critical_extension_identity, expired_identity, forged_akid_identity,
+    identity_with_two_cert_chain, identity_without_akid, impostor_identity,
 };
 pub use principal::Principal;
-pub use signing::ECDSA_WITH_SHA256_OID;
-pub use tls::{Authenticate, AuthenticateLayer, TlsServerLimits, tls_incoming};
+pub use signing::{ECDSA_WITH_SHA256_OID, SIGNATURE_CONTEXT};
+pub use tls::{Authenticate, AuthenticateLayer, PeerInfo, TlsConn, TlsServerLimits, tls_incoming};
 pub use trust::{
     INVALID_CLIENT_CERTIFICATE, MULTIPLE_CLIENT_CERTIFICATES, NO_AKID, NO_CLIENT_CERTIFICATE,
     NO_IDENTITY, TrustStore, certificate_akid, certificate_skid,

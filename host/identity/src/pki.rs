@@ -419,6 +419,27 @@ pub fn expired_identity(pki: &DevPki, principal: &Principal) -> Result<Identity,
     })
 }
 
+/// For tests: a leaf of `principal` from its real root carrying a critical extension nobody
+/// understands (OID 1.3.6.1.4.1.55555.1), which a verifier must refuse.
+pub fn critical_extension_identity(
+    pki: &DevPki,
+    principal: &Principal,
+) -> Result<Identity, IdentityError> {
+    let (root, entry) = pki.issuer(principal)?;
+    let (cert_pem, key_pem) = issue_leaf_with(principal, &root, |params| {
+        let mut ext =
+            rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 55555, 1], vec![5, 0]);
+        ext.set_criticality(true);
+        params.custom_extensions.push(ext);
+    })?;
+    Ok(Identity {
+        principal: principal.clone(),
+        cert_pem,
+        key_pem,
+        root_pem: entry.identity.root_pem.clone(),
+    })
+}
+
 /// For tests: a CA certificate (basic constraints cA=true, keyCertSign) that `principal`'s real
 /// root issued, with an AKID, presented as a leaf.
 pub fn ca_as_leaf_identity(pki: &DevPki, principal: &Principal) -> Result<Identity, IdentityError> {

@@ -13,14 +13,29 @@ use crate::{Identity, IdentityError, Principal, TrustStore};
 /// Object identifier of `ecdsa-with-SHA256`, the only signature algorithm used.
 pub const ECDSA_WITH_SHA256_OID: &str = "1.2.840.10045.4.3.2";
 
+/// Every application signature is over this context string followed by the message, so the
+/// key that also authenticates the principal in TLS can never be used (e.g. by a plugin
+/// calling the identity import) to produce a TLS CertificateVerify or any other signature
+/// outside this domain: TLS 1.3 signs 64 spaces first, TLS 1.2 a handshake transcript
+/// starting with a ClientHello (0x01).
+pub const SIGNATURE_CONTEXT: &[u8] = b"halo-host application signature v1\0";
+
+fn in_context(message: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNATURE_CONTEXT.len() + message.len());
+    m.extend_from_slice(SIGNATURE_CONTEXT);
+    m.extend_from_slice(message);
+    m
+}
+
 fn signature_error(context: impl Into<String>) -> impl FnOnce(String) -> IdentityError {
     let context = context.into();
     move |message| IdentityError::Signature { context, message }
 }
 
 impl Identity {
-    /// Signs `message` with this identity's private key (ECDSA P-256, SHA-256, DER signature;
-    /// [`ECDSA_WITH_SHA256_OID`]). The matching certificate is [`Identity::certificate_der`].
+    /// Signs [`SIGNATURE_CONTEXT`] ‖ `message` with this identity's private key (ECDSA P-256,
+    /// SHA-256, DER signature; [`ECDSA_WITH_SHA256_OID`]). The matching certificate is
+    /// [`Identity::certificate_der`].
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
         use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
         let context = format!("signing as {}", self.principal);
@@ -36,18 +51,19 @@ impl Identity {
             context: context.clone(),
             message: format!("the private key is not an ECDSA P-256 PKCS#8 key: {e}"),
         })?;
-        let signature = pair
-            .sign(&rng, message)
-            .map_err(|e| IdentityError::Signature {
-                context,
-                message: format!("signing failed: {e}"),
-            })?;
+        let signature =
+            pair.sign(&rng, &in_context(message))
+                .map_err(|e| IdentityError::Signature {
+                    context,
+                    message: format!("signing failed: {e}"),
+                })?;
         Ok(signature.as_ref().to_vec())
     }
 }
 
 impl TrustStore {
-    /// Checks that `signature` (with algorithm `algorithm_oid`) over `message` was made with the
+    /// Checks that `signature` (with algorithm `algorithm_oid`) over [`SIGNATURE_CONTEXT`] ‖
+    /// `message` was made with the
     /// key of `certificate_der`, and that this certificate is currently valid and was issued
     /// (AKID = root SKID, signature checked) by a trusted root of `signer`.
     pub fn verify_signature(
@@ -74,7 +90,7 @@ impl TrustStore {
             .map_err(signature_error(context.clone()))?;
         let key = &cert.tbs_certificate.subject_pki.subject_public_key.data;
         ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
-            .verify(message, signature)
+            .verify(&in_context(message), signature)
             .map_err(|_| fail("the signature does not match the message and certificate".into()))
     }
 }
@@ -122,6 +138,28 @@ mod tests {
         assert!(e.contains("unsupported signature algorithm"), "{e}");
         let e = err(trust.verify_signature(&edp1, b"junk", b"seed", &sig, ECDSA_WITH_SHA256_OID));
         assert!(e.contains("certificate"), "{e}");
+        // A signature made with the same key but outside the application context (what a
+        // TLS CertificateVerify or any raw use of the key would be) does not verify.
+        {
+            use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+            let key = PrivatePkcs8KeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap();
+            let rng = ring::rand::SystemRandom::new();
+            let pair = EcdsaKeyPair::from_pkcs8(
+                &ECDSA_P256_SHA256_ASN1_SIGNING,
+                key.secret_pkcs8_der(),
+                &rng,
+            )
+            .unwrap();
+            let raw = pair.sign(&rng, b"seed").unwrap();
+            let e = err(trust.verify_signature(
+                &edp1,
+                &cert,
+                b"seed",
+                raw.as_ref(),
+                ECDSA_WITH_SHA256_OID,
+            ));
+            assert!(e.contains("does not match"), "{e}");
+        }
         // A certificate from an impostor root with a copied AKID does not verify.
         let impostor = crate::impostor_identity(&edp1).unwrap();
         let e = err(trust.verify_signature(

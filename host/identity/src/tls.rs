@@ -24,10 +24,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
+use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::{Identity, IdentityError, Principal, TrustStore};
@@ -37,16 +41,31 @@ use crate::{Identity, IdentityError, Principal, TrustStore};
 pub struct TlsServerLimits {
     /// A connection whose TLS handshake has not finished after this long is closed.
     pub handshake_timeout: Duration,
+    /// A connection that has not sent its first byte (the ClientHello) after this long is
+    /// closed, so silent connections free their handshake slot quickly.
+    pub client_hello_timeout: Duration,
     /// At most this many handshakes run at once; further connections wait in the kernel's
     /// accept queue until one finishes.
     pub max_pending_handshakes: usize,
+    /// At most this many established connections at once (further ones wait in the kernel's
+    /// accept queue).
+    pub max_connections: usize,
+    /// Connections whose client certificate identifies no principal are kept only long
+    /// enough to answer UNAUTHENTICATED (this long), and at most this many at once (more are
+    /// closed at once).
+    pub unauthenticated_lifetime: Duration,
+    pub max_unauthenticated: usize,
 }
 
 impl Default for TlsServerLimits {
     fn default() -> Self {
         TlsServerLimits {
             handshake_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(3),
             max_pending_handshakes: 256,
+            max_connections: 4096,
+            unauthenticated_lifetime: Duration::from_secs(5),
+            max_unauthenticated: 64,
         }
     }
 }
@@ -141,23 +160,159 @@ impl Identity {
     }
 }
 
-/// The TLS connections accepted on `listener`: each handshake runs in its own task under
-/// `limits.handshake_timeout`, at most `limits.max_pending_handshakes` at once; failed and
-/// timed-out handshakes are dropped (logged at debug). Feed the stream to tonic's
-/// `Server::serve_with_incoming*`; requests then carry the client's certificates
-/// (`tonic::Request::peer_certs`). The accept task ends when the stream is dropped.
+/// What the server decided about a connection's client once, right after the handshake (it is
+/// the tonic `ConnectInfo` of [`TlsConn`], so it is in every request's extensions).
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    remote: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    /// The principal and the leaf's notAfter (Unix seconds), or why it identifies no one.
+    identity: Result<(Principal, i64), Status>,
+}
+
+impl PeerInfo {
+    /// The client's address.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// The local address the client connected to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    /// The principal of this connection, or UNAUTHENTICATED with the reason (also once its
+    /// certificate has expired while connected).
+    pub fn principal(&self) -> Result<&Principal, Status> {
+        match &self.identity {
+            Ok((principal, not_after)) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(i64::MAX, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                if now > *not_after {
+                    Err(Status::unauthenticated(format!(
+                        "{}: the certificate expired during the connection",
+                        crate::INVALID_CLIENT_CERTIFICATE
+                    )))
+                } else {
+                    Ok(principal)
+                }
+            }
+            Err(status) => Err(status.clone()),
+        }
+    }
+}
+
+/// An accepted TLS connection, identified once (see [`PeerInfo`]). It holds a slot of the
+/// connection cap for its lifetime; an unidentified one is closed after
+/// [`TlsServerLimits::unauthenticated_lifetime`].
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    info: PeerInfo,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+}
+
+impl TlsConn {
+    /// Whether an unidentified connection's time is up.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Ok(())); // end of stream
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.expired(cx) {
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The TLS connections accepted on `listener`, identified by `trust` once each:
+/// - at most `limits.max_connections` established at once (the accept loop waits for a slot);
+/// - each handshake runs in its own task, at most `limits.max_pending_handshakes` at once; a
+///   client that sends nothing for `limits.client_hello_timeout`, or has not finished after
+///   `limits.handshake_timeout`, is dropped;
+/// - a connection whose certificate identifies no principal (see [`TrustStore::identify`]) is
+///   served only for `limits.unauthenticated_lifetime` (enough to answer UNAUTHENTICATED), at
+///   most `limits.max_unauthenticated` at once.
+///
+/// Feed the stream to tonic's `Server::serve_with_incoming*` with [`AuthenticateLayer`]. The
+/// accept task ends when the stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    trust: TrustStore,
     limits: TlsServerLimits,
-) -> impl tokio_stream::Stream<Item = Result<TlsStream<TcpStream>, io::Error>> + Send + 'static {
-    let (tx, rx) = mpsc::channel::<Result<TlsStream<TcpStream>, io::Error>>(64);
+) -> impl tokio_stream::Stream<Item = Result<TlsConn, io::Error>> + Send + 'static {
+    let (tx, rx) = mpsc::channel::<Result<TlsConn, io::Error>>(64);
     let acceptor = TlsAcceptor::from(config);
-    let permits = Arc::new(Semaphore::new(limits.max_pending_handshakes.max(1)));
+    let trust = Arc::new(trust);
+    let pending = Arc::new(Semaphore::new(limits.max_pending_handshakes.max(1)));
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let unauthenticated = Arc::new(Semaphore::new(limits.max_unauthenticated));
     tokio::spawn(async move {
         loop {
-            let permit = tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
+            let permits = tokio::select! {
+                permits = async {
+                    let c = connections.clone().acquire_owned().await?;
+                    let p = pending.clone().acquire_owned().await?;
+                    Ok::<_, tokio::sync::AcquireError>((c, p))
+                } => match permits {
                     Ok(p) => p,
                     Err(_) => return,
                 },
@@ -173,7 +328,7 @@ pub fn tls_incoming(
                     // Per-connection errors (reset before accept, fd exhaustion): back off a
                     // little instead of spinning, then keep serving.
                     tracing::debug!(error = %e, "accept failed");
-                    drop(permit);
+                    drop(permits);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -181,17 +336,63 @@ pub fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let trust = trust.clone();
+            let unauthenticated = unauthenticated.clone();
             tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp));
-                match handshake.await {
-                    Ok(Ok(tls)) => {
-                        drop(permit);
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                let (connection, pending) = permits;
+                let local = tcp.local_addr().ok();
+                if tokio::time::timeout(limits.client_hello_timeout, tcp.readable())
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "no ClientHello in time");
+                    return;
                 }
+                let handshake =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                drop(pending);
+                let tls = match handshake {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let identity = {
+                    let certs = tls.get_ref().1.peer_certificates();
+                    trust.identify_until(certs)
+                };
+                let (deadline, unauthenticated_permit) = match &identity {
+                    Ok(_) => (None, None),
+                    Err(status) => {
+                        let Ok(permit) = unauthenticated.try_acquire_owned() else {
+                            tracing::debug!(%peer, "too many unauthenticated connections");
+                            return;
+                        };
+                        tracing::debug!(%peer, reason = %status.message(), "unauthenticated connection");
+                        (
+                            Some(Box::pin(tokio::time::sleep(
+                                limits.unauthenticated_lifetime,
+                            ))),
+                            Some(permit),
+                        )
+                    }
+                };
+                let conn = TlsConn {
+                    inner: tls,
+                    info: PeerInfo {
+                        remote: Some(peer),
+                        local,
+                        identity,
+                    },
+                    deadline,
+                    _permits: (connection, unauthenticated_permit),
+                };
+                let _ = tx.send(Ok(conn)).await;
             });
         }
     });
@@ -257,11 +458,18 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let certs = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|info| info.peer_certs());
-        match self.trust.identify(certs.as_deref().map(Vec::as_slice)) {
+        let identified = match req.extensions().get::<PeerInfo>() {
+            // Decided once for the connection (the normal case, see `tls_incoming`).
+            Some(info) => info.principal().cloned(),
+            None => {
+                let certs = req
+                    .extensions()
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .and_then(|info| info.peer_certs());
+                self.trust.identify(certs.as_deref().map(Vec::as_slice))
+            }
+        };
+        match identified {
             Ok(principal) => {
                 req.extensions_mut().insert(Authenticated(principal));
                 // The clone is ready only after poll_ready; swap so `self.inner` (ready) serves.

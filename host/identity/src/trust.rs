@@ -63,6 +63,20 @@ impl TrustStore {
             context: context.clone(),
             message,
         })?;
+        if !cert.is_ca() {
+            return Err(IdentityError::X509 {
+                context,
+                message: "a root must be a CA certificate (basic constraints cA=true)".into(),
+            });
+        }
+        if let Ok(Some(ku)) = cert.key_usage()
+            && !ku.value.key_cert_sign()
+        {
+            return Err(IdentityError::X509 {
+                context,
+                message: "a root's key usage must allow certificate signing".into(),
+            });
+        }
         let skid = subject_key_identifier(&cert).ok_or_else(|| IdentityError::MissingSkid {
             principal: principal.resource_name(),
         })?;
@@ -173,6 +187,27 @@ impl TrustStore {
         Ok(principal)
     }
 
+    /// [`TrustStore::identify`] for the certificates of a TLS session, with the leaf's notAfter
+    /// (Unix seconds) so a long-lived connection can stop being trusted when it expires.
+    pub(crate) fn identify_until(
+        &self,
+        peer_certs: Option<&[CertificateDer<'_>]>,
+    ) -> Result<(Principal, i64), Status> {
+        let owned: Option<Vec<CertificateDer<'static>>> =
+            peer_certs.map(|c| c.iter().map(|d| d.clone().into_owned()).collect());
+        let principal = self.identify(owned.as_deref())?;
+        let not_after = owned
+            .as_deref()
+            .and_then(|c| c.first())
+            .and_then(|leaf| {
+                parse_cert(leaf)
+                    .ok()
+                    .map(|c| c.validity().not_after.timestamp())
+            })
+            .unwrap_or(i64::MIN);
+        Ok((principal, not_after))
+    }
+
     /// Checks that `cert` is a leaf that a trusted root of `owner` verifiably issued and that it
     /// may be used for `usage` now: the root named by its AKID belongs to `owner` and verifies
     /// its signature, it is within its validity period, it is not a CA, and its key usage /
@@ -245,13 +280,34 @@ pub(crate) enum LeafUse {
     Signing,
 }
 
+/// Signature algorithms a leaf may be signed with: ecdsa-with-SHA256, ecdsa-with-SHA384,
+/// Ed25519 (no SHA-1, no RSA).
+const ACCEPTED_SIGNATURE_ALGORITHMS: [&str; 3] =
+    ["1.2.840.10045.4.3.2", "1.2.840.10045.4.3.3", "1.3.101.112"];
+
 /// A leaf must not be a CA, must allow digital signatures when it has a key usage extension,
 /// and, as a TLS client, must allow clientAuth when it has an extended key usage extension.
 fn check_end_entity(cert: &X509Certificate<'_>, usage: LeafUse) -> Result<(), String> {
+    let algorithm = cert.signature_algorithm.algorithm.to_id_string();
+    if !ACCEPTED_SIGNATURE_ALGORITHMS.contains(&algorithm.as_str()) {
+        return Err(format!(
+            "signature algorithm {algorithm} is not accepted (ECDSA with SHA-256/384 or Ed25519)"
+        ));
+    }
     let mut seen = std::collections::HashSet::new();
     for ext in cert.extensions() {
-        if !seen.insert(ext.oid.to_id_string()) {
-            return Err(format!("duplicate extension {}", ext.oid.to_id_string()));
+        let oid = ext.oid.to_id_string();
+        if !seen.insert(oid.clone()) {
+            return Err(format!("duplicate extension {oid}"));
+        }
+        match ext.parsed_extension() {
+            ParsedExtension::ParseError { .. } => {
+                return Err(format!("extension {oid} is malformed"));
+            }
+            ParsedExtension::UnsupportedExtension { .. } if ext.critical => {
+                return Err(format!("unknown critical extension {oid}"));
+            }
+            _ => {}
         }
     }
     if cert.is_ca() {

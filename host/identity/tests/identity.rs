@@ -213,6 +213,13 @@ fn identify_rejects_expired_and_ca_leaves() {
     let status = trust.identify(Some(&leaf(&expired))).unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("expired"), "{status:?}");
+    // A critical extension nobody understands.
+    let critical = halo_identity::critical_extension_identity(pki, &worker).unwrap();
+    let status = trust.identify(Some(&leaf(&critical))).unwrap_err();
+    assert!(
+        status.message().contains("unknown critical extension"),
+        "{status:?}"
+    );
     // A CA certificate issued by the right root.
     let root = ca_as_leaf_identity(pki, &worker).unwrap();
     let status = trust.identify(Some(&leaf(&root))).unwrap_err();
@@ -247,10 +254,15 @@ fn add_root_requires_skid_and_unique_skids() {
     let pki = pki();
     let mut trust = TrustStore::new();
     let no_skid = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    // (rcgen's simple certificate is not a CA either; either refusal will do.)
     assert!(matches!(
         trust.add_root(Principal::Kingdom, &no_skid.cert.pem()),
-        Err(IdentityError::MissingSkid { .. })
+        Err(IdentityError::MissingSkid { .. } | IdentityError::X509 { .. })
     ));
+    // A leaf is not a root.
+    let leaf_pem = &pki.identity(&Principal::Kingdom).unwrap().cert_pem;
+    let e = trust.add_root(Principal::Kingdom, leaf_pem).unwrap_err();
+    assert!(e.to_string().contains("must be a CA"), "{e}");
     assert!(matches!(
         trust.add_root(Principal::Kingdom, "not a pem"),
         Err(IdentityError::Pem { .. })
@@ -361,7 +373,26 @@ async fn tls_configs_and_lazy_channel_build() {
     id.channel(&trust, &Principal::Kingdom, "https://127.0.0.1:1")
         .unwrap();
     assert!(matches!(
-        id.channel(&trust, &Principal::Kingdom, "not a url"),
+        id.channel(&trust, &Principal::Kingdom, "https://not a url"),
         Err(IdentityError::Transport { .. })
     ));
+    for insecure in [
+        "not a url",
+        "http://127.0.0.1:1",
+        "127.0.0.1:1",
+        "HTTP://x",
+        "",
+    ] {
+        assert!(
+            matches!(
+                id.channel(&trust, &Principal::Kingdom, insecure),
+                Err(IdentityError::InsecureUrl(_))
+            ),
+            "{insecure}"
+        );
+    }
+    assert!(
+        id.channel(&trust, &Principal::Kingdom, "HTTPS://127.0.0.1:1")
+            .is_ok()
+    );
 }

@@ -112,7 +112,12 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tls_incoming(listener, server.server_config(trust).unwrap(), limits);
+    let incoming = tls_incoming(
+        listener,
+        server.server_config(trust).unwrap(),
+        trust.clone(),
+        limits,
+    );
     let router = tonic::transport::Server::builder()
         .layer(AuthenticateLayer::new(trust.clone()))
         .add_service(WhoAmI(Arc::new(trust.clone())));
@@ -271,6 +276,7 @@ async fn stalled_handshakes_are_dropped() {
     let limits = TlsServerLimits {
         handshake_timeout: std::time::Duration::from_millis(300),
         max_pending_handshakes: 8,
+        ..TlsServerLimits::default()
     };
     let (url, stop, server) =
         serve(pki.identity(&Principal::Kingdom).unwrap(), &trust, limits).await;
@@ -293,6 +299,104 @@ async fn stalled_handshakes_are_dropped() {
             .expect("the server must close a stalled handshake");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
+    stop.send(()).unwrap();
+    server.await.unwrap();
+}
+
+/// Opens a raw TLS connection to `addr` as `client` (trusting `server`'s roots) and reads
+/// until the server closes it or `wait` passes. Returns (bytes read, closed by the server).
+async fn raw_connection(
+    client: &Identity,
+    trust: &TrustStore,
+    server: &Principal,
+    addr: &str,
+    wait: std::time::Duration,
+) -> (usize, bool) {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::AsyncReadExt as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in
+        rustls_pki_types::CertificateDer::pem_slice_iter(trust.roots_pem_of(server).as_bytes())
+    {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(client.chain_der().unwrap(), key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return (0, true);
+    };
+    let mut total = 0;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Err(_) => return (total, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (total, true),
+            Ok(Ok(n)) => total += n,
+        }
+    }
+}
+
+/// A connection whose certificate identifies no principal is answered (UNAUTHENTICATED) but
+/// not kept: it is closed after the unauthenticated lifetime, and beyond the cap at once; an
+/// identified client's connection stays open.
+#[tokio::test]
+async fn unauthenticated_connections_are_short_lived_and_capped() {
+    halo_identity::init_crypto();
+    let worker1 = Principal::Duchy("worker1".into());
+    let edp1 = Principal::DataProvider("edp1".into());
+    let pki = DevPki::generate(&[Principal::Kingdom, worker1.clone(), edp1.clone()]).unwrap();
+    let trust = pki.trust_store().unwrap();
+    let limits = TlsServerLimits {
+        unauthenticated_lifetime: std::time::Duration::from_millis(400),
+        max_unauthenticated: 3,
+        ..TlsServerLimits::default()
+    };
+    let (url, stop, server) =
+        serve(pki.identity(&Principal::Kingdom).unwrap(), &trust, limits).await;
+    let addr = url.trim_start_matches("https://").to_owned();
+    let forged = forged_akid_identity(&pki, &edp1, &worker1, false).unwrap();
+    let long = std::time::Duration::from_secs(3);
+
+    // Still answered with the reason over gRPC.
+    assert_unauthenticated(
+        who_am_i(&forged, &trust, &url).await,
+        "root of duchies/worker1",
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+
+    // One forged connection: served (the HTTP/2 preface arrives), then closed.
+    let (read, closed) = raw_connection(&forged, &trust, &Principal::Kingdom, &addr, long).await;
+    assert!(read > 0 && closed, "read {read}, closed {closed}");
+
+    // An identified client's connection is not closed.
+    let good = pki.identity(&worker1).unwrap();
+    let (read, closed) = raw_connection(
+        good,
+        &trust,
+        &Principal::Kingdom,
+        &addr,
+        std::time::Duration::from_secs(1),
+    )
+    .await;
+    assert!(read > 0 && !closed, "read {read}, closed {closed}");
+
+    // Eight forged connections at once: at most three are served, all are closed.
+    let results = futures::future::join_all(
+        (0..8).map(|_| raw_connection(&forged, &trust, &Principal::Kingdom, &addr, long)),
+    )
+    .await;
+    assert!(results.iter().all(|(_, closed)| *closed), "{results:?}");
+    let served = results.iter().filter(|(read, _)| *read > 0).count();
+    assert!((1..=3).contains(&served), "{results:?}");
+
     stop.send(()).unwrap();
     server.await.unwrap();
 }

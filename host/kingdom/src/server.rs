@@ -88,7 +88,8 @@ impl RunningKingdom {
                 return Err(e).context("server TLS configuration");
             }
         };
-        let incoming = halo_identity::tls_incoming(listener, tls, config.tls_limits);
+        let incoming =
+            halo_identity::tls_incoming(listener, tls, config.trust.clone(), config.tls_limits);
         let limits = config.limits.server;
         let (incoming, idle) = halo_limits::idle::track(incoming, limits.idle_timeout);
         let max = limits.max_message_bytes;

@@ -37,6 +37,12 @@ impl RemoteAddr for TcpConnectInfo {
     }
 }
 
+impl RemoteAddr for halo_identity::PeerInfo {
+    fn remote(&self) -> Option<SocketAddr> {
+        self.remote_addr()
+    }
+}
+
 impl<T: RemoteAddr> RemoteAddr for TlsConnectInfo<T> {
     fn remote(&self) -> Option<SocketAddr> {
         self.get_ref().remote()
@@ -257,8 +263,12 @@ impl Drop for InFlight {
 
 fn remote_of<B>(req: &http::Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();
-    ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+    ext.get::<halo_identity::PeerInfo>()
         .and_then(RemoteAddr::remote)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(RemoteAddr::remote)
+        })
         .or_else(|| ext.get::<TcpConnectInfo>().and_then(RemoteAddr::remote))
 }
 
