@@ -134,9 +134,10 @@ enum Command {
 /// Connection limits of a server (Kingdom or duchy).
 #[derive(clap::Args, Clone)]
 pub struct ServerLimitArgs {
-    /// Largest gRPC message (decoded or encoded), in bytes.
-    #[arg(long, env = "HALO_MAX_MESSAGE_BYTES", default_value_t = halo_limits::DEFAULT_MAX_MESSAGE_BYTES)]
-    pub max_message_bytes: usize,
+    /// Largest gRPC message (decoded or encoded), in bytes [default: Kingdom 1 MiB, duchy
+    /// 8 MiB].
+    #[arg(long, env = "HALO_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
     /// HTTP/2 concurrent streams per connection.
     #[arg(long, env = "HALO_MAX_CONCURRENT_STREAMS", default_value_t = halo_limits::DEFAULT_MAX_CONCURRENT_STREAMS)]
     pub max_concurrent_streams: u32,
@@ -166,9 +167,9 @@ pub struct ServerLimitArgs {
 }
 
 impl ServerLimitArgs {
-    fn server(&self) -> halo_limits::ServerLimits {
+    fn server(&self, default_message_bytes: usize) -> halo_limits::ServerLimits {
         halo_limits::ServerLimits {
-            max_message_bytes: self.max_message_bytes,
+            max_message_bytes: self.max_message_bytes.unwrap_or(default_message_bytes),
             max_concurrent_streams: self.max_concurrent_streams,
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
         }
@@ -336,7 +337,7 @@ async fn run(cli: Cli) -> Result<()> {
             let mut config = halo_sim::kingdom_config(&pki, &data_dir, listen)?;
             config.tls_limits = server_limits.tls();
             config.limits = halo_kingdom::KingdomLimits {
-                server: server_limits.server(),
+                server: server_limits.server(halo_limits::KINGDOM_MAX_MESSAGE_BYTES),
                 max_active_streams_per_duchy,
                 max_page_size,
                 ..halo_kingdom::KingdomLimits::default()
@@ -403,7 +404,7 @@ async fn run(cli: Cli) -> Result<()> {
                 max_payload_bytes,
                 tls_limits: server_limits.tls(),
                 limits: halo_duchy::DuchyLimits {
-                    server: server_limits.server(),
+                    server: server_limits.server(halo_limits::DEFAULT_MAX_MESSAGE_BYTES),
                     max_register_count,
                     max_advance_streams_per_peer,
                     max_fulfillment_streams_per_provider,

@@ -193,7 +193,12 @@ impl ComputationControl for ControlService {
             gid,
             protocol,
             description,
-        } = parse_advance_header(stream.message().await?)?;
+        } = parse_advance_header(
+            stream
+                .message()
+                .await
+                .map_err(halo_limits::oversized_message_status)?,
+        )?;
         let row = core
             .store
             .get(&gid)

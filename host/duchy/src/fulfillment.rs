@@ -148,7 +148,11 @@ async fn hash_body(
 ) -> Result<(u64, Vec<u8>), Status> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    while let Some(m) = stream.message().await? {
+    while let Some(m) = stream
+        .message()
+        .await
+        .map_err(halo_limits::oversized_message_status)?
+    {
         let data = fulfill_body_chunk(m)
             .ok_or_else(|| Status::invalid_argument("only body chunks may follow the header"))?;
         size += data.len() as u64;
@@ -293,7 +297,12 @@ impl RequisitionFulfillment for FulfillmentService {
             header,
             data_provider,
             requisition,
-        } = parse_fulfill_header(stream.message().await?)?;
+        } = parse_fulfill_header(
+            stream
+                .message()
+                .await
+                .map_err(halo_limits::oversized_message_status)?,
+        )?;
         let (dp, rid) = (data_provider.as_str(), requisition.as_str());
         let rpc = Rpc::FulfillRequisition;
         // The certificate that will vouch for the data provider's share seed must be its own

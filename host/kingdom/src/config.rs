@@ -71,7 +71,10 @@ pub struct KingdomLimits {
 impl Default for KingdomLimits {
     fn default() -> Self {
         KingdomLimits {
-            server: halo_limits::ServerLimits::default(),
+            server: halo_limits::ServerLimits {
+                max_message_bytes: halo_limits::KINGDOM_MAX_MESSAGE_BYTES,
+                ..halo_limits::ServerLimits::default()
+            },
             max_active_streams_per_duchy: 4,
             max_page_size: 1000,
             default_page_size: 50,

@@ -19,6 +19,10 @@ use tonic::Status;
 /// Default largest gRPC message (decoded or encoded), 8 MiB: AdvanceComputation and
 /// fulfilment bodies travel in chunks of at most 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Default largest message at the Kingdom, 1 MiB: every Kingdom call carries names,
+/// parameters, certificates and small encrypted results, never bulk data, so a caller cannot
+/// make it buffer more than this per call.
+pub const KINGDOM_MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Default HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of a server connection.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 64;
 /// Default idle-connection timeout (no call in flight).
@@ -65,12 +69,19 @@ impl ServerLimits {
 
 /// tonic answers a message above the decoding limit with OUT_OF_RANGE ("decoded message
 /// length too large"); the limit is a resource limit, so callers see RESOURCE_EXHAUSTED.
-/// Any other status is returned unchanged.
+/// A message that is not valid protobuf comes back from tonic as INTERNAL; it is the caller's
+/// fault, so callers see INVALID_ARGUMENT. Any other status is returned unchanged.
 pub fn oversized_message_status(status: Status) -> Status {
     if status.code() == tonic::Code::OutOfRange
         && status.message().contains("message length too large")
     {
         Status::resource_exhausted(status.message().to_string())
+    } else if status.code() == tonic::Code::Internal
+        && status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+    {
+        Status::invalid_argument(status.message().to_string())
     } else {
         status
     }
@@ -170,6 +181,13 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         let other = oversized_message_status(Status::out_of_range("page beyond the end"));
         assert_eq!(other.code(), tonic::Code::OutOfRange);
+        // What tonic-prost answers for bytes that are not the message (prost's DecodeError).
+        let garbage = oversized_message_status(Status::internal(
+            "failed to decode Protobuf message: invalid wire type value: 7",
+        ));
+        assert_eq!(garbage.code(), tonic::Code::InvalidArgument);
+        let internal = oversized_message_status(Status::internal("database is locked"));
+        assert_eq!(internal.code(), tonic::Code::Internal);
     }
 
     #[test]
