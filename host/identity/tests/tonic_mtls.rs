@@ -275,6 +275,7 @@ async fn stalled_handshakes_are_dropped() {
     let trust = pki.trust_store().unwrap();
     let limits = TlsServerLimits {
         handshake_timeout: std::time::Duration::from_millis(300),
+        client_hello_timeout: std::time::Duration::from_millis(300),
         max_pending_handshakes: 8,
         ..TlsServerLimits::default()
     };
