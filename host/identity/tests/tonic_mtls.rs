@@ -284,8 +284,16 @@ async fn stalled_handshakes_are_dropped() {
     let addr = url.trim_start_matches("https://").to_owned();
     // More silent connections than the pending-handshake bound.
     let mut silent = Vec::new();
-    for _ in 0..20 {
-        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    for i in 0..20 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            // Half of them start a ClientHello (a TLS record header) and stall there.
+            use tokio::io::AsyncWriteExt as _;
+            conn.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+                .await
+                .unwrap();
+        }
+        silent.push(conn);
     }
     // A real client still gets through (it waits at most a few handshake timeouts).
     let name = who_am_i(pki.identity(&worker1).unwrap(), &trust, &url)
