@@ -246,3 +246,60 @@ pub async fn start_hmss_cluster(dir: &std::path::Path) -> Result<Cluster> {
     let factory: RegistryFn = Arc::new(move |_| shared.clone());
     Cluster::start(ClusterOptions::new(&dir.join("c"), factory)).await
 }
+
+/// One AdvanceComputation body chunk.
+pub fn advance_chunk(data: &[u8]) -> halo_proto::system::v1alpha::AdvanceComputationRequest {
+    use halo_proto::system::v1alpha::advance_computation_request::{BodyChunk, Payload};
+    halo_proto::system::v1alpha::AdvanceComputationRequest {
+        payload: Some(Payload::BodyChunk(BodyChunk {
+            partial_data: data.to_vec(),
+        })),
+    }
+}
+
+/// A whole AdvanceComputation stream: the HMSS header for `description` of computation
+/// `gid`, then `data` in chunks of `chunk` bytes.
+pub fn advance_stream(
+    gid: &str,
+    description: i32,
+    data: &[u8],
+    chunk: usize,
+) -> Vec<halo_proto::system::v1alpha::AdvanceComputationRequest> {
+    let mut v = vec![halo_duchy::mill::advance_header(
+        halo_duchy::protocol::SystemProtocol::HonestMajorityShareShuffle,
+        gid,
+        description,
+    )];
+    v.extend(data.chunks(chunk.max(1)).map(advance_chunk));
+    v
+}
+
+/// Creates a test-sum measurement (nobody fulfils it, so the workers never deliver) and waits
+/// until the aggregator parks in WAIT_ON_AGGREGATION_INPUT; returns the computation's global id.
+pub async fn computation_waiting_at_aggregator(cluster: &Cluster) -> Result<String> {
+    let created = create(cluster, spec(1.0)).await?;
+    let gid = created
+        .measurement
+        .computation
+        .trim_start_matches("computations/")
+        .to_string();
+    wait_at_aggregator_input(cluster, &gid).await?;
+    Ok(gid)
+}
+
+/// Waits until the aggregator is in WAIT_ON_AGGREGATION_INPUT for `gid`.
+pub async fn wait_at_aggregator_input(cluster: &Cluster, gid: &str) -> Result<()> {
+    let agg = &cluster.duchies["aggregator"].core;
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(row) = agg.store.get(gid).await?
+            && row.stage == halo_duchy::testing::WAIT_ON_AGGREGATION_INPUT
+        {
+            return Ok(());
+        }
+        if start.elapsed() > TIMEOUT {
+            anyhow::bail!("{gid} never reached WAIT_ON_AGGREGATION_INPUT at the aggregator");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -3,17 +3,13 @@
 //! over real gRPC + mTLS on a real cluster. `worker3` is a duchy with a valid identity (and
 //! configured at the Kingdom) that takes no part in HMSS computations.
 
-use std::time::{Duration, Instant};
-
-use halo_duchy::mill::{advance_header, stage_number};
-use halo_duchy::protocol::SystemProtocol;
+use halo_duchy::mill::stage_number;
 use halo_duchy::testing::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::system::v1alpha as sys;
 use halo_sim::{Cluster, ClusterOptions, edp, mc};
 use halo_tests::*;
-use sys::advance_computation_request::{BodyChunk, Payload};
 use sys::computation_control_client::ComputationControlClient;
 use tonic::Code;
 
@@ -30,40 +26,8 @@ async fn cluster_with_outsider(dir: &std::path::Path) -> Cluster {
     Cluster::start(options).await.unwrap()
 }
 
-/// Creates a measurement and waits until the aggregator waits for the aggregation inputs.
-async fn aggregator_waiting(cluster: &Cluster) -> String {
-    let created = create(cluster, spec(1.0)).await.unwrap();
-    let gid = created
-        .measurement
-        .computation
-        .trim_start_matches("computations/")
-        .to_string();
-    let agg = &cluster.duchies["aggregator"].core;
-    let start = Instant::now();
-    loop {
-        if let Some(row) = agg.store.get(&gid).await.unwrap()
-            && row.stage == WAIT_ON_AGGREGATION_INPUT
-        {
-            return gid;
-        }
-        assert!(start.elapsed() < TIMEOUT, "aggregator never waited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn delivery(gid: &str, data: &[u8]) -> Vec<sys::AdvanceComputationRequest> {
-    vec![
-        advance_header(
-            SystemProtocol::HonestMajorityShareShuffle,
-            gid,
-            AGGREGATION_PHASE_INPUT,
-        ),
-        sys::AdvanceComputationRequest {
-            payload: Some(Payload::BodyChunk(BodyChunk {
-                partial_data: data.to_vec(),
-            })),
-        },
-    ]
+    advance_stream(gid, AGGREGATION_PHASE_INPUT, data, data.len().max(1))
 }
 
 fn control(
@@ -78,7 +42,7 @@ fn control(
 async fn row_advance_computation_only_from_an_expected_participant() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster_with_outsider(dir.path()).await;
-    let gid = aggregator_waiting(&cluster).await;
+    let gid = computation_waiting_at_aggregator(&cluster).await.unwrap();
     let agg = &cluster.duchies["aggregator"].core;
     let advance = |who: Principal| {
         let mut c = control(&cluster, &who, "aggregator");
@@ -130,7 +94,7 @@ async fn row_advance_computation_only_from_an_expected_participant() {
 async fn row_get_computation_stage_only_for_participants() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster_with_outsider(dir.path()).await;
-    let gid = aggregator_waiting(&cluster).await;
+    let gid = computation_waiting_at_aggregator(&cluster).await.unwrap();
     let get = |who: Principal| {
         let mut c = control(&cluster, &who, "aggregator");
         let name = format!("computations/{gid}/participants/aggregator/computationStage");

@@ -2,8 +2,6 @@
 //! ComputationControl over real gRPC + mTLS: a 20 MiB payload in 1 MiB chunks arrives
 //! byte-identical, a duplicate send is idempotent, and bad requests get the right status.
 
-use std::time::{Duration, Instant};
-
 use halo_duchy::mill::{advance_header, stage_number};
 use halo_duchy::protocol::SystemProtocol;
 use halo_duchy::testing::{
@@ -13,17 +11,8 @@ use halo_identity::Principal;
 use halo_proto::system::v1alpha as sys;
 use halo_tests::*;
 use sha2::{Digest, Sha256};
-use sys::advance_computation_request::{BodyChunk, Payload};
 use sys::computation_control_client::ComputationControlClient;
 use tonic::Code;
-
-fn body(data: &[u8]) -> sys::AdvanceComputationRequest {
-    sys::AdvanceComputationRequest {
-        payload: Some(Payload::BodyChunk(BodyChunk {
-            partial_data: data.to_vec(),
-        })),
-    }
-}
 
 fn chunked(
     gid: &str,
@@ -31,13 +20,7 @@ fn chunked(
     data: &[u8],
     chunk: usize,
 ) -> Vec<sys::AdvanceComputationRequest> {
-    let mut v = vec![advance_header(
-        SystemProtocol::HonestMajorityShareShuffle,
-        gid,
-        description,
-    )];
-    v.extend(data.chunks(chunk).map(body));
-    v
+    advance_stream(gid, description, data, chunk)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -53,19 +36,7 @@ async fn advance_computation_20_mib_is_byte_identical_and_idempotent() {
     let agg = &cluster.duchies["aggregator"].core;
 
     // The aggregator parks in WAIT_ON_AGGREGATION_INPUT once it has published its params.
-    let start = Instant::now();
-    loop {
-        if let Some(row) = agg.store.get(&gid).await.unwrap()
-            && row.stage == WAIT_ON_AGGREGATION_INPUT
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "aggregator never reached WAIT_ON_AGGREGATION_INPUT"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_at_aggregator_input(&cluster, &gid).await.unwrap();
 
     let as_worker1 = cluster
         .duchy_channel(&Principal::Duchy("worker1".into()), "aggregator")
@@ -167,7 +138,7 @@ async fn advance_computation_20_mib_is_byte_identical_and_idempotent() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client
-        .advance_computation(tokio_stream::iter(vec![body(b"x")]))
+        .advance_computation(tokio_stream::iter(vec![advance_chunk(b"x")]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use halo_duchy::mill::advance_header;
 use halo_duchy::protocol::SystemProtocol;
-use halo_duchy::testing::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
+use halo_duchy::testing::AGGREGATION_PHASE_INPUT;
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::system::v1alpha as sys;
 use halo_sim::{Cluster, ClusterOptions, edp};
 use halo_tests::*;
-use sys::advance_computation_request::{BodyChunk, Payload};
 use sys::computation_control_client::ComputationControlClient;
 use tokio::io::AsyncReadExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,14 +23,6 @@ use tonic::Code;
 /// 1000 × 5 + 3 × 16 KiB + 64 KiB.
 const BOUND: u64 = 1000 * 5 + 3 * (16 << 10) + (64 << 10);
 
-fn body(data: &[u8]) -> sys::AdvanceComputationRequest {
-    sys::AdvanceComputationRequest {
-        payload: Some(Payload::BodyChunk(BodyChunk {
-            partial_data: data.to_vec(),
-        })),
-    }
-}
-
 async fn start(dir: &Path, tune: impl FnOnce(&mut ClusterOptions)) -> Cluster {
     init_logging();
     let mut options = ClusterOptions::new(dir, test_sum_registry());
@@ -39,30 +30,6 @@ async fn start(dir: &Path, tune: impl FnOnce(&mut ClusterOptions)) -> Cluster {
     options.duchy_limits.max_advance_streams_per_peer = 2;
     tune(&mut options);
     Cluster::start(options).await.unwrap()
-}
-
-/// Creates a measurement and waits until the aggregator waits for AGGREGATION_PHASE_INPUT.
-async fn computation_waiting_at_aggregator(cluster: &Cluster) -> String {
-    let created = create(cluster, spec(1.0)).await.unwrap();
-    let gid = created
-        .measurement
-        .computation
-        .trim_start_matches("computations/")
-        .to_string();
-    let agg = &cluster.duchies["aggregator"].core;
-    let start = Instant::now();
-    loop {
-        if let Some(row) = agg.store.get(&gid).await.unwrap()
-            && row.stage == WAIT_ON_AGGREGATION_INPUT
-        {
-            return gid;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "aggregator never waited for input"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Every file under `dir` (recursively).
@@ -110,7 +77,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 async fn oversized_delivery_is_resource_exhausted_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path(), |_| {}).await;
-    let gid = computation_waiting_at_aggregator(&cluster).await;
+    let gid = computation_waiting_at_aggregator(&cluster).await.unwrap();
     let ch = cluster
         .duchy_channel(&Principal::Duchy("worker1".into()), "aggregator")
         .unwrap();
@@ -123,7 +90,7 @@ async fn oversized_delivery_is_resource_exhausted_and_leaves_nothing() {
         &gid,
         AGGREGATION_PHASE_INPUT,
     )];
-    msgs.extend((0..(2 * BOUND as usize) / chunk.len()).map(|_| body(&chunk)));
+    msgs.extend((0..(2 * BOUND as usize) / chunk.len()).map(|_| advance_chunk(&chunk)));
     let err = client
         .advance_computation(tokio_stream::iter(msgs))
         .await
@@ -151,7 +118,11 @@ async fn oversized_delivery_is_resource_exhausted_and_leaves_nothing() {
         &gid,
         AGGREGATION_PHASE_INPUT,
     )];
-    msgs.extend(vec![0u8; BOUND as usize].chunks(16 << 10).map(body));
+    msgs.extend(
+        vec![0u8; BOUND as usize]
+            .chunks(16 << 10)
+            .map(advance_chunk),
+    );
     client
         .advance_computation(tokio_stream::iter(msgs))
         .await
@@ -173,7 +144,7 @@ async fn message_above_the_message_limit_is_resource_exhausted() {
         o.duchy_limits.server.max_message_bytes = 64 << 10;
     })
     .await;
-    let gid = computation_waiting_at_aggregator(&cluster).await;
+    let gid = computation_waiting_at_aggregator(&cluster).await.unwrap();
     let ch = cluster
         .duchy_channel(&Principal::Duchy("worker1".into()), "aggregator")
         .unwrap();
@@ -184,7 +155,7 @@ async fn message_above_the_message_limit_is_resource_exhausted() {
             &gid,
             AGGREGATION_PHASE_INPUT,
         ),
-        body(&vec![1u8; 100 << 10]),
+        advance_chunk(&vec![1u8; 100 << 10]),
     ];
     let err = client
         .advance_computation(tokio_stream::iter(msgs))
@@ -199,7 +170,7 @@ async fn message_above_the_message_limit_is_resource_exhausted() {
 async fn concurrent_deliveries_per_peer_are_capped_and_aborted_uploads_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = start(dir.path(), |_| {}).await;
-    let gid = computation_waiting_at_aggregator(&cluster).await;
+    let gid = computation_waiting_at_aggregator(&cluster).await.unwrap();
     let ch = cluster
         .duchy_channel(&Principal::Duchy("worker1".into()), "aggregator")
         .unwrap();
@@ -215,7 +186,7 @@ async fn concurrent_deliveries_per_peer_are_capped_and_aborted_uploads_leave_not
         ))
         .await
         .unwrap();
-        tx.send(body(b"partial")).await.unwrap();
+        tx.send(advance_chunk(b"partial")).await.unwrap();
         let mut client = ComputationControlClient::new(ch.clone());
         let call =
             tokio::spawn(async move { client.advance_computation(ReceiverStream::new(rx)).await });
@@ -462,7 +433,7 @@ async fn wait_for_requisitions_or_ping(cluster: &Cluster) {
 async fn duplicate_delivery_is_read_against_the_payload_bound() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = start(dir.path(), |_| {}).await;
-    let gid = computation_waiting_at_aggregator(&cluster).await;
+    let gid = computation_waiting_at_aggregator(&cluster).await.unwrap();
     let ch = cluster
         .duchy_channel(&Principal::Duchy("worker1".into()), "aggregator")
         .unwrap();
@@ -477,7 +448,7 @@ async fn duplicate_delivery_is_read_against_the_payload_bound() {
     let payload = vec![3u8; BOUND as usize];
     let delivery = |data: &[u8]| {
         let mut msgs = vec![header()];
-        msgs.extend(data.chunks(16 << 10).map(body));
+        msgs.extend(data.chunks(16 << 10).map(advance_chunk));
         tokio_stream::iter(msgs)
     };
 
@@ -499,7 +470,7 @@ async fn duplicate_delivery_is_read_against_the_payload_bound() {
     // would keep reading and this call would not return.
     let chunk = vec![9u8; 16 << 10];
     let endless = tokio_stream::iter(
-        std::iter::once(header()).chain(std::iter::repeat_with(move || body(&chunk))),
+        std::iter::once(header()).chain(std::iter::repeat_with(move || advance_chunk(&chunk))),
     );
     let err = tokio::time::timeout(TIMEOUT, client.advance_computation(endless))
         .await

@@ -245,26 +245,6 @@ async fn kingdom_failed_precondition_is_not_taken_for_already_fulfilled() {
     cluster.shutdown().await.unwrap();
 }
 
-/// Header then `data` in 4 KiB chunks (so two deliveries interleave).
-fn advance_requests(
-    gid: &str,
-    description: i32,
-    data: &[u8],
-) -> Vec<sys::AdvanceComputationRequest> {
-    use sys::advance_computation_request::{BodyChunk, Payload};
-    let mut v = vec![halo_duchy::mill::advance_header(
-        halo_duchy::protocol::SystemProtocol::HonestMajorityShareShuffle,
-        gid,
-        description,
-    )];
-    v.extend(data.chunks(4096).map(|c| sys::AdvanceComputationRequest {
-        payload: Some(Payload::BodyChunk(BodyChunk {
-            partial_data: c.to_vec(),
-        })),
-    }));
-    v
-}
-
 async fn advance(
     channel: tonic::transport::Channel,
     gid: &str,
@@ -272,7 +252,12 @@ async fn advance(
     data: &[u8],
 ) -> Result<(), tonic::Status> {
     sys::computation_control_client::ComputationControlClient::new(channel)
-        .advance_computation(tokio_stream::iter(advance_requests(gid, description, data)))
+        .advance_computation(tokio_stream::iter(advance_stream(
+            gid,
+            description,
+            data,
+            4096,
+        )))
         .await
         .map(|_| ())
 }
@@ -301,20 +286,8 @@ async fn concurrent_advance_deliveries_with_different_bodies_leave_one_consisten
     let agg = &cluster.duchies["aggregator"].core;
     // Without fulfilments the workers never deliver; the aggregator parks in
     // WAIT_ON_AGGREGATION_INPUT once it has published its params.
-    let start = Instant::now();
     for gid in &gids {
-        loop {
-            if let Some(row) = agg.store.get(gid).await.unwrap()
-                && row.stage == WAIT_ON_AGGREGATION_INPUT
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "{gid} never reached WAIT_ON_AGGREGATION_INPUT"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_at_aggregator_input(&cluster, gid).await.unwrap();
     }
     let worker1 = Principal::Duchy("worker1".into());
     let (ch_a, ch_b) = (
