@@ -325,18 +325,30 @@ pub fn impostor_identity(principal: &Principal) -> Result<Identity, IdentityErro
     })
 }
 
+/// For tests: a new leaf of `principal` from its real root, its parameters adjusted by
+/// `customize` before signing.
+fn reissued(
+    pki: &DevPki,
+    principal: &Principal,
+    customize: impl FnOnce(&mut CertificateParams),
+) -> Result<Identity, IdentityError> {
+    let (root, entry) = pki.issuer(principal)?;
+    let (cert_pem, key_pem) = issue_leaf_with(principal, &root, customize)?;
+    Ok(Identity {
+        principal: principal.clone(),
+        cert_pem,
+        key_pem,
+        root_pem: entry.identity.root_pem.clone(),
+    })
+}
+
 /// For tests: a leaf for `issuer` issued by `issuer`'s real root (so it passes TLS chain
 /// verification) but WITHOUT an Authority Key Identifier extension.
 ///
 /// Needs the root key, i.e. a generated PKI or one loaded from a directory with `root-key.pem`.
 pub fn identity_without_akid(pki: &DevPki, issuer: &Principal) -> Result<Identity, IdentityError> {
-    let (root, entry) = pki.issuer(issuer)?;
-    let (cert_pem, key_pem) = issue_leaf(issuer, &root, false)?;
-    Ok(Identity {
-        principal: issuer.clone(),
-        cert_pem,
-        key_pem,
-        root_pem: entry.identity.root_pem.clone(),
+    reissued(pki, issuer, |params| {
+        params.use_authority_key_identifier_extension = false;
     })
 }
 
@@ -405,17 +417,10 @@ pub fn forged_akid_identity(
 
 /// For tests: a leaf of `principal` from its real root that expired a day ago.
 pub fn expired_identity(pki: &DevPki, principal: &Principal) -> Result<Identity, IdentityError> {
-    let (root, entry) = pki.issuer(principal)?;
     let now = time::OffsetDateTime::now_utc();
-    let (cert_pem, key_pem) = issue_leaf_with(principal, &root, |params| {
+    reissued(pki, principal, |params| {
         params.not_before = now - time::Duration::days(30);
         params.not_after = now - time::Duration::days(1);
-    })?;
-    Ok(Identity {
-        principal: principal.clone(),
-        cert_pem,
-        key_pem,
-        root_pem: entry.identity.root_pem.clone(),
     })
 }
 
@@ -425,37 +430,23 @@ pub fn critical_extension_identity(
     pki: &DevPki,
     principal: &Principal,
 ) -> Result<Identity, IdentityError> {
-    let (root, entry) = pki.issuer(principal)?;
-    let (cert_pem, key_pem) = issue_leaf_with(principal, &root, |params| {
+    reissued(pki, principal, |params| {
         let mut ext =
             rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 55555, 1], vec![5, 0]);
         ext.set_criticality(true);
         params.custom_extensions.push(ext);
-    })?;
-    Ok(Identity {
-        principal: principal.clone(),
-        cert_pem,
-        key_pem,
-        root_pem: entry.identity.root_pem.clone(),
     })
 }
 
 /// For tests: a CA certificate (basic constraints cA=true, keyCertSign) that `principal`'s real
 /// root issued, with an AKID, presented as a leaf.
 pub fn ca_as_leaf_identity(pki: &DevPki, principal: &Principal) -> Result<Identity, IdentityError> {
-    let (root, entry) = pki.issuer(principal)?;
-    let (cert_pem, key_pem) = issue_leaf_with(principal, &root, |params| {
+    reissued(pki, principal, |params| {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-    })?;
-    Ok(Identity {
-        principal: principal.clone(),
-        cert_pem,
-        key_pem,
-        root_pem: entry.identity.root_pem.clone(),
     })
 }
 
