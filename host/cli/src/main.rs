@@ -86,6 +86,24 @@ enum Command {
         /// Mill workers.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// How long a mill worker's claim on a stage holds without renewal (renewed every
+        /// third of it while the stage runs; a restarted duchy frees its own at once).
+        #[arg(long, env = "HALO_LEASE_SECS", default_value_t = 60)]
+        lease_secs: u64,
+        /// Real failures (plugin transient errors, crashes) of one stage before the
+        /// computation fails. Waiting for a peer or the Kingdom does not count.
+        #[arg(long, env = "HALO_MAX_ATTEMPTS", default_value_t = 10)]
+        max_attempts: u32,
+        /// Longest pause between two retries of a stage, in seconds.
+        #[arg(long, env = "HALO_RETRY_MAX_SECS", default_value_t = 60)]
+        retry_max_secs: u64,
+        /// A computation not finished this long after it was created here fails (the bound
+        /// on waiting for peers and the Kingdom).
+        #[arg(long, env = "HALO_COMPUTATION_DEADLINE_SECS", default_value_t = 12 * 3600)]
+        computation_deadline_secs: u64,
+        /// AdvanceComputation body chunk size in bytes (1 KiB – 4 MiB).
+        #[arg(long, env = "HALO_CHUNK_BYTES", default_value_t = 1 << 20)]
+        chunk_bytes: usize,
         /// Most bytes one plugin stage may send (payloads to peers plus the result); more
         /// fails the computation naming the plugin.
         #[arg(long, env = "HALO_MAX_PLUGIN_OUTPUT_BYTES", default_value_t = halo_duchy::DEFAULT_MAX_PLUGIN_OUTPUT_BYTES)]
@@ -359,6 +377,11 @@ async fn run(cli: Cli) -> Result<()> {
             kingdom,
             peers,
             workers,
+            lease_secs,
+            max_attempts,
+            retry_max_secs,
+            computation_deadline_secs,
+            chunk_bytes,
             max_plugin_output_bytes,
             max_plugin_state_bytes,
             plugins,
@@ -395,6 +418,11 @@ async fn run(cli: Cli) -> Result<()> {
                 roles: RoleConfig::default(),
                 mill: MillConfig {
                     workers,
+                    lease: std::time::Duration::from_secs(lease_secs.max(1)),
+                    max_attempts,
+                    retry_max: std::time::Duration::from_secs(retry_max_secs.max(1)),
+                    computation_deadline: std::time::Duration::from_secs(computation_deadline_secs),
+                    chunk_size: chunk_bytes,
                     max_plugin_output_bytes,
                     max_plugin_state_bytes,
                     ..MillConfig::default()

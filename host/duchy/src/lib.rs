@@ -81,6 +81,9 @@ pub struct MillConfig {
     pub max_plugin_output_bytes: u64,
     /// Upper bound of the opaque plugin state carried between stages.
     pub max_plugin_state_bytes: u64,
+    /// A computation not finished this long after it was created here fails: the bound on
+    /// waiting (for peers, the Kingdom), which does not consume attempts.
+    pub computation_deadline: Duration,
 }
 
 /// Default of [`MillConfig::max_plugin_output_bytes`]: 1 GiB.
@@ -102,7 +105,7 @@ impl Default for MillConfig {
     fn default() -> Self {
         MillConfig {
             workers: 2,
-            lease: Duration::from_secs(300),
+            lease: Duration::from_secs(60),
             max_attempts: 10,
             poll: Duration::from_millis(500),
             retry_base: Duration::from_millis(200),
@@ -110,6 +113,7 @@ impl Default for MillConfig {
             chunk_size: 1 << 20,
             max_plugin_output_bytes: DEFAULT_MAX_PLUGIN_OUTPUT_BYTES,
             max_plugin_state_bytes: DEFAULT_MAX_PLUGIN_STATE_BYTES,
+            computation_deadline: Duration::from_secs(12 * 3600),
         }
     }
 }

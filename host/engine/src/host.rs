@@ -103,6 +103,8 @@ impl HostState {
     /// `random.fill`: bytes from the OS CSPRNG. More than the cap (or more than the guest
     /// may hold) is a plugin bug and traps.
     pub fn random_fill(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
+        // Reached from inside a running stage: the harness's "killed mid-execution" point.
+        halo_crashpoint::point("plugin.random");
         let cap = (MAX_RANDOM_FILL as usize).min(self.limits.memory_limit);
         if len as usize > cap {
             wasmtime::bail!("random.fill of {len} bytes exceeds the host's limit of {cap} bytes");
