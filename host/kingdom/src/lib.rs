@@ -24,6 +24,22 @@
 //!   pre-assigned fulfilling duchy (PERMISSION_DENIED).
 //! * `GetComputationParticipant` applies the same ownership check as the other participant
 //!   RPCs.
+//! * An identical repeat of `FulfillRequisition` by the duchy that fulfilled the requisition
+//!   (same nonce and context: a retry whose answer was lost) succeeds without changing
+//!   anything.
+//! * Database overload (connection pool timeout, `SQLITE_BUSY` / `SQLITE_LOCKED`, I/O errors,
+//!   a full disk) is UNAVAILABLE ("kingdom database busy, retry"), so clients retry with
+//!   backoff; only real faults (corruption, constraint violations) are INTERNAL.
+//! * A participant failure ends the measurement with a message naming the duchy, the stage
+//!   (name and number), the attempt and the cause, and is stored as a permanent log entry.
+//!
+//! Kill points (`halo_crashpoint`, honoured only by builds with its `enabled` feature) follow
+//! the commit of every state-changing call, before the reply: `kingdom.create_measurement`,
+//! `kingdom.cancel_measurement`, `kingdom.set_participant_requisition_params`,
+//! `kingdom.confirm_computation_participant`, `kingdom.fail_computation_participant`,
+//! `kingdom.fulfill_requisition`, `kingdom.set_computation_result`,
+//! `kingdom.create_computation_log_entry`; and `kingdom.stream_item` follows every item
+//! `StreamActiveComputations` hands to its stream.
 //!
 //! ```no_run
 //! # async fn run(config: halo_kingdom::KingdomConfig) -> anyhow::Result<()> {

@@ -27,10 +27,49 @@ pub const DB_FILE: &str = "kingdom.db";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Maps a database error to a `tonic::Status` without leaking details to the caller.
+/// What a caller is told when the database is overloaded or momentarily unusable.
+pub(crate) const BUSY_MESSAGE: &str = "kingdom database busy, retry";
+
+/// SQLite primary result codes (the low byte of an extended code) that mean "try again":
+/// `SQLITE_BUSY` (5: another connection holds the lock past the busy timeout), `SQLITE_LOCKED`
+/// (6: a conflict inside this process), `SQLITE_IOERR` (10: the operating system failed a
+/// read, write or sync) and `SQLITE_FULL` (13: the disk is full; the transaction was rolled
+/// back and succeeds once space returns). Extended codes such as `SQLITE_BUSY_SNAPSHOT` (517),
+/// `SQLITE_BUSY_RECOVERY` (261), `SQLITE_LOCKED_SHAREDCACHE` (262) or `SQLITE_IOERR_FSYNC`
+/// (1034) share their primary code. Everything else (constraint violations, `SQLITE_CORRUPT`,
+/// `SQLITE_NOTADB`, misuse, ...) is a real fault.
+fn is_transient_sqlite_code(extended: i64) -> bool {
+    matches!(extended & 0xff, 5 | 6 | 10 | 13)
+}
+
+/// Whether a database error is overload or a passing condition rather than a fault: the
+/// connection pool timed out or is closed (shutting down), its worker died, the OS failed an
+/// I/O, or SQLite reported a lock conflict, an I/O error or a full disk.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(is_transient_sqlite_code),
+        _ => false,
+    }
+}
+
+/// Maps a database error to a `tonic::Status` without leaking details to the caller:
+/// UNAVAILABLE for overload and passing conditions (see [`is_transient`]), so clients retry
+/// with backoff; INTERNAL for real faults (corruption, constraint violations, bugs).
 pub(crate) fn db_error(e: sqlx::Error) -> Status {
-    tracing::error!(error = %e, "kingdom database error");
-    Status::internal("kingdom database error")
+    if is_transient(&e) {
+        tracing::warn!(error = %e, "kingdom database busy");
+        Status::unavailable(BUSY_MESSAGE)
+    } else {
+        tracing::error!(error = %e, "kingdom database error");
+        Status::internal("kingdom database error")
+    }
 }
 
 /// Maps a corrupt stored value to a `tonic::Status`.
@@ -47,9 +86,30 @@ pub(crate) struct Db {
     changes: Arc<watch::Sender<u64>>,
 }
 
+/// How long a connection waits for SQLite's lock, and a call for a pooled connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DbTimeouts {
+    pub busy: Duration,
+    pub acquire: Duration,
+}
+
+impl Default for DbTimeouts {
+    fn default() -> Self {
+        DbTimeouts {
+            busy: Duration::from_secs(10),
+            acquire: Duration::from_secs(30),
+        }
+    }
+}
+
 impl Db {
     /// Opens (creating if missing) `data_dir/kingdom.db` and applies migrations.
     pub async fn open(data_dir: &Path) -> anyhow::Result<Db> {
+        Self::open_with(data_dir, DbTimeouts::default()).await
+    }
+
+    /// [`Db::open`] with explicit lock and pool timeouts.
+    pub async fn open_with(data_dir: &Path, timeouts: DbTimeouts) -> anyhow::Result<Db> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
         let path = data_dir.join(DB_FILE);
@@ -59,11 +119,11 @@ impl Db {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(timeouts.busy);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(timeouts.acquire)
             .connect_with(base.clone().create_if_missing(true))
             .await
             .with_context(|| format!("opening {}", path.display()))?;
@@ -73,7 +133,7 @@ impl Db {
             .with_context(|| format!("migrating {}", path.display()))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(timeouts.acquire)
             .connect_with(base.read_only(true))
             .await
             .with_context(|| format!("opening {} read-only", path.display()))?;
@@ -546,6 +606,179 @@ pub(crate) async fn insert_log_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Connection as _;
+
+    /// A connection of its own to the Kingdom's database (as another process would have).
+    async fn raw_connection(dir: &Path, busy: Duration) -> SqliteConnection {
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(dir.join(DB_FILE))
+            .busy_timeout(busy);
+        SqliteConnection::connect_with(&options).await.unwrap()
+    }
+
+    fn sqlite_code(e: &sqlx::Error) -> Option<i64> {
+        match e {
+            sqlx::Error::Database(db) => db.code().and_then(|c| c.parse().ok()),
+            _ => None,
+        }
+    }
+
+    #[track_caller]
+    fn assert_unavailable(e: sqlx::Error) {
+        assert!(is_transient(&e), "{e:?}");
+        let status = db_error(e);
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(status.message(), BUSY_MESSAGE);
+    }
+
+    #[track_caller]
+    fn assert_internal(e: sqlx::Error) {
+        assert!(!is_transient(&e), "{e:?}");
+        let status = db_error(e);
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    }
+
+    /// Another connection holds the write lock past our busy timeout: SQLITE_BUSY (5), and a
+    /// Kingdom write transaction reports UNAVAILABLE.
+    #[tokio::test]
+    async fn sqlite_busy_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeouts = DbTimeouts {
+            busy: Duration::from_millis(50),
+            acquire: Duration::from_secs(30),
+        };
+        let db = Db::open_with(dir.path(), timeouts).await.unwrap();
+        let mut holder = raw_connection(dir.path(), Duration::ZERO).await;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+
+        let mut other = raw_connection(dir.path(), Duration::from_millis(20)).await;
+        let e = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap_err();
+        assert_eq!(sqlite_code(&e), Some(5), "{e:?}");
+        assert_unavailable(e);
+
+        // Through the Kingdom's own write path.
+        let status = match db.write().await {
+            Err(status) => status,
+            Ok(mut tx) => tx.now().await.unwrap_err(),
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        let mut tx = db.write().await.unwrap();
+        tx.now().await.unwrap();
+        tx.commit().await.unwrap();
+        db.close().await;
+    }
+
+    /// A read snapshot overtaken by another writer cannot be upgraded: SQLITE_BUSY_SNAPSHOT
+    /// (517, an extended code of SQLITE_BUSY) is UNAVAILABLE too.
+    #[tokio::test]
+    async fn sqlite_busy_snapshot_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let mut reader = raw_connection(dir.path(), Duration::from_millis(20)).await;
+        sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+        let _: i64 = sqlx::query_scalar("SELECT last_micros FROM clock")
+            .fetch_one(&mut reader)
+            .await
+            .unwrap();
+        let mut tx = db.write().await.unwrap();
+        tx.now().await.unwrap();
+        tx.commit().await.unwrap();
+        let e = sqlx::query("UPDATE clock SET last_micros = last_micros + 1")
+            .execute(&mut reader)
+            .await
+            .unwrap_err();
+        assert_eq!(sqlite_code(&e), Some(517), "{e:?}");
+        assert_unavailable(e);
+        db.close().await;
+    }
+
+    /// The single writer connection is taken for longer than the acquire timeout:
+    /// `PoolTimedOut`; after `close`: `PoolClosed`. Both are UNAVAILABLE.
+    #[tokio::test]
+    async fn pool_timeout_and_closed_pool_are_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let timeouts = DbTimeouts {
+            busy: Duration::from_secs(10),
+            acquire: Duration::from_millis(50),
+        };
+        let db = Db::open_with(dir.path(), timeouts).await.unwrap();
+        let held = db.write().await.unwrap();
+        let e = db.writer.begin().await.unwrap_err();
+        assert!(matches!(e, sqlx::Error::PoolTimedOut), "{e:?}");
+        assert_unavailable(e);
+        let status = db.write().await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        drop(held);
+        db.write().await.unwrap();
+
+        db.close().await;
+        let e = db.writer.begin().await.unwrap_err();
+        assert!(matches!(e, sqlx::Error::PoolClosed), "{e:?}");
+        assert_unavailable(e);
+        let status = db.read().await.err().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+
+    /// Real faults stay INTERNAL: a constraint violation and a file that is not a database.
+    #[tokio::test]
+    async fn constraint_violation_and_corruption_are_internal() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).await.unwrap();
+        let mut tx = db.write().await.unwrap();
+        let e = sqlx::query("INSERT INTO clock (id, last_micros) VALUES (0, 1)")
+            .execute(tx.conn())
+            .await
+            .unwrap_err();
+        // SQLITE_CONSTRAINT_PRIMARYKEY
+        assert_eq!(sqlite_code(&e), Some(1555), "{e:?}");
+        assert_internal(e);
+        drop(tx);
+        db.close().await;
+
+        let bad = tempfile::tempdir().unwrap();
+        std::fs::write(bad.path().join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let e = match SqliteConnection::connect_with(
+            &SqliteConnectOptions::from_str("sqlite:")
+                .unwrap()
+                .filename(bad.path().join(DB_FILE)),
+        )
+        .await
+        {
+            Err(e) => e,
+            Ok(mut conn) => sqlx::query("SELECT * FROM sqlite_master")
+                .execute(&mut conn)
+                .await
+                .unwrap_err(),
+        };
+        // SQLITE_NOTADB
+        assert_eq!(sqlite_code(&e), Some(26), "{e:?}");
+        assert_internal(e);
+    }
+
+    #[test]
+    fn transient_codes_and_io_errors() {
+        // BUSY, LOCKED, IOERR, FULL and their extended codes.
+        for code in [5, 261, 517, 773, 6, 262, 518, 10, 266, 1034, 13] {
+            assert!(is_transient_sqlite_code(code), "{code}");
+        }
+        // ERROR, INTERNAL, CORRUPT, CONSTRAINT (+ UNIQUE), MISMATCH, MISUSE, NOTADB.
+        for code in [1, 2, 11, 19, 2067, 20, 21, 26] {
+            assert!(!is_transient_sqlite_code(code), "{code}");
+        }
+        assert_unavailable(sqlx::Error::Io(std::io::Error::other("disk went away")));
+        assert_unavailable(sqlx::Error::WorkerCrashed);
+        assert_internal(sqlx::Error::RowNotFound);
+        assert_internal(sqlx::Error::Protocol("garbled".into()));
+    }
 
     #[test]
     fn timestamp_conversion() {

@@ -254,6 +254,7 @@ impl Measurements for MeasurementsService {
             .await?
             .ok_or_else(|| Status::internal("measurement vanished"))?;
         tx.commit().await?;
+        halo_crashpoint::point("kingdom.create_measurement");
         tracing::info!(
             measurement = %names::measurement_name(&mc, measurement_id),
             computation = %names::computation_name(computation_id),
@@ -327,6 +328,7 @@ impl Measurements for MeasurementsService {
             .await?
             .ok_or_else(|| Status::internal("measurement vanished"))?;
         tx.commit().await?;
+        halo_crashpoint::point("kingdom.cancel_measurement");
         Ok(Response::new(self.core.measurement_view(&row)))
     }
 }

@@ -200,7 +200,12 @@ async fn run_stream(
                 continuation_token: position.to_token(),
             };
             tokio::select! {
-                sent = tx.send(Ok(item)) => if sent.is_err() { return },
+                sent = tx.send(Ok(item)) => {
+                    if sent.is_err() {
+                        return;
+                    }
+                    halo_crashpoint::point("kingdom.stream_item");
+                }
                 _ = shutdown.wait_for(|stop| *stop) => return,
                 _ = tokio::time::sleep_until(deadline) => return,
             }
@@ -351,6 +356,7 @@ impl Computations for ComputationsService {
             .await?
             .ok_or_else(|| Status::internal("computation vanished"))?;
         tx.commit().await?;
+        halo_crashpoint::point("kingdom.set_computation_result");
         Ok(Response::new(self.core.computation_view(&data)?))
     }
 }

@@ -59,6 +59,7 @@ impl ComputationLogEntries for ComputationLogEntriesService {
         }
         let log_id = store::insert_log_entry(&mut tx, id, &duchy, &entry.encode_to_vec()).await?;
         tx.commit().await?;
+        halo_crashpoint::point("kingdom.create_computation_log_entry");
         entry.name = names::log_entry_name(id, &duchy, log_id);
         Ok(Response::new(entry))
     }

@@ -7,6 +7,7 @@ use halo_identity::Principal;
 use halo_proto::halo::v1::Protocol;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
 use halo_proto::system::v1alpha::computation_log_entry::{ErrorDetails, error_details};
+use halo_proto::system::v1alpha::computation_participant::Failure;
 use halo_proto::system::v1alpha::computation_participant::State as ParticipantState;
 use halo_proto::system::v1alpha::computation_participant::requisition_params::Protocol as ParamsProtocol;
 use halo_proto::system::v1alpha::computation_participants_server::ComputationParticipants;
@@ -102,11 +103,12 @@ fn require_participant_state(
     Ok(())
 }
 
-/// Re-reads the participant after a write and commits.
+/// Re-reads the participant after a write, commits, and passes kill point `kill_point`.
 async fn finish(
     core: &Core,
     mut tx: WriteTx,
     key: &ParticipantKey,
+    kill_point: &str,
 ) -> Result<Response<ComputationParticipant>, Status> {
     let rows = store::participants(tx.conn(), key.external_computation_id).await?;
     let row = rows
@@ -115,6 +117,7 @@ async fn finish(
         .ok_or_else(|| Status::internal("participant vanished"))?;
     let view = core.participant_view(row)?;
     tx.commit().await?;
+    halo_crashpoint::point(kill_point);
     Ok(Response::new(view))
 }
 
@@ -132,6 +135,31 @@ fn params_match(protocol: Protocol, params: &ParamsProtocol) -> bool {
             ParamsProtocol::HonestMajorityShareShuffle(_)
         )
     )
+}
+
+/// The measurement's failure message (what the consumer reads): which duchy failed, at which
+/// stage (name and number) and attempt, and why, e.g. `Computation Participant failed. Duchy
+/// worker1, stage SETUP_PHASE (1), attempt 3: plugin trapped`.
+pub(crate) fn failure_message(duchy: &str, failure: &Failure) -> String {
+    let cause = if failure.error_message.is_empty() {
+        "(no error message)"
+    } else {
+        failure.error_message.as_str()
+    };
+    match &failure.stage_attempt {
+        Some(a) => {
+            let stage = if a.stage_name.is_empty() {
+                format!("stage {}", a.stage)
+            } else {
+                format!("stage {} ({})", a.stage_name, a.stage)
+            };
+            format!(
+                "Computation Participant failed. Duchy {duchy}, {stage}, attempt {}: {cause}",
+                a.attempt_number
+            )
+        }
+        None => format!("Computation Participant failed. Duchy {duchy}: {cause}"),
+    }
 }
 
 #[tonic::async_trait]
@@ -236,7 +264,13 @@ impl ComputationParticipants for ComputationParticipantsService {
             // The requisitions become visible to data providers: new public etags.
             store::touch_requisitions(&mut tx, id).await?;
         }
-        finish(&self.core, tx, &key).await
+        finish(
+            &self.core,
+            tx,
+            &key,
+            "kingdom.set_participant_requisition_params",
+        )
+        .await
     }
 
     async fn fail_computation_participant(
@@ -276,7 +310,7 @@ impl ComputationParticipants for ComputationParticipantsService {
             &mut tx,
             id,
             ComputationState::Failed as i32,
-            &format!("Computation Participant failed. {}", failure.error_message),
+            &failure_message(&duchy, &failure),
         )
         .await?;
         // The permanent error record (the reference writes a DuchyMeasurementLogEntry).
@@ -291,7 +325,7 @@ impl ComputationParticipants for ComputationParticipantsService {
             }),
         };
         store::insert_log_entry(&mut tx, id, &duchy, &entry.encode_to_vec()).await?;
-        finish(&self.core, tx, &key).await
+        finish(&self.core, tx, &key, "kingdom.fail_computation_participant").await
     }
 
     async fn confirm_computation_participant(
@@ -318,6 +352,12 @@ impl ComputationParticipants for ComputationParticipantsService {
             store::set_measurement_state(&mut tx, id, ComputationState::PendingComputation as i32)
                 .await?;
         }
-        finish(&self.core, tx, &key).await
+        finish(
+            &self.core,
+            tx,
+            &key,
+            "kingdom.confirm_computation_participant",
+        )
+        .await
     }
 }

@@ -26,7 +26,9 @@ impl Requisitions for RequisitionsService {
     /// on (LLv2 / RoLLv2 → PENDING_PARTICIPANT_CONFIRMATION, HMSS → PENDING_COMPUTATION).
     ///
     /// Unlike the reference, the Kingdom itself checks that the caller participates and, for
-    /// HMSS, that it is the pre-assigned fulfilling duchy (PERMISSION_DENIED).
+    /// HMSS, that it is the pre-assigned fulfilling duchy (PERMISSION_DENIED); and an identical
+    /// repeat by the duchy that fulfilled it (same nonce and context) succeeds idempotently,
+    /// where any other fulfilment of a fulfilled requisition is FAILED_PRECONDITION.
     async fn fulfill_requisition(
         &self,
         request: Request<FulfillRequisitionRequest>,
@@ -69,6 +71,20 @@ impl Requisitions for RequisitionsService {
                 ..Facts::default()
             },
         )?;
+        let context = req.fulfillment_context.unwrap_or_default().encode_to_vec();
+        // A repeat of the fulfilment already recorded (same duchy, nonce and context: a retry
+        // whose answer was lost) succeeds without changing anything, whatever the etag (the
+        // fulfilment itself changed it) and the computation's state.
+        if requisition.state == RequisitionState::Fulfilled as i32
+            && requisition.fulfilling_duchy_id.as_deref() == Some(duchy.as_str())
+            // fixed64 stored bit-for-bit in a signed column.
+            && requisition.nonce == Some(req.nonce as i64)
+            && requisition.fulfillment_context.as_deref().unwrap_or_default() == context.as_slice()
+        {
+            let view = self.core.requisition_view(requisition)?;
+            drop(tx);
+            return Ok(Response::new(view));
+        }
         if requisition.state != RequisitionState::Unfulfilled as i32 {
             return Err(Status::failed_precondition(format!(
                 "requisition {} is {}, not UNFULFILLED",
@@ -94,7 +110,6 @@ impl Requisitions for RequisitionsService {
         }
 
         let now = tx.now().await?;
-        let context = req.fulfillment_context.unwrap_or_default().encode_to_vec();
         sqlx::query(
             "UPDATE requisitions SET state = ?1, nonce = ?2, fulfilling_duchy_id = ?3, \
              fulfillment_context = ?4, update_time = ?5 WHERE external_requisition_id = ?6",
@@ -127,6 +142,7 @@ impl Requisitions for RequisitionsService {
             .ok_or_else(|| Status::internal("requisition vanished"))?;
         let view = self.core.requisition_view(row)?;
         tx.commit().await?;
+        halo_crashpoint::point("kingdom.fulfill_requisition");
         Ok(Response::new(view))
     }
 }

@@ -153,9 +153,16 @@ async fn hmss_full_lifecycle() {
             C::PendingComputation
         };
         assert_eq!(k.computation(W1, &name).await.state, expected as i32);
-        // A second fulfilment is a precondition failure.
+        // An identical repeat (a retry whose answer was lost) succeeds and changes nothing;
+        // a different fulfilment is a precondition failure.
+        let repeat = k
+            .try_fulfill(&r.fulfilling_duchy, req_name, nonce_for(dp), &r.etag)
+            .await
+            .unwrap();
+        assert_eq!(repeat, done);
+        assert_eq!(k.computation(W1, &name).await.state, expected as i32);
         assert_code(
-            k.try_fulfill(&r.fulfilling_duchy, req_name, nonce_for(dp), "")
+            k.try_fulfill(&r.fulfilling_duchy, req_name, nonce_for(dp) ^ 1, "")
                 .await,
             Code::FailedPrecondition,
         );
@@ -401,7 +408,10 @@ async fn participant_failure_fails_computation() {
         .unwrap()
         .into_inner();
     assert_eq!(m.state, C::Failed as i32);
-    assert_eq!(m.failure_message, "Computation Participant failed. boom");
+    assert_eq!(
+        m.failure_message,
+        "Computation Participant failed. Duchy worker2: boom"
+    );
 
     // Terminal: failing again, setting params or cancelling are precondition failures.
     assert_code(

@@ -9,5 +9,6 @@ mod common;
 mod lifecycle;
 mod pagination;
 mod races;
+mod recovery;
 mod security;
 mod stream;
