@@ -23,10 +23,17 @@ pub struct BlobWriter {
 
 impl BlobWriter {
     pub async fn create(dest: &Path) -> Result<BlobWriter> {
-        if let Some(parent) = dest.parent() {
+        if let Some(parent) = dest.parent()
+            && !tokio::fs::try_exists(parent).await.unwrap_or(false)
+        {
             tokio::fs::create_dir_all(parent)
                 .await
                 .with_context(|| format!("creating {}", parent.display()))?;
+            // New directories are durable once their parents are (keys are at most four
+            // components deep below the blob root).
+            for dir in parent.ancestors().skip(1).take(4) {
+                sync_dir(dir).await?;
+            }
         }
         let tmp = dest.with_extension(format!("{}{}", &PARTIAL_MARK[1..], rand::random::<u64>()));
         let file = tokio::fs::File::create(&tmp)
@@ -63,6 +70,11 @@ impl BlobWriter {
             .await
             .with_context(|| format!("renaming into {}", self.dest.display()))?;
         self.committed = true;
+        // The rename is durable only once the directory is: a power loss must not drop a
+        // blob whose record (committed right after) survives.
+        if let Some(dir) = self.dest.parent() {
+            sync_dir(dir).await?;
+        }
         Ok((self.size, hex::encode(self.hasher.finalize_reset())))
     }
 
@@ -113,6 +125,16 @@ pub async fn sweep_partial(root: &Path) -> Result<usize> {
     })
     .await
     .context("partial-blob sweep task")?
+}
+
+/// fsyncs a directory (its entries: renames and new files in it).
+pub async fn sync_dir(dir: &Path) -> Result<()> {
+    let d = tokio::fs::File::open(dir)
+        .await
+        .with_context(|| format!("opening directory {}", dir.display()))?;
+    d.sync_all()
+        .await
+        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 /// Writes a whole blob at once.
@@ -319,11 +341,12 @@ pub fn requisition_key(global_id: &str, requisition_id: &str) -> Result<String> 
     Ok(format!("requisitions/{global_id}/{requisition_id}.bin"))
 }
 
-/// Key of the `index`th payload a stage produced (the recipient is recorded beside it,
-/// never in the name).
-pub fn output_key(global_id: &str, stage: i32, index: usize) -> Result<String> {
+/// Key of the `index`th payload attempt `attempt` of a stage produced (the recipient is
+/// recorded beside it, never in the name). The attempt is part of the name, so a stale worker
+/// (lease lost) can never overwrite the files of the attempt that owns the stage.
+pub fn output_key(global_id: &str, stage: i32, attempt: u32, index: usize) -> Result<String> {
     id_component("computation id", global_id)?;
-    Ok(format!("outputs/{global_id}/{stage}/{index}.bin"))
+    Ok(format!("outputs/{global_id}/{stage}/{attempt}-{index}.bin"))
 }
 
 /// Whether `key` is a relative path of 1..=4 components, each 1..=100 of
@@ -350,7 +373,9 @@ mod key_tests {
         assert_eq!(k, "inputs/AAAAAAAAAAE/-3-worker1.bin");
         assert!(is_safe_key(&k));
         assert!(is_safe_key(&requisition_key("c_1", "r-2").unwrap()));
-        assert!(is_safe_key(&output_key("c", i32::MIN, usize::MAX).unwrap()));
+        assert!(is_safe_key(
+            &output_key("c", i32::MIN, u32::MAX, usize::MAX).unwrap()
+        ));
     }
 
     #[test]
@@ -360,7 +385,7 @@ mod key_tests {
             assert!(input_key(bad, 1, "w").is_err(), "{bad:?}");
             assert!(requisition_key("c", bad).is_err(), "{bad:?}");
             assert!(requisition_key(bad, "r").is_err(), "{bad:?}");
-            assert!(output_key(bad, 1, 0).is_err(), "{bad:?}");
+            assert!(output_key(bad, 1, 1, 0).is_err(), "{bad:?}");
         }
     }
 

@@ -47,6 +47,13 @@ pub fn server(core: Arc<Core>) -> ComputationControlServer<ControlService> {
     .max_encoding_message_size(max_message)
 }
 
+/// The payload is recorded but the next step could not be taken now: the sender retries
+/// (its retry takes the duplicate path, which re-evaluates).
+fn unavailable(e: anyhow::Error) -> Status {
+    tracing::warn!("ComputationControl: re-evaluating the stage failed: {e:#}");
+    Status::unavailable(format!("payload recorded; moving on failed, retry: {e:#}"))
+}
+
 fn internal(e: anyhow::Error) -> Status {
     tracing::error!("ComputationControl internal error: {e:#}");
     Status::internal(format!("{e:#}"))
@@ -124,6 +131,7 @@ pub fn parse_advance_header(
 /// anything else (which ends the upload with INVALID_ARGUMENT).
 pub fn advance_body_chunk(m: sys::AdvanceComputationRequest) -> Option<Vec<u8>> {
     use sys::advance_computation_request::Payload;
+    halo_crashpoint::point("recv.chunk");
     match m.payload {
         Some(Payload::BodyChunk(c)) => Some(c.partial_data),
         _ => None,
@@ -251,6 +259,9 @@ impl ComputationControl for ControlService {
                     stored.size, stored.sha256
                 )));
             }
+            // A retry of a delivery that was recorded but whose effect (the next stage) may not
+            // have happened (crash, error): re-evaluate before acknowledging.
+            core.drive(&gid).await.map_err(unavailable)?;
             return Ok(Response::new(sys::AdvanceComputationResponse {}));
         }
         if row.terminal.is_some() {
@@ -262,12 +273,12 @@ impl ComputationControl for ControlService {
         let stages = plugin.stages();
         let info = find_stage(&stages, row.stage)
             .ok_or_else(|| Status::internal(format!("stage {} not in stage table", row.stage)))?;
-        let (from, next) = match &info.kind {
+        let from = match &info.kind {
             StageKind::WaitInputs {
                 description: d,
                 from,
                 next,
-            } if *d == description => (from.clone(), *next),
+            } if *d == description => from.clone(),
             _ => {
                 return Err(Status::failed_precondition(format!(
                     "computation {gid} is in stage {} and does not wait for description {description}",
@@ -316,32 +327,9 @@ impl ComputationControl for ControlService {
                 info.name
             )));
         }
-        core.store
-            .audit(
-                &gid,
-                "received",
-                &format!("{size} bytes (description {description}) from {sender}"),
-            )
-            .await
-            .map_err(internal)?;
-        let received: Vec<String> = core
-            .store
-            .inputs(&gid)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .filter(|i| i.description == description)
-            .map(|i| i.sender)
-            .collect();
-        let complete = match &expected {
-            Some(list) => list.iter().all(|d| received.contains(d)),
-            None => !received.is_empty(),
-        };
-        if complete {
-            core.enter_stage(&gid, &stages, None, row.stage, next, None)
-                .await
-                .map_err(internal)?;
-        }
+        halo_crashpoint::point("recv.recorded");
+        // The one place that decides what happens next: moves on if every input is here.
+        core.drive(&gid).await.map_err(unavailable)?;
         Ok(Response::new(sys::AdvanceComputationResponse {}))
     }
 

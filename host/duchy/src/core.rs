@@ -26,6 +26,8 @@ pub struct Core {
     pub store: Store,
     /// Woken whenever a stage becomes claimable.
     pub work: Notify,
+    /// Woken when a failure is queued for the Kingdom.
+    pub failures: Notify,
     pub metrics: Arc<crate::metrics::Metrics>,
     kingdom: Channel,
     peers: Mutex<HashMap<String, (String, Channel)>>,
@@ -47,6 +49,16 @@ pub fn certificate_id(der: &[u8]) -> String {
 pub fn kingdom_state_reached(seen: i32, wanted: ComputationState) -> bool {
     let wanted = wanted as i32;
     seen == wanted || (seen > wanted && seen <= ComputationState::PendingComputation as i32)
+}
+
+/// The name of stage `number` in `stages` (`START` for the creation pseudo-stage).
+pub fn stage_name(stages: &[StageInfo], number: i32) -> String {
+    if number == crate::store::START_STAGE {
+        return "START".to_string();
+    }
+    find_stage(stages, number)
+        .map(|i| i.name.clone())
+        .unwrap_or_else(|| number.to_string())
 }
 
 /// Which protocol a Kingdom computation runs.
@@ -108,6 +120,7 @@ impl Core {
             config,
             store,
             work: Notify::new(),
+            failures: Notify::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
             kingdom,
             peers: Mutex::new(HashMap::new()),
@@ -238,10 +251,10 @@ impl Core {
         })
     }
 
-    /// Moves `row` from stage `from` into `to`, then keeps following stages that need no
-    /// work (a Kingdom wait already satisfied). Terminal stages finish the computation.
-    /// Returns false if the precondition (stage, claim) no longer held.
-    pub async fn enter_stage(
+    /// Moves a computation from stage `from` into `to` (one store transaction with its audit
+    /// entry; with `claim`, fenced by it), then [`Core::drive`]s it. Returns false if the
+    /// precondition (stage, claim) no longer held.
+    pub async fn transition(
         &self,
         global_id: &str,
         stages: &[StageInfo],
@@ -253,81 +266,147 @@ impl Core {
         let info = find_stage(stages, to)
             .ok_or_else(|| anyhow!("stage {to} is not in the protocol's stage table"))?;
         let queued = matches!(info.kind, StageKind::Queued { .. });
+        halo_crashpoint::point_at("stage.leave", &stage_name(stages, from));
         if !self
             .store
-            .advance(global_id, claim, from, to, queued, plugin_state)
+            .advance(
+                global_id,
+                claim,
+                from,
+                to,
+                queued,
+                plugin_state,
+                &format!("{} -> {} ({})", from, to, info.name),
+            )
             .await?
         {
             return Ok(false);
         }
-        self.store
-            .audit(
-                global_id,
-                "stage",
-                &format!("{} -> {} ({})", from, to, info.name),
-            )
-            .await?;
+        halo_crashpoint::point_at("stage.enter", &info.name);
         tracing::info!(duchy = %self.config.id, computation = %global_id, stage = %info.name, "entered stage");
-        self.after_enter(global_id, stages, to).await?;
+        if queued {
+            self.wake_mill();
+        }
+        self.drive(global_id).await?;
         Ok(true)
     }
 
-    /// Follow-ups after a computation entered `stage` (no claim involved).
-    pub async fn after_enter(
-        &self,
-        global_id: &str,
-        stages: &[StageInfo],
-        stage: i32,
-    ) -> Result<()> {
-        let mut current = stage;
-        loop {
-            let info = find_stage(stages, current)
-                .ok_or_else(|| anyhow!("stage {current} is not in the stage table"))?;
-            match &info.kind {
+    /// Fails a computation outside any stage (no claim): it stops here at once and the
+    /// failure is reported to the Kingdom until acknowledged.
+    pub async fn fail(&self, global_id: &str, message: &str) -> Result<()> {
+        tracing::error!(duchy = %self.config.id, computation = %global_id, "failing: {message}");
+        if self.store.fail(global_id, None, message, None).await? {
+            self.failures.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Wakes idle mill workers (a stage became claimable).
+    pub fn wake_mill(&self) {
+        self.work.notify_waiters();
+        self.work.notify_one();
+    }
+
+    /// The one place that decides what happens next for a computation, from stored state
+    /// only: a waiting stage whose inputs are all recorded, or whose Kingdom state was
+    /// reached, moves on; a queued stage wakes the mill; a terminal stage finishes the
+    /// computation. Idempotent and safe to call at any time, from any task: the herald after
+    /// each update, the control server after each delivery (duplicates included), the mill
+    /// after each stage, and start-up for every active computation.
+    pub async fn drive(&self, global_id: &str) -> Result<()> {
+        // Bounded: each round either returns or commits one transition to a later stage.
+        for _ in 0..1024 {
+            let Some(row) = self.store.get(global_id).await? else {
+                return Ok(());
+            };
+            if row.terminal.is_some() {
+                return Ok(());
+            }
+            if row.stage == crate::store::START_STAGE {
+                self.wake_mill();
+                return Ok(());
+            }
+            let protocol = match self.protocol_for(&row) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(global_id, &format!("{e:#}")).await?;
+                    return Ok(());
+                }
+            };
+            let stages = protocol.stages();
+            let Some(info) = find_stage(&stages, row.stage) else {
+                let msg = format!("stage {} is not in {}'s stage table", row.stage, row.pin);
+                self.fail(global_id, &msg).await?;
+                return Ok(());
+            };
+            let next = match &info.kind {
                 StageKind::Queued { .. } => {
-                    self.work.notify_waiters();
-                    self.work.notify_one();
+                    self.wake_mill();
                     return Ok(());
                 }
                 StageKind::Terminal => {
-                    if self.store.finish(global_id, "COMPLETE").await? {
-                        self.store.audit(global_id, "finish", "COMPLETE").await?;
-                    }
+                    self.store.finish(global_id, "COMPLETE", "COMPLETE").await?;
                     return Ok(());
                 }
                 StageKind::WaitKingdom { state, next } => {
-                    let Some(row) = self.store.get(global_id).await? else {
-                        return Ok(());
-                    };
                     if !kingdom_state_reached(row.kingdom_state, *state) {
                         return Ok(());
                     }
-                    let next = *next;
-                    let next_info = find_stage(stages, next)
-                        .ok_or_else(|| anyhow!("stage {next} is not in the stage table"))?;
-                    let queued = matches!(next_info.kind, StageKind::Queued { .. });
-                    if !self
+                    *next
+                }
+                StageKind::WaitInputs {
+                    description,
+                    from,
+                    next,
+                } => {
+                    let received: Vec<String> = self
                         .store
-                        .advance(global_id, None, current, next, queued, None)
+                        .inputs(global_id)
                         .await?
-                    {
+                        .into_iter()
+                        .filter(|i| i.description == *description)
+                        .map(|i| i.sender)
+                        .collect();
+                    let complete = match self.expected_senders(&row, from)? {
+                        Some(list) => list.iter().all(|d| received.contains(d)),
+                        None => !received.is_empty(),
+                    };
+                    if !complete {
                         return Ok(());
                     }
-                    self.store
-                        .audit(
-                            global_id,
-                            "stage",
-                            &format!("{current} -> {next} ({})", next_info.name),
-                        )
-                        .await?;
-                    current = next;
+                    *next
                 }
-                StageKind::WaitInputs { .. } => {
-                    // Inputs can only be recorded while waiting, so nothing can be pending.
-                    return Ok(());
-                }
+            };
+            let Some(next_info) = find_stage(&stages, next) else {
+                let msg = format!(
+                    "stage {} of {} leads to stage {next}, which is not in its stage table",
+                    info.name, row.pin
+                );
+                self.fail(global_id, &msg).await?;
+                return Ok(());
+            };
+            let queued = matches!(next_info.kind, StageKind::Queued { .. });
+            halo_crashpoint::point_at("stage.leave", &info.name);
+            if self
+                .store
+                .advance(
+                    global_id,
+                    None,
+                    row.stage,
+                    next,
+                    queued,
+                    None,
+                    &format!("{} -> {next} ({})", row.stage, next_info.name),
+                )
+                .await?
+            {
+                halo_crashpoint::point_at("stage.enter", &next_info.name);
+                tracing::info!(duchy = %self.config.id, computation = %global_id, stage = %next_info.name, "entered stage");
             }
         }
+        Err(anyhow!(
+            "computation {global_id}: stage table does not settle (a loop of waiting stages?)"
+        ))
     }
 
     /// The duchy ids a waiting stage expects payloads from.

@@ -89,6 +89,7 @@ pub fn parse_fulfill_header(
 /// anything else (which ends the upload with INVALID_ARGUMENT).
 pub fn fulfill_body_chunk(m: api::FulfillRequisitionRequest) -> Option<Vec<u8>> {
     use api::fulfill_requisition_request::Payload;
+    halo_crashpoint::point("fulfil.chunk");
     match m.payload {
         Some(Payload::BodyChunk(c)) => Some(c.data),
         _ => None,
@@ -242,6 +243,7 @@ impl FulfillmentService {
                 "requisition {rid} was recorded concurrently; retry"
             )));
         }
+        halo_crashpoint::point("fulfil.recorded");
         core.store
             .audit(
                 global_id,

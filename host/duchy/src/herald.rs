@@ -1,11 +1,13 @@
-//! The herald: one long-lived `StreamActiveComputations` per duchy. It creates local
-//! computations (pinning the protocol implementation), keeps their Kingdom snapshot fresh,
-//! releases stages that wait for a Kingdom state, fails local computations the Kingdom
-//! failed or cancelled, and persists the continuation token after each processed item.
-//! Every handler is idempotent: after a crash items are seen again (at-least-once).
+//! The herald: one long-lived `StreamActiveComputations` per duchy. It records what the
+//! Kingdom says and nothing else: new computations (pinning the protocol implementation, in
+//! the [`START_STAGE`] pseudo-stage the mill runs the plugin's `start` from), fresh Kingdom
+//! snapshots (then [`Core::drive`] decides whether a stage waiting for a Kingdom state moves
+//! on), computations the Kingdom failed or cancelled. It never calls a plugin. The
+//! continuation token is persisted after each processed item; every handler is idempotent,
+//! so after a crash items are seen again (at-least-once). An item that cannot be processed
+//! (a store error) is not skipped: the stream restarts from the persisted token with backoff.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use halo_proto::system::v1alpha as sys;
@@ -15,8 +17,7 @@ use tokio::sync::watch;
 
 use crate::core::{Core, system_protocol_of};
 use crate::names;
-use crate::protocol::{ComputationContext, StageKind, find_stage};
-use crate::store::{NewComputation, RequisitionRow};
+use crate::store::{NewComputation, RequisitionRow, START_STAGE};
 
 /// Runs until `shutdown` turns true.
 pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
@@ -55,27 +56,12 @@ async fn follow_stream(core: &Arc<Core>) -> Result<()> {
         .into_inner();
     while let Some(item) = stream.message().await? {
         if let Some(c) = item.computation {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match process(core, &c).await {
-                    Ok(()) => break,
-                    Err(e) if attempt < 3 => {
-                        tracing::warn!(computation = %c.name, "herald processing failed (attempt {attempt}): {e:#}");
-                        tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(computation = %c.name, "herald gave up: {e:#}");
-                        if let Some(id) = names::parse_computation(&c.name) {
-                            let msg = format!("Herald failed after {attempt} attempts. {e:#}");
-                            let _ = core.fail_at_kingdom(id, &msg, None).await;
-                            let _ = core.store.finish(id, "FAILED").await;
-                        }
-                        break;
-                    }
-                }
-            }
+            halo_crashpoint::point("herald.received");
+            process(core, &c)
+                .await
+                .map_err(|e| anyhow!("processing {}: {e:#}", c.name))?;
         }
+        halo_crashpoint::point("herald.processed");
         core.store
             .set_continuation_token(&item.continuation_token)
             .await?;
@@ -126,16 +112,18 @@ pub async fn process(core: &Arc<Core>, c: &sys::Computation) -> Result<()> {
         return Ok(());
     }
     let snapshot = c.encode_to_vec();
+    let requisitions = requisition_rows(global_id, c);
     match core.store.get(global_id).await? {
-        None => create(core, global_id, c, snapshot).await,
+        None => create(core, global_id, c, snapshot, &requisitions).await,
         Some(row) => {
             core.store
-                .update_snapshot(global_id, &snapshot, c.state)
+                .update_snapshot(global_id, &snapshot, c.state, &requisitions)
                 .await?;
-            core.store
-                .upsert_requisitions(&requisition_rows(global_id, c))
-                .await?;
-            if row.terminal.is_some() {
+            if row
+                .terminal
+                .as_deref()
+                .is_some_and(|t| t != crate::store::FAILING)
+            {
                 return Ok(());
             }
             if c.state == ComputationState::Failed as i32
@@ -146,24 +134,16 @@ pub async fn process(core: &Arc<Core>, c: &sys::Computation) -> Result<()> {
                 } else {
                     "CANCELLED"
                 };
-                if core.store.finish(global_id, outcome).await? {
-                    core.store
-                        .audit(global_id, "finish", &format!("{outcome} at the Kingdom"))
-                        .await?;
+                if core
+                    .store
+                    .finish(global_id, outcome, &format!("{outcome} at the Kingdom"))
+                    .await?
+                {
                     tracing::info!(computation = %global_id, "{outcome} at the Kingdom");
                 }
                 return Ok(());
             }
-            let protocol = core.protocol_for(&row)?;
-            let stages = protocol.stages();
-            if let Some(info) = find_stage(&stages, row.stage)
-                && let StageKind::WaitKingdom { state, next } = info.kind
-                && crate::core::kingdom_state_reached(c.state, state)
-            {
-                core.enter_stage(global_id, &stages, None, row.stage, next, None)
-                    .await?;
-            }
-            Ok(())
+            core.drive(global_id).await
         }
     }
 }
@@ -173,94 +153,46 @@ async fn create(
     global_id: &str,
     c: &sys::Computation,
     snapshot: Vec<u8>,
+    requisitions: &[RequisitionRow],
 ) -> Result<()> {
     if is_terminal(c.state) {
         return Ok(());
     }
     let me = core.id().to_string();
-    let protocol = system_protocol_of(c)
-        .ok_or_else(|| anyhow!("computation {global_id} uses a protocol this host does not run"))?;
+    let Some(protocol) = system_protocol_of(c) else {
+        let msg = format!("computation {global_id} uses a protocol duchy {me} does not run");
+        return core.fail(global_id, &msg).await;
+    };
     let Some(role) = core.role_of(protocol, &me) else {
         let msg = format!("duchy {me} has no configured role for {protocol}");
-        core.fail_at_kingdom(global_id, &msg, None)
-            .await
-            .map_err(|e| anyhow!(e))?;
-        return Ok(());
+        return core.fail(global_id, &msg).await;
     };
     let Some(plugin) = core.config.protocols.select(protocol) else {
         let msg = format!("no implementation of {protocol} is loaded at duchy {me}");
-        tracing::error!(computation = %global_id, "{msg}");
-        core.fail_at_kingdom(global_id, &msg, None)
-            .await
-            .map_err(|e| anyhow!(e))?;
-        return Ok(());
+        return core.fail(global_id, &msg).await;
     };
     let pin = plugin.pin();
-    let ctx = ComputationContext {
-        global_id: global_id.to_string(),
-        duchy_id: me.clone(),
-        role,
-        protocol,
-        computation: snapshot.clone(),
-        participants: core.participants(protocol, c),
-        state: Vec::new(),
-        attempt: 1,
-        identity: Some(core.stage_identity()),
-    };
-    let p = plugin.clone();
-    let started = tokio::task::spawn_blocking(move || p.start(&ctx)).await?;
-    let stages = plugin.stages();
-    let (stage, state, failure) = match started {
-        Ok(s) => match crate::outcome::validate_start(
-            &pin,
-            &stages,
-            core.config.mill.outcome_limits(),
-            &s,
-        ) {
-            Ok(()) => (s.initial_stage, s.state, None),
-            Err(e) => (0, Vec::new(), Some(e.cause)),
-        },
-        Err(e) => (0, Vec::new(), Some(e.to_string())),
-    };
-    let queued =
-        find_stage(&stages, stage).is_some_and(|i| matches!(i.kind, StageKind::Queued { .. }));
     let created = core
         .store
-        .insert(NewComputation {
-            global_id: global_id.to_string(),
-            protocol,
-            role,
-            pin: pin.clone(),
-            stage,
-            queued: queued && failure.is_none(),
-            kingdom_state: c.state,
-            computation: snapshot,
-            plugin_state: state,
-        })
+        .insert(
+            NewComputation {
+                global_id: global_id.to_string(),
+                protocol,
+                role,
+                pin: pin.clone(),
+                stage: START_STAGE,
+                queued: true,
+                kingdom_state: c.state,
+                computation: snapshot,
+                plugin_state: Vec::new(),
+            },
+            requisitions,
+            &format!("role {role:?}, pinned {pin}"),
+        )
         .await?;
-    core.store
-        .upsert_requisitions(&requisition_rows(global_id, c))
-        .await?;
-    if !created {
-        return Ok(());
+    if created {
+        tracing::info!(duchy = %me, computation = %global_id, plugin = %pin, ?role, "computation recorded");
+        core.wake_mill();
     }
-    core.store
-        .audit(global_id, "create", &format!("role {role:?}, pinned {pin}"))
-        .await?;
-    tracing::info!(duchy = %me, computation = %global_id, plugin = %pin, ?role, "computation created");
-    if let Some(msg) = failure {
-        let msg = format!("{} rejected the computation: {msg}", pin);
-        core.store.finish(global_id, "FAILED").await?;
-        core.store.audit(global_id, "finish", &msg).await?;
-        core.fail_at_kingdom(global_id, &msg, None)
-            .await
-            .map_err(|e| anyhow!(e))?;
-        return Ok(());
-    }
-    if find_stage(&stages, stage).is_none() {
-        return Err(anyhow!(
-            "{pin} started computation {global_id} in unknown stage {stage}"
-        ));
-    }
-    core.after_enter(global_id, &stages, stage).await
+    Ok(())
 }

@@ -14,7 +14,8 @@ use crate::core::Core;
 use crate::names;
 use crate::protocol::ComputationResult;
 
-/// Codes worth retrying (the reference mills treat these as transient).
+/// Codes that mean "not ready yet": the callee is restarting, overloaded or slow. The
+/// stage is retried later without counting an attempt (bounded by the computation deadline).
 pub fn is_transient(code: Code) -> bool {
     matches!(
         code,
@@ -22,30 +23,57 @@ pub fn is_transient(code: Code) -> bool {
     )
 }
 
-/// A failed effect: transient ones are retried with backoff, others fail the computation.
+/// How a failed effect is handled (see [`crate::mill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Not ready yet: retry later, not an attempt.
+    Wait,
+    /// Retry with backoff, counting an attempt.
+    Transient,
+    /// Fails the computation.
+    Permanent,
+}
+
+/// A failed effect.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct EffectError {
-    pub transient: bool,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
 impl EffectError {
+    pub fn wait(message: impl Into<String>) -> Self {
+        EffectError {
+            kind: ErrorKind::Wait,
+            message: message.into(),
+        }
+    }
     pub fn transient(message: impl Into<String>) -> Self {
         EffectError {
-            transient: true,
+            kind: ErrorKind::Transient,
             message: message.into(),
         }
     }
     pub fn permanent(message: impl Into<String>) -> Self {
         EffectError {
-            transient: false,
+            kind: ErrorKind::Permanent,
             message: message.into(),
         }
     }
+    /// UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED: wait. INTERNAL and
+    /// UNKNOWN (a server bug or an overloaded server that says so badly): transient, bounded
+    /// by the attempts. Everything else: permanent.
     pub fn from_status(what: &str, s: &Status) -> Self {
+        let kind = if is_transient(s.code()) {
+            ErrorKind::Wait
+        } else if matches!(s.code(), Code::Internal | Code::Unknown) {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        };
         EffectError {
-            transient: is_transient(s.code()),
+            kind,
             message: format!("{what}: {:?}: {}", s.code(), s.message()),
         }
     }
@@ -162,17 +190,28 @@ impl Core {
         Ok(())
     }
 
-    /// FailComputationParticipant; a participant already failed (or a computation already
-    /// terminal) counts as done.
+    /// FailComputationParticipant. `Ok` says how the Kingdom settled it: recorded now, the
+    /// participant had already failed, or the computation is already terminal or unknown there
+    /// (nothing left to tell). Any other error is returned, and the caller retries.
     pub async fn fail_at_kingdom(
         &self,
         global_id: &str,
         message: &str,
         stage_attempt: Option<sys::StageAttempt>,
-    ) -> Result<(), EffectError> {
-        let p = self.my_participant(global_id).await?;
+    ) -> Result<&'static str, EffectError> {
+        let p = match self
+            .participants_client()
+            .get_computation_participant(sys::GetComputationParticipantRequest {
+                name: names::participant_name(global_id, self.id()),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) if s.code() == Code::NotFound => return Ok("unknown at the Kingdom"),
+            Err(s) => return Err(EffectError::from_status("GetComputationParticipant", &s)),
+        };
         if p.state == ParticipantState::Failed as i32 {
-            return Ok(());
+            return Ok("participant already failed at the Kingdom");
         }
         let res = self
             .participants_client()
@@ -188,8 +227,33 @@ impl Core {
             })
             .await;
         match res {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::FailedPrecondition => Ok(()),
+            Ok(_) => Ok("recorded by the Kingdom"),
+            Err(s) if s.code() == Code::Aborted => Err(EffectError::from_status(
+                "FailComputationParticipant (stale etag)",
+                &s,
+            )),
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                // Either terminal there (nothing to tell) or a state the Kingdom refuses for
+                // another reason: re-read to tell them apart.
+                let c = self
+                    .computations_client()
+                    .get_computation(sys::GetComputationRequest {
+                        name: names::computation_name(global_id),
+                    })
+                    .await
+                    .map_err(|s| EffectError::from_status("GetComputation", &s))?
+                    .into_inner();
+                let terminal = [
+                    sys::computation::State::Succeeded as i32,
+                    sys::computation::State::Failed as i32,
+                    sys::computation::State::Cancelled as i32,
+                ];
+                if terminal.contains(&c.state) {
+                    Ok("computation already terminal at the Kingdom")
+                } else {
+                    Err(EffectError::from_status("FailComputationParticipant", &s))
+                }
+            }
             Err(s) => Err(EffectError::from_status("FailComputationParticipant", &s)),
         }
     }

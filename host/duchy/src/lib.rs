@@ -216,6 +216,18 @@ impl RunningDuchy {
         halo_identity::init_crypto();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let core = Arc::new(Core::new(config.clone()).await?);
+        // The data directory is locked: every lease in the store belongs to a dead incarnation
+        // of this process. Free them now (not after the lease expires), then re-evaluate every
+        // active computation from stored state (a transition interrupted by the crash).
+        let freed = core.store.release_stale_leases().await?;
+        if !freed.is_empty() {
+            tracing::info!(duchy = %config.id, computations = freed.len(), "freed the leases of a previous process");
+        }
+        for gid in core.store.active_ids().await? {
+            if let Err(e) = core.drive(&gid).await {
+                tracing::warn!(duchy = %config.id, computation = %gid, "re-evaluating at start-up: {e:#}");
+            }
+        }
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -243,6 +255,10 @@ impl RunningDuchy {
         let server = tokio::spawn(server);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(herald::run(core.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(mill::run_supervisor(
+            core.clone(),
+            shutdown_rx.clone(),
+        )));
         for i in 0..config.mill.workers.max(1) {
             tasks.push(tokio::spawn(mill::run_worker(
                 core.clone(),

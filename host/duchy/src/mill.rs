@@ -1,27 +1,36 @@
 //! Mill workers: claim a queued stage (lease), run it through the pinned protocol on a
 //! blocking thread, cache the outcome (so a retry after a crash re-sends the same bytes),
-//! deliver its effects (Kingdom calls, payloads to peers) and advance — all only while the
-//! claim still holds. Transient failures are retried with backoff; permanent ones, or too
-//! many attempts, fail the computation at the Kingdom with the stage attempt.
+//! deliver its effects (Kingdom calls, payloads to peers) and advance — every write fenced by
+//! the claim, whose lease is renewed while the stage runs. The creation pseudo-stage
+//! ([`START_STAGE`]) runs the plugin's `start` the same way.
+//!
+//! Three kinds of trouble: *not ready yet* (a peer behind or unknown, a peer or the Kingdom
+//! unavailable or overloaded) releases the claim without counting an attempt, bounded only by
+//! the computation deadline; *transient* (a plugin's transient error, a deadline, an
+//! unexplained INTERNAL) is retried with backoff and counts; *permanent* fails the computation.
+//! A failing computation stops at once and stays `FAILING` until the Kingdom acknowledged the
+//! failure ([`run_supervisor`] reports it, retrying until it gets through).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use halo_proto::system::v1alpha as sys;
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::blobs;
-use crate::core::Core;
-use crate::kingdom::EffectError;
+use crate::core::{Core, stage_name};
+use crate::kingdom::{EffectError, ErrorKind};
 use crate::names;
-use crate::outcome::{OutcomeCheck, validate_outcome};
+use crate::outcome::{OutcomeCheck, validate_outcome, validate_start};
 use crate::protocol::{
     ComputationResult, InputOrigin, StageError, StageInfo, StageInput, StageKind, StageOutcome,
     SystemProtocol, find_stage,
 };
-use crate::store::{Claim, ComputationRow, now_ms};
+use crate::store::{Claim, ComputationRow, START_STAGE, now_ms};
 
 /// Runs one worker until `shutdown`.
 pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Receiver<bool>) {
@@ -34,7 +43,21 @@ pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Rece
         match core.store.claim(&owner, core.config.mill.lease).await {
             Ok(Some(row)) => {
                 let id = row.global_id.clone();
-                if let Err(e) = process_claim(&core, &owner, row).await {
+                let claim = Claim {
+                    owner: owner.clone(),
+                    stage: row.stage,
+                    attempt: row.attempt,
+                };
+                let lost = Arc::new(AtomicBool::new(false));
+                let heartbeat = tokio::spawn(renew_lease(
+                    core.clone(),
+                    id.clone(),
+                    claim.clone(),
+                    lost.clone(),
+                ));
+                let res = process_claim(&core, &claim, row, &lost).await;
+                heartbeat.abort();
+                if let Err(e) = res {
                     tracing::error!(computation = %id, "mill: {e:#}");
                 }
             }
@@ -51,6 +74,114 @@ pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Rece
             }
         }
     }
+}
+
+/// Renews a claim every third of the lease while its stage runs; sets `lost` (and stops) if
+/// the claim no longer holds, so the worker writes nothing more.
+async fn renew_lease(core: Arc<Core>, gid: String, claim: Claim, lost: Arc<AtomicBool>) {
+    let lease = core.config.mill.lease;
+    let every = (lease / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        match core.store.renew(&gid, &claim, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(computation = %gid, attempt = claim.attempt, "lease lost; this worker stops writing");
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => tracing::warn!(computation = %gid, "renewing the lease: {e:#}"),
+        }
+    }
+}
+
+/// Supervises failures and deadlines until `shutdown`: reports every failure the Kingdom has
+/// not acknowledged yet (retrying with backoff until it gets through; only then is the
+/// computation FAILED here), and fails computations past the computation deadline.
+pub async fn run_supervisor(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+    let tick = core.config.mill.poll.min(Duration::from_secs(1));
+    let mut last_sweep: Option<std::time::Instant> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            last_sweep = Some(std::time::Instant::now());
+            if let Err(e) = fail_overdue(&core).await {
+                tracing::warn!("deadline sweep: {e:#}");
+            }
+        }
+        if let Err(e) = report_failures(&core).await {
+            tracing::warn!("reporting failures to the Kingdom: {e:#}");
+        }
+        tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return,
+            _ = core.failures.notified() => {}
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+async fn fail_overdue(core: &Arc<Core>) -> Result<()> {
+    let deadline = core.config.mill.computation_deadline;
+    let before = now_ms() - deadline.as_millis() as i64;
+    for row in core.store.overdue(before).await? {
+        let name = match core.protocol_for(&row) {
+            Ok(p) => stage_name(&p.stages(), row.stage),
+            Err(_) => row.stage.to_string(),
+        };
+        let msg = format!(
+            "computation deadline of {}s exceeded at duchy {} in stage {name} (attempt {})",
+            deadline.as_secs(),
+            core.id(),
+            row.attempt
+        );
+        let attempt = stage_attempt(&row, &name);
+        if core
+            .store
+            .fail(&row.global_id, None, &msg, Some(&attempt.encode_to_vec()))
+            .await?
+        {
+            tracing::error!(computation = %row.global_id, "{msg}");
+            core.failures.notify_one();
+        }
+    }
+    Ok(())
+}
+
+async fn report_failures(core: &Arc<Core>) -> Result<()> {
+    for f in core.store.pending_failures().await? {
+        let attempt = match &f.stage_attempt {
+            Some(b) => {
+                Some(sys::StageAttempt::decode(b.as_slice()).context("stored stage attempt")?)
+            }
+            None => None,
+        };
+        match core
+            .fail_at_kingdom(&f.global_id, &f.message, attempt)
+            .await
+        {
+            Ok(how) => {
+                core.store.failure_acknowledged(&f.global_id, how).await?;
+                tracing::info!(computation = %f.global_id, "failure reported to the Kingdom ({how})");
+            }
+            Err(e) => {
+                let delay = backoff(&core.config.mill, f.tries);
+                tracing::warn!(computation = %f.global_id, "failure not acknowledged yet (retry in {delay:?}): {e}");
+                core.store.failure_retry_later(&f.global_id, delay).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `retry_base · 2^n` capped at `retry_max`, plus up to 25 % jitter.
+fn backoff(cfg: &crate::MillConfig, n: u32) -> Duration {
+    let base = cfg
+        .retry_base
+        .saturating_mul(1u32 << n.min(16))
+        .min(cfg.retry_max);
+    base + Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 4 + 1))
 }
 
 /// A stage outcome as cached in the store: payloads live in blob files.
@@ -71,10 +202,10 @@ struct CachedSend {
     blob: String,
 }
 
-fn stage_attempt(row: &ComputationRow, info: Option<&StageInfo>) -> sys::StageAttempt {
+fn stage_attempt(row: &ComputationRow, name: &str) -> sys::StageAttempt {
     sys::StageAttempt {
         stage: row.stage,
-        stage_name: info.map(|i| i.name.clone()).unwrap_or_default(),
+        stage_name: name.to_string(),
         stage_start_time: Some(prost_types::Timestamp {
             seconds: row.stage_started_ms.div_euclid(1000),
             nanos: (row.stage_started_ms.rem_euclid(1000) * 1_000_000) as i32,
@@ -83,63 +214,179 @@ fn stage_attempt(row: &ComputationRow, info: Option<&StageInfo>) -> sys::StageAt
     }
 }
 
-async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Result<()> {
+/// What one claim ended in (other than success).
+enum Trouble {
+    /// Not ready yet: release without counting the attempt.
+    Wait(String),
+    /// Retry with backoff; counts as an attempt.
+    Transient(String),
+    /// Fail the computation.
+    Permanent(String),
+}
+
+impl From<EffectError> for Trouble {
+    fn from(e: EffectError) -> Self {
+        match e.kind {
+            ErrorKind::Wait => Trouble::Wait(e.message),
+            ErrorKind::Transient => Trouble::Transient(e.message),
+            ErrorKind::Permanent => Trouble::Permanent(e.message),
+        }
+    }
+}
+
+async fn process_claim(
+    core: &Arc<Core>,
+    claim: &Claim,
+    row: ComputationRow,
+    lost: &AtomicBool,
+) -> Result<()> {
     let gid = row.global_id.clone();
-    let claim = Claim {
-        owner: owner.to_string(),
-        stage: row.stage,
-        attempt: row.attempt,
-    };
     let protocol = match core.protocol_for(&row) {
         Ok(p) => p,
-        Err(e) => return fail(core, &row, None, &format!("{e:#}")).await,
+        Err(e) => {
+            return settle(core, claim, &row, "?", Trouble::Permanent(format!("{e:#}"))).await;
+        }
     };
     let stages = protocol.stages();
-    let info = find_stage(&stages, row.stage).cloned();
-    let attempt_info = stage_attempt(&row, info.as_ref());
+    let name = stage_name(&stages, row.stage);
+    tracing::info!(duchy = %core.id(), computation = %gid, stage = %name, attempt = row.attempt, "claimed stage");
+    halo_crashpoint::point_at("mill.claimed", &name);
     if row.attempt > core.config.mill.max_attempts {
         let msg = format!(
-            "stage {} exceeded the maximum of {} attempts",
-            info.as_ref().map(|i| i.name.as_str()).unwrap_or("?"),
+            "stage {name} exceeded the maximum of {} attempts",
             core.config.mill.max_attempts
         );
-        return fail(core, &row, Some(attempt_info), &msg).await;
+        return settle(core, claim, &row, &name, Trouble::Permanent(msg)).await;
     }
-    let Some(info) = info else {
-        return fail(
-            core,
-            &row,
-            Some(attempt_info),
-            &format!("stage {} is not in {}'s stage table", row.stage, row.pin),
+    let deadline = core.config.mill.computation_deadline;
+    if now_ms() - row.created_ms > deadline.as_millis() as i64 {
+        let msg = format!(
+            "computation deadline of {}s exceeded in stage {name}",
+            deadline.as_secs()
+        );
+        return settle(core, claim, &row, &name, Trouble::Permanent(msg)).await;
+    }
+    let res = if row.stage == START_STAGE {
+        run_start(core, claim, &row, &protocol, lost).await
+    } else {
+        run_stage(core, claim, &row, &protocol, &stages, &name, lost).await
+    };
+    match res {
+        Ok(()) => Ok(()),
+        Err(t) => settle(core, claim, &row, &name, t).await,
+    }
+}
+
+/// The creation pseudo-stage: the plugin's `start` picks the initial stage and state.
+async fn run_start(
+    core: &Arc<Core>,
+    claim: &Claim,
+    row: &ComputationRow,
+    protocol: &Arc<dyn crate::protocol::Protocol>,
+    lost: &AtomicBool,
+) -> Result<(), Trouble> {
+    let gid = &row.global_id;
+    let ctx = core
+        .context(row)
+        .map_err(|e| Trouble::Permanent(format!("{e:#}")))?;
+    let p = protocol.clone();
+    let started = std::time::Instant::now();
+    let res = tokio::task::spawn_blocking(move || p.start(&ctx)).await;
+    let stages = protocol.stages();
+    let label = match &res {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(StageError::Transient(_))) => "transient",
+        Ok(Err(StageError::Permanent(_))) => "permanent",
+        Ok(Err(StageError::InvalidInput(_))) => "invalid_input",
+        Err(_) => "crashed",
+    };
+    core.metrics.record_stage(
+        &row.pin.name,
+        &row.pin.version,
+        "START",
+        label,
+        started.elapsed().as_secs_f64(),
+    );
+    let out = match res {
+        Ok(Ok(o)) => o,
+        Ok(Err(StageError::Transient(m))) => return Err(Trouble::Transient(m)),
+        Ok(Err(e)) => {
+            return Err(Trouble::Permanent(format!(
+                "{} rejected the computation: {e}",
+                row.pin
+            )));
+        }
+        Err(e) => {
+            return Err(Trouble::Transient(format!(
+                "{} start crashed: {e}",
+                row.pin
+            )));
+        }
+    };
+    validate_start(&row.pin, &stages, core.config.mill.outcome_limits(), &out)
+        .map_err(|e| Trouble::Permanent(e.to_string()))?;
+    halo_crashpoint::point("mill.executed:START");
+    if lost.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let moved = core
+        .transition(
+            gid,
+            &stages,
+            Some(claim),
+            START_STAGE,
+            out.initial_stage,
+            Some(&out.state),
         )
-        .await;
+        .await
+        .map_err(|e| Trouble::Transient(format!("{e:#}")))?;
+    if !moved {
+        tracing::warn!(computation = %gid, "claim lost before starting; another worker owns it");
+    }
+    Ok(())
+}
+
+async fn run_stage(
+    core: &Arc<Core>,
+    claim: &Claim,
+    row: &ComputationRow,
+    protocol: &Arc<dyn crate::protocol::Protocol>,
+    stages: &[StageInfo],
+    name: &str,
+    lost: &AtomicBool,
+) -> Result<(), Trouble> {
+    let gid = &row.global_id;
+    let Some(info) = find_stage(stages, row.stage) else {
+        return Err(Trouble::Permanent(format!(
+            "stage {} is not in {}'s stage table",
+            row.stage, row.pin
+        )));
     };
     let StageKind::Queued {
         inputs: wanted,
         requisitions,
     } = &info.kind
     else {
-        return fail(
-            core,
-            &row,
-            Some(attempt_info),
-            &format!("stage {} is not a queued stage", info.name),
-        )
-        .await;
+        return Err(Trouble::Permanent(format!(
+            "stage {name} is not a queued stage"
+        )));
     };
-    core.store
-        .audit(
-            &gid,
-            "claim",
-            &format!("{} attempt {} by {owner}", info.name, row.attempt),
-        )
-        .await?;
-
-    let cached = match core.store.load_outcome(&gid, row.stage).await? {
-        Some(json) => serde_json::from_str::<CachedOutcome>(&json).context("cached outcome")?,
+    let internal = |e: anyhow::Error| Trouble::Transient(format!("{e:#}"));
+    let cached = match core
+        .store
+        .load_outcome(gid, row.stage)
+        .await
+        .map_err(internal)?
+    {
+        Some(json) => serde_json::from_str::<CachedOutcome>(&json)
+            .map_err(|e| Trouble::Permanent(format!("cached outcome of {name}: {e}")))?,
         None => {
-            let inputs = gather_inputs(core, &row, wanted, *requisitions).await?;
-            let ctx = core.context(&row)?;
+            let inputs = gather_inputs(core, row, wanted, *requisitions)
+                .await
+                .map_err(internal)?;
+            let ctx = core
+                .context(row)
+                .map_err(|e| Trouble::Permanent(format!("{e:#}")))?;
             let participants: Vec<String> = ctx
                 .participants
                 .iter()
@@ -154,7 +401,7 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
                 Ok(Ok(o)) => {
                     let check = OutcomeCheck {
                         plugin: &row.pin,
-                        stages: &stages,
+                        stages,
                         stage: row.stage,
                         duchy_id: core.id(),
                         role: row.role,
@@ -177,90 +424,149 @@ async fn process_claim(core: &Arc<Core>, owner: &str, row: ComputationRow) -> Re
             core.metrics.record_stage(
                 &row.pin.name,
                 &row.pin.version,
-                &info.name,
+                name,
                 outcome_label,
                 started.elapsed().as_secs_f64(),
             );
             if let Some(e) = invalid {
-                return fail(
-                    core,
-                    &row,
-                    Some(attempt_info),
-                    &format!("stage {}: {e}", info.name),
-                )
-                .await;
+                return Err(Trouble::Permanent(format!("stage {name}: {e}")));
             }
             let outcome = match res {
                 Ok(Ok(o)) => o,
                 Ok(Err(StageError::Transient(m))) => {
-                    return retry_later(
-                        core,
-                        &row,
-                        &claim,
-                        attempt_info,
-                        &format!("{}: {m}", row.pin),
-                    )
-                    .await;
+                    return Err(Trouble::Transient(format!("{}: {m}", row.pin)));
                 }
                 Ok(Err(e)) => {
-                    return fail(
-                        core,
-                        &row,
-                        Some(attempt_info),
-                        &format!("{} stage {}: {e}", row.pin, info.name),
-                    )
-                    .await;
+                    return Err(Trouble::Permanent(format!("{} stage {name}: {e}", row.pin)));
                 }
                 Err(e) => {
-                    return fail(
-                        core,
-                        &row,
-                        Some(attempt_info),
-                        &format!("{} stage {} crashed: {e}", row.pin, info.name),
-                    )
-                    .await;
+                    return Err(Trouble::Permanent(format!(
+                        "{} stage {name} crashed: {e}",
+                        row.pin
+                    )));
                 }
             };
-            core.store
-                .audit(
-                    &gid,
-                    "executed",
-                    &format!("{} in {:.3}s", info.name, started.elapsed().as_secs_f64()),
-                )
-                .await?;
-            let cached = cache_outcome(core, &row, outcome).await?;
-            core.store
-                .save_outcome(&gid, row.stage, &serde_json::to_string(&cached)?)
-                .await?;
-            cached
+            halo_crashpoint::point_at("mill.executed", name);
+            let elapsed = started.elapsed().as_secs_f64();
+            let cached = cache_outcome(core, row, outcome).await.map_err(internal)?;
+            let json = serde_json::to_string(&cached)
+                .map_err(|e| Trouble::Permanent(format!("encoding the outcome: {e}")))?;
+            let saved = !lost.load(Ordering::SeqCst)
+                && core
+                    .store
+                    .save_outcome(gid, claim, &json)
+                    .await
+                    .map_err(internal)?;
+            if !saved {
+                // Claim lost (or an outcome appeared): this attempt's files are nobody's.
+                remove_outputs(core, &cached).await;
+                match core
+                    .store
+                    .load_outcome(gid, row.stage)
+                    .await
+                    .map_err(internal)?
+                {
+                    Some(json) if core.store.holds(gid, claim).await.map_err(internal)? => {
+                        serde_json::from_str::<CachedOutcome>(&json).map_err(|e| {
+                            Trouble::Permanent(format!("cached outcome of {name}: {e}"))
+                        })?
+                    }
+                    _ => {
+                        tracing::warn!(computation = %gid, "claim lost while running {name}; outcome discarded");
+                        return Ok(());
+                    }
+                }
+            } else {
+                core.store
+                    .audit(gid, "executed", &format!("{name} in {elapsed:.3}s"))
+                    .await
+                    .map_err(internal)?;
+                halo_crashpoint::point_at("mill.saved", name);
+                cached
+            }
         }
     };
 
-    if !core.store.holds(&gid, &claim).await? {
-        tracing::warn!(computation = %gid, "claim lost before applying {}; another worker owns it", info.name);
+    if lost.load(Ordering::SeqCst) || !core.store.holds(gid, claim).await.map_err(internal)? {
+        tracing::warn!(computation = %gid, "claim lost before applying {name}; another worker owns it");
         return Ok(());
     }
-    if let Err(e) = apply_effects(core, &row, &stages, &cached).await {
-        return if e.transient {
-            retry_later(core, &row, &claim, attempt_info, &e.message).await
-        } else {
-            fail(core, &row, Some(attempt_info), &e.message).await
-        };
-    }
+    apply_effects(core, row, stages, &cached).await?;
+    halo_crashpoint::point_at("mill.effects", name);
     let moved = core
-        .enter_stage(
-            &gid,
-            &stages,
-            Some(&claim),
+        .transition(
+            gid,
+            stages,
+            Some(claim),
             row.stage,
             cached.next_stage,
             cached.state.as_deref(),
         )
-        .await?;
+        .await
+        .map_err(internal)?;
     if !moved {
-        tracing::warn!(computation = %gid, "claim lost before advancing from {}", info.name);
+        tracing::warn!(computation = %gid, "claim lost before advancing from {name}");
     }
     Ok(())
+}
+
+/// Ends a claim that did not advance: release it (waiting or retrying later) or fail the
+/// computation, each fenced by the claim.
+async fn settle(
+    core: &Arc<Core>,
+    claim: &Claim,
+    row: &ComputationRow,
+    name: &str,
+    trouble: Trouble,
+) -> Result<()> {
+    let gid = &row.global_id;
+    let cfg = &core.config.mill;
+    let attempt = stage_attempt(row, name);
+    match trouble {
+        Trouble::Wait(m) => {
+            let delay = backoff(cfg, row.waits);
+            tracing::info!(computation = %gid, stage = %name, "not ready, retry in {delay:?}: {m}");
+            core.store
+                .release(gid, claim, delay, true, ("waiting", &m))
+                .await?;
+        }
+        Trouble::Transient(m) => {
+            let delay = backoff(cfg, row.attempt.saturating_sub(1));
+            tracing::warn!(computation = %gid, stage = %name, attempt = row.attempt, "transient failure, retry in {delay:?}: {m}");
+            if core
+                .store
+                .release(gid, claim, delay, false, ("transient", &m))
+                .await?
+            {
+                core.log_to_kingdom(gid, &format!("transient: {m}"), true, Some(attempt))
+                    .await;
+            }
+        }
+        Trouble::Permanent(m) => {
+            let msg = format!(
+                "duchy {} failed computation {gid} in stage {name} (attempt {}): {m}",
+                core.id(),
+                row.attempt
+            );
+            tracing::error!(computation = %gid, "{msg}");
+            if core
+                .store
+                .fail(gid, Some(claim), &msg, Some(&attempt.encode_to_vec()))
+                .await?
+            {
+                core.failures.notify_one();
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn remove_outputs(core: &Arc<Core>, o: &CachedOutcome) {
+    for s in &o.sends {
+        if let Ok(path) = core.store.blob_path(&s.blob) {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+    }
 }
 
 async fn gather_inputs(
@@ -309,7 +615,7 @@ async fn cache_outcome(
 ) -> Result<CachedOutcome> {
     let mut sends = Vec::new();
     for (i, s) in o.sends.into_iter().enumerate() {
-        let key = blobs::output_key(&row.global_id, row.stage, i)?;
+        let key = blobs::output_key(&row.global_id, row.stage, row.attempt, i)?;
         blobs::write_blob(&core.store.blob_path(&key)?, &s.payload).await?;
         sends.push(CachedSend {
             to: s.to,
@@ -408,7 +714,7 @@ async fn send_to_peer(
     let peer_stage = match stage {
         Ok(r) => stage_number(r.get_ref()),
         Err(st) if st.code() == tonic::Code::NotFound => {
-            return Err(EffectError::transient(format!(
+            return Err(EffectError::wait(format!(
                 "{} does not know the computation yet",
                 s.to
             )));
@@ -431,7 +737,7 @@ async fn send_to_peer(
         return Ok(());
     }
     if peer_stage < wait_stage {
-        return Err(EffectError::transient(format!(
+        return Err(EffectError::wait(format!(
             "{} is at stage {peer_stage}, before {wait_stage}; will retry",
             s.to
         )));
@@ -449,6 +755,7 @@ async fn send_to_peer(
     let failed = blob.failed;
     let header = advance_header(row.protocol, &row.global_id, s.description);
     fn body_chunk(partial_data: Vec<u8>) -> sys::AdvanceComputationRequest {
+        halo_crashpoint::point("send.chunk");
         sys::AdvanceComputationRequest {
             payload: Some(sys::advance_computation_request::Payload::BodyChunk(
                 sys::advance_computation_request::BodyChunk { partial_data },
@@ -480,6 +787,7 @@ async fn send_to_peer(
             return Err(EffectError::transient(e));
         }
     }
+    halo_crashpoint::point("send.acked");
     core.store
         .audit(
             &row.global_id,
@@ -488,73 +796,5 @@ async fn send_to_peer(
         )
         .await
         .map_err(|e| EffectError::transient(format!("{e:#}")))?;
-    Ok(())
-}
-
-async fn retry_later(
-    core: &Arc<Core>,
-    row: &ComputationRow,
-    claim: &Claim,
-    attempt: sys::StageAttempt,
-    message: &str,
-) -> Result<()> {
-    let cfg = &core.config.mill;
-    let exp = row.attempt.saturating_sub(1).min(16);
-    let base = cfg
-        .retry_base
-        .saturating_mul(1u32 << exp)
-        .min(cfg.retry_max);
-    let jitter = Duration::from_millis(rand::random::<u64>() % (base.as_millis() as u64 / 4 + 1));
-    let delay = base + jitter;
-    tracing::info!(computation = %row.global_id, "transient failure, retry in {delay:?}: {message}");
-    core.store
-        .audit(&row.global_id, "transient", message)
-        .await?;
-    core.store.release(&row.global_id, claim, delay).await?;
-    core.log_to_kingdom(
-        &row.global_id,
-        &format!("transient: {message}"),
-        true,
-        Some(attempt),
-    )
-    .await;
-    let _ = now_ms();
-    Ok(())
-}
-
-async fn fail(
-    core: &Arc<Core>,
-    row: &ComputationRow,
-    attempt: Option<sys::StageAttempt>,
-    message: &str,
-) -> Result<()> {
-    tracing::error!(computation = %row.global_id, "failing computation: {message}");
-    let mut last = None;
-    for i in 0..3 {
-        match core
-            .fail_at_kingdom(&row.global_id, message, attempt.clone())
-            .await
-        {
-            Ok(()) => {
-                last = None;
-                break;
-            }
-            Err(e) if e.transient && i < 2 => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => {
-                last = Some(e);
-                break;
-            }
-        }
-    }
-    core.store.finish(&row.global_id, "FAILED").await?;
-    core.store
-        .audit(&row.global_id, "finish", &format!("FAILED: {message}"))
-        .await?;
-    if let Some(e) = last {
-        return Err(anyhow!("could not report the failure to the Kingdom: {e}"));
-    }
     Ok(())
 }

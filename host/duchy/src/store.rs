@@ -3,7 +3,14 @@
 //! payloads as files under `{data_dir}/blobs`.
 //!
 //! All access goes through one connection, so every method is atomic and writers never race;
-//! no method holds the connection across network I/O.
+//! no method holds the connection across network I/O. Every method that changes a computation
+//! is one transaction (state change and its audit entry commit together), and every write of a
+//! stage's results is fenced by the claim (owner, stage, attempt) that produced it.
+//!
+//! Durability: WAL with `synchronous=FULL` (a committed transition survives power loss before
+//! its effects are sent); blob files are fsynced and so is their directory after the rename
+//! (`blobs`). The data directory is locked (`LOCK`, an exclusive advisory lock) while a store
+//! is open, so every lease found at start-up belongs to a dead process and is freed at once.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -35,7 +42,8 @@ CREATE TABLE IF NOT EXISTS computations (
   version          INTEGER NOT NULL DEFAULT 1,
   created_ms       INTEGER NOT NULL,
   updated_ms       INTEGER NOT NULL,
-  stage_started_ms INTEGER NOT NULL
+  stage_started_ms INTEGER NOT NULL,
+  waits            INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS computations_claim ON computations (queued, lease_expiry_ms);
 CREATE TABLE IF NOT EXISTS inputs (
@@ -70,6 +78,16 @@ CREATE TABLE IF NOT EXISTS herald (
   id    INTEGER PRIMARY KEY CHECK (id = 1),
   token TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS failures (
+  global_id     TEXT PRIMARY KEY,
+  message       TEXT NOT NULL,
+  stage_attempt BLOB,
+  created_ms    INTEGER NOT NULL,
+  next_try_ms   INTEGER NOT NULL,
+  tries         INTEGER NOT NULL DEFAULT 0,
+  acked_ms      INTEGER,
+  acked_how     TEXT
+);
 CREATE TABLE IF NOT EXISTS audit (
   id        INTEGER PRIMARY KEY AUTOINCREMENT,
   time_ms   INTEGER NOT NULL,
@@ -78,6 +96,15 @@ CREATE TABLE IF NOT EXISTS audit (
   detail    TEXT NOT NULL
 );
 "#;
+
+/// The pseudo-stage of a computation the herald recorded and no mill worker has started yet:
+/// claiming it runs the plugin's `start` (with the same deadline, retry and error rules as
+/// every stage), which picks the real initial stage. Reported to peers as stage 0.
+pub const START_STAGE: i32 = -1;
+
+/// `terminal` of a computation whose failure is not yet acknowledged by the Kingdom: no more
+/// work runs; it becomes `FAILED` once the Kingdom has heard of it.
+pub const FAILING: &str = "FAILING";
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -110,6 +137,18 @@ pub struct ComputationRow {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub stage_started_ms: i64,
+    /// Consecutive "not ready yet" releases of the current stage (backoff only).
+    pub waits: u32,
+}
+
+/// A failure to report to the Kingdom (kept until acknowledged).
+#[derive(Clone, Debug)]
+pub struct FailureRow {
+    pub global_id: String,
+    pub message: String,
+    /// Encoded system `StageAttempt`, if the failure happened in a stage.
+    pub stage_attempt: Option<Vec<u8>>,
+    pub tries: u32,
 }
 
 /// A new computation to insert.
@@ -160,6 +199,8 @@ pub struct Claim {
 pub struct Store {
     pool: SqlitePool,
     blob_root: PathBuf,
+    /// The data directory's exclusive lock, held until [`Store::close`].
+    lock: std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
 
 fn row_to_computation(r: &sqlx::sqlite::SqliteRow) -> Result<ComputationRow> {
@@ -190,6 +231,7 @@ fn row_to_computation(r: &sqlx::sqlite::SqliteRow) -> Result<ComputationRow> {
         created_ms: r.try_get("created_ms")?,
         updated_ms: r.try_get("updated_ms")?,
         stage_started_ms: r.try_get("stage_started_ms")?,
+        waits: r.try_get::<i64, _>("waits")?.max(0) as u32,
     })
 }
 
@@ -218,18 +260,38 @@ fn row_to_requisition(r: &sqlx::sqlite::SqliteRow) -> Result<RequisitionRow> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store under `data_dir`.
+    /// Opens (creating if needed) the store under `data_dir`, taking the directory's lock.
     pub async fn open(data_dir: &Path) -> Result<Store> {
         let blob_root = data_dir.join("blobs");
         tokio::fs::create_dir_all(&blob_root)
             .await
             .with_context(|| format!("creating {}", blob_root.display()))?;
+        let lock_path = data_dir.join("LOCK");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(anyhow!(
+                    "data directory {} is in use by another duchy process (lock {})",
+                    data_dir.display(),
+                    lock_path.display()
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow!("locking {}: {e}", lock_path.display()));
+            }
+        }
         let db = data_dir.join("duchy.db");
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
             .with_context(|| format!("database path {}", db.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
@@ -240,11 +302,89 @@ impl Store {
             .execute(&pool)
             .await
             .context("creating schema")?;
-        Ok(Store { pool, blob_root })
+        // Stores written before `waits` existed.
+        let has_waits =
+            sqlx::query("SELECT 1 FROM pragma_table_info('computations') WHERE name = 'waits'")
+                .fetch_optional(&pool)
+                .await?
+                .is_some();
+        if !has_waits {
+            sqlx::query("ALTER TABLE computations ADD COLUMN waits INTEGER NOT NULL DEFAULT 0")
+                .execute(&pool)
+                .await
+                .context("adding computations.waits")?;
+        }
+        Ok(Store {
+            pool,
+            blob_root,
+            lock: std::sync::Arc::new(std::sync::Mutex::new(Some(lock))),
+        })
     }
 
+    /// Closes the database and releases the data directory's lock.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Ok(mut l) = self.lock.lock() {
+            l.take();
+        }
+    }
+
+    /// Frees every lease: called at start-up, when (the directory being locked) any lease
+    /// belongs to a dead incarnation of this process. The attempt it counted stays counted.
+    /// Returns the computations released.
+    pub async fn release_stale_leases(&self) -> Result<Vec<String>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE computations SET lease_owner = NULL, lease_expiry_ms = ?, updated_ms = ?, \
+             version = version + 1 WHERE lease_owner IS NOT NULL AND terminal IS NULL AND queued = 1 \
+             RETURNING global_id, lease_owner",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut ids = Vec::new();
+        for r in &rows {
+            let id: String = r.try_get("global_id")?;
+            ids.push(id.clone());
+        }
+        // Leases of a process that died with no owner column cleared (none) are handled above;
+        // audit each release in the same transaction.
+        for id in &ids {
+            insert_audit(
+                &mut tx,
+                id,
+                "lease",
+                "freed the lease of a previous process",
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Global ids of computations still active here (not finished, not failing).
+    pub async fn active_ids(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT global_id FROM computations WHERE terminal IS NULL ORDER BY created_ms, global_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("global_id").map_err(Into::into))
+            .collect()
+    }
+
+    /// Active computations created before `created_before_ms` (past their deadline).
+    pub async fn overdue(&self, created_before_ms: i64) -> Result<Vec<ComputationRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM computations WHERE terminal IS NULL AND created_ms < ? ORDER BY created_ms",
+        )
+        .bind(created_before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(row_to_computation).collect()
     }
 
     pub fn blob_root(&self) -> &Path {
@@ -303,14 +443,21 @@ impl Store {
         rows.iter().map(row_to_computation).collect()
     }
 
-    /// Inserts a computation; returns false if it already existed (nothing changed).
-    pub async fn insert(&self, c: NewComputation) -> Result<bool> {
+    /// Inserts a computation with its requisitions and the audit entry, in one transaction;
+    /// returns false if it already existed (nothing changed).
+    pub async fn insert(
+        &self,
+        c: NewComputation,
+        requisitions: &[RequisitionRow],
+        audit: &str,
+    ) -> Result<bool> {
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "INSERT OR IGNORE INTO computations (global_id, protocol, role, plugin_name, plugin_version, \
              plugin_digest, stage, attempt, queued, lease_owner, lease_expiry_ms, kingdom_state, computation, \
-             plugin_state, terminal, version, created_ms, updated_ms, stage_started_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, ?, ?, NULL, 1, ?, ?, ?)",
+             plugin_state, terminal, version, created_ms, updated_ms, stage_started_ms, waits) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, ?, ?, ?, ?, NULL, 1, ?, ?, ?, 0)",
         )
         .bind(&c.global_id)
         .bind(c.protocol.as_i64())
@@ -327,18 +474,27 @@ impl Store {
         .bind(now)
         .bind(now)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(res.rows_affected() == 1)
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        upsert_requisitions(&mut tx, requisitions).await?;
+        insert_audit(&mut tx, &c.global_id, "create", audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// Records the latest Kingdom view of a computation.
+    /// Records the latest Kingdom view of a computation and its requisitions (one
+    /// transaction).
     pub async fn update_snapshot(
         &self,
         global_id: &str,
         computation: &[u8],
         kingdom_state: i32,
+        requisitions: &[RequisitionRow],
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE computations SET computation = ?, kingdom_state = ?, updated_ms = ?, version = version + 1 \
              WHERE global_id = ?",
@@ -347,13 +503,15 @@ impl Store {
         .bind(kingdom_state as i64)
         .bind(now_ms())
         .bind(global_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        upsert_requisitions(&mut tx, requisitions).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Claims the next queued computation whose lease is free or expired.
-    /// Increments the stage attempt. `max_leases` bounds nothing here; callers decide.
+    /// Claims the next queued computation whose lease is free or expired, incrementing the
+    /// stage attempt.
     pub async fn claim(&self, owner: &str, lease: Duration) -> Result<Option<ComputationRow>> {
         let now = now_ms();
         let expiry = now + lease.as_millis() as i64;
@@ -374,6 +532,25 @@ impl Store {
         row.as_ref().map(row_to_computation).transpose()
     }
 
+    /// Extends a claim's lease to `lease` from now; false if the claim no longer holds (the
+    /// worker must stop writing: another one may own the stage).
+    pub async fn renew(&self, global_id: &str, claim: &Claim, lease: Duration) -> Result<bool> {
+        let now = now_ms();
+        let res = sqlx::query(
+            "UPDATE computations SET lease_expiry_ms = ? WHERE global_id = ? AND lease_owner = ? \
+             AND stage = ? AND attempt = ? AND terminal IS NULL AND lease_expiry_ms > ?",
+        )
+        .bind(now + lease.as_millis() as i64)
+        .bind(global_id)
+        .bind(&claim.owner)
+        .bind(claim.stage as i64)
+        .bind(claim.attempt as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
     /// True while `claim` still holds the computation (same owner, stage and attempt,
     /// lease not expired).
     pub async fn holds(&self, global_id: &str, claim: &Claim) -> Result<bool> {
@@ -391,8 +568,10 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Moves a computation from stage `from` to `to`. With `claim`, only while the claim
-    /// still holds. Returns false (and changes nothing) if the precondition failed.
+    /// Moves a computation from stage `from` to `to` in one transaction with its audit entry
+    /// (and forgets the cached outcome of `from`). With `claim`, only while the claim still
+    /// holds. Returns false (and changes nothing) if the precondition failed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn advance(
         &self,
         global_id: &str,
@@ -401,17 +580,19 @@ impl Store {
         to: i32,
         queued: bool,
         plugin_state: Option<&[u8]>,
+        audit: &str,
     ) -> Result<bool> {
         let now = now_ms();
         let mut q = String::from(
-            "UPDATE computations SET stage = ?, attempt = 0, queued = ?, lease_owner = NULL, \
+            "UPDATE computations SET stage = ?, attempt = 0, waits = 0, queued = ?, lease_owner = NULL, \
              lease_expiry_ms = ?, plugin_state = COALESCE(?, plugin_state), updated_ms = ?, \
              stage_started_ms = ?, version = version + 1 \
              WHERE global_id = ? AND stage = ? AND terminal IS NULL",
         );
         if claim.is_some() {
-            q.push_str(" AND lease_owner = ? AND attempt = ?");
+            q.push_str(" AND lease_owner = ? AND attempt = ? AND lease_expiry_ms > ?");
         }
+        let mut tx = self.pool.begin().await?;
         let mut query = sqlx::query(&q)
             .bind(to as i64)
             .bind(queued as i64)
@@ -422,62 +603,247 @@ impl Store {
             .bind(global_id)
             .bind(from as i64);
         if let Some(c) = claim {
-            query = query.bind(&c.owner).bind(c.attempt as i64);
+            query = query.bind(&c.owner).bind(c.attempt as i64).bind(now);
         }
-        let res = query.execute(&self.pool).await?;
-        if res.rows_affected() == 1 {
-            sqlx::query("DELETE FROM outcomes WHERE global_id = ? AND stage = ?")
-                .bind(global_id)
-                .bind(from as i64)
-                .execute(&self.pool)
-                .await?;
-            Ok(true)
-        } else {
-            Ok(false)
+        let res = query.execute(&mut *tx).await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
         }
+        sqlx::query("DELETE FROM outcomes WHERE global_id = ? AND stage = ?")
+            .bind(global_id)
+            .bind(from as i64)
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, global_id, "stage", audit).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// Gives a claimed computation back, claimable again after `delay`.
-    pub async fn release(&self, global_id: &str, claim: &Claim, delay: Duration) -> Result<bool> {
+    /// Gives a claimed computation back, claimable again after `delay`. With `waiting`, the
+    /// claim did not count as an attempt (the stage was not ready: a peer or the Kingdom is
+    /// behind or unavailable) and `waits` grows instead. One transaction with its audit entry.
+    pub async fn release(
+        &self,
+        global_id: &str,
+        claim: &Claim,
+        delay: Duration,
+        waiting: bool,
+        audit: (&str, &str),
+    ) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
-            "UPDATE computations SET lease_owner = NULL, lease_expiry_ms = ?, updated_ms = ?, version = version + 1 \
-             WHERE global_id = ? AND lease_owner = ? AND attempt = ? AND stage = ?",
+            "UPDATE computations SET lease_owner = NULL, lease_expiry_ms = ?, updated_ms = ?, \
+             version = version + 1, attempt = attempt - ?, waits = waits + ? \
+             WHERE global_id = ? AND lease_owner = ? AND attempt = ? AND stage = ? AND terminal IS NULL",
         )
-        .bind(now_ms() + delay.as_millis() as i64)
-        .bind(now_ms())
+        .bind(now + delay.as_millis() as i64)
+        .bind(now)
+        .bind(waiting as i64)
+        .bind(waiting as i64)
         .bind(global_id)
         .bind(&claim.owner)
         .bind(claim.attempt as i64)
         .bind(claim.stage as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(res.rows_affected() == 1)
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_audit(&mut tx, global_id, audit.0, audit.1).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    /// Marks a computation finished here; returns false if it already was.
-    pub async fn finish(&self, global_id: &str, terminal: &str) -> Result<bool> {
+    /// Marks a computation finished here (`COMPLETE`, or `FAILED` / `CANCELLED` as the
+    /// Kingdom said, which also settles a failure not yet acknowledged); returns false if it
+    /// already was. One transaction with its audit entry.
+    pub async fn finish(&self, global_id: &str, terminal: &str, audit: &str) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "UPDATE computations SET terminal = ?, queued = 0, lease_owner = NULL, lease_expiry_ms = NULL, \
-             updated_ms = ?, version = version + 1 WHERE global_id = ? AND terminal IS NULL",
+             updated_ms = ?, version = version + 1 WHERE global_id = ? AND (terminal IS NULL OR terminal = ?)",
         )
         .bind(terminal)
+        .bind(now)
+        .bind(global_id)
+        .bind(FAILING)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE failures SET acked_ms = ?, acked_how = ? WHERE global_id = ? AND acked_ms IS NULL",
+        )
+        .bind(now)
+        .bind(format!("computation {terminal}"))
+        .bind(global_id)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, global_id, "finish", audit).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Starts failing a computation: no more work runs for it (`terminal = FAILING`), and the
+    /// failure is queued for the Kingdom ([`Store::pending_failures`]) until acknowledged.
+    /// With `claim`, only while the claim holds (a stale worker cannot fail a computation
+    /// another worker is running). Returns false if nothing changed. A computation this
+    /// duchy never recorded (`global_id` unknown) still gets its failure queued.
+    pub async fn fail(
+        &self,
+        global_id: &str,
+        claim: Option<&Claim>,
+        message: &str,
+        stage_attempt: Option<&[u8]>,
+    ) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let known = sqlx::query("SELECT 1 FROM computations WHERE global_id = ?")
+            .bind(global_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if known {
+            let mut q = String::from(
+                "UPDATE computations SET terminal = ?, queued = 0, lease_owner = NULL, lease_expiry_ms = NULL, \
+                 updated_ms = ?, version = version + 1 WHERE global_id = ? AND terminal IS NULL",
+            );
+            if claim.is_some() {
+                q.push_str(" AND lease_owner = ? AND stage = ? AND attempt = ?");
+            }
+            let mut query = sqlx::query(&q).bind(FAILING).bind(now).bind(global_id);
+            if let Some(c) = claim {
+                query = query
+                    .bind(&c.owner)
+                    .bind(c.stage as i64)
+                    .bind(c.attempt as i64);
+            }
+            if query.execute(&mut *tx).await?.rows_affected() != 1 {
+                return Ok(false);
+            }
+        }
+        let res = sqlx::query(
+            "INSERT OR IGNORE INTO failures (global_id, message, stage_attempt, created_ms, next_try_ms, tries) \
+             VALUES (?, ?, ?, ?, ?, 0)",
+        )
+        .bind(global_id)
+        .bind(message)
+        .bind(stage_attempt)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if known {
+            insert_audit(&mut tx, global_id, "failing", message).await?;
+        }
+        tx.commit().await?;
+        Ok(known || res.rows_affected() == 1)
+    }
+
+    /// Failures not yet acknowledged by the Kingdom whose next try is due.
+    pub async fn pending_failures(&self) -> Result<Vec<FailureRow>> {
+        let rows = sqlx::query(
+            "SELECT global_id, message, stage_attempt, tries FROM failures \
+             WHERE acked_ms IS NULL AND next_try_ms <= ? ORDER BY next_try_ms LIMIT 100",
+        )
         .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(FailureRow {
+                    global_id: r.try_get("global_id")?,
+                    message: r.try_get("message")?,
+                    stage_attempt: r.try_get("stage_attempt")?,
+                    tries: r.try_get::<i64, _>("tries")?.max(0) as u32,
+                })
+            })
+            .collect()
+    }
+
+    /// The failure of `global_id`, if one was recorded: (message, acknowledged).
+    pub async fn failure(&self, global_id: &str) -> Result<Option<(String, bool)>> {
+        let row = sqlx::query("SELECT message, acked_ms FROM failures WHERE global_id = ?")
+            .bind(global_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((
+                r.try_get("message")?,
+                r.try_get::<Option<i64>, _>("acked_ms")?.is_some(),
+            )),
+            None => None,
+        })
+    }
+
+    /// The Kingdom acknowledged (or made moot) a failure: the computation is FAILED here.
+    pub async fn failure_acknowledged(&self, global_id: &str, how: &str) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE failures SET acked_ms = ?, acked_how = ?, tries = tries + 1 WHERE global_id = ? AND acked_ms IS NULL",
+        )
+        .bind(now)
+        .bind(how)
+        .bind(global_id)
+        .execute(&mut *tx)
+        .await?;
+        let res = sqlx::query(
+            "UPDATE computations SET terminal = 'FAILED', updated_ms = ?, version = version + 1 \
+             WHERE global_id = ? AND terminal = ?",
+        )
+        .bind(now)
+        .bind(global_id)
+        .bind(FAILING)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() == 1 {
+            insert_audit(&mut tx, global_id, "finish", &format!("FAILED ({how})")).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Reporting a failure did not get through: try again after `delay`.
+    pub async fn failure_retry_later(&self, global_id: &str, delay: Duration) -> Result<()> {
+        sqlx::query(
+            "UPDATE failures SET next_try_ms = ?, tries = tries + 1 WHERE global_id = ? AND acked_ms IS NULL",
+        )
+        .bind(now_ms() + delay.as_millis() as i64)
         .bind(global_id)
         .execute(&self.pool)
         .await?;
-        Ok(res.rows_affected() == 1)
+        Ok(())
     }
 
     // ---- cached outcomes ----------------------------------------------------------------
 
-    pub async fn save_outcome(&self, global_id: &str, stage: i32, outcome: &str) -> Result<()> {
-        sqlx::query("INSERT OR REPLACE INTO outcomes (global_id, stage, outcome) VALUES (?, ?, ?)")
-            .bind(global_id)
-            .bind(stage as i64)
-            .bind(outcome)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Caches a stage's outcome, only while `claim` holds (a stale worker cannot save).
+    /// Returns false if nothing was saved: the claim was lost, or an outcome is already
+    /// cached for the stage (then [`Store::load_outcome`] has the one to use).
+    pub async fn save_outcome(
+        &self,
+        global_id: &str,
+        claim: &Claim,
+        outcome: &str,
+    ) -> Result<bool> {
+        let res = sqlx::query(
+            "INSERT OR IGNORE INTO outcomes (global_id, stage, outcome) \
+             SELECT global_id, stage, ? FROM computations WHERE global_id = ? AND lease_owner = ? \
+             AND stage = ? AND attempt = ? AND terminal IS NULL AND lease_expiry_ms > ?",
+        )
+        .bind(outcome)
+        .bind(global_id)
+        .bind(&claim.owner)
+        .bind(claim.stage as i64)
+        .bind(claim.attempt as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() == 1)
     }
 
     pub async fn load_outcome(&self, global_id: &str, stage: i32) -> Result<Option<String>> {
@@ -520,8 +886,8 @@ impl Store {
         rows.iter().map(row_to_input).collect()
     }
 
-    /// Records a received input while the computation is still at `stage`; returns false
-    /// if the stage changed meanwhile (nothing recorded).
+    /// Records a received input (and its audit entry) while the computation is still at
+    /// `stage`; returns false if the stage changed meanwhile (nothing recorded).
     pub async fn record_input(
         &self,
         global_id: &str,
@@ -553,6 +919,16 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
+        insert_audit(
+            &mut tx,
+            global_id,
+            "received",
+            &format!(
+                "{} bytes (description {}) from {}",
+                input.size, input.description, input.sender
+            ),
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -563,20 +939,7 @@ impl Store {
     /// learn a newly assigned fulfilling duchy).
     pub async fn upsert_requisitions(&self, rows: &[RequisitionRow]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for r in rows {
-            sqlx::query(
-                "INSERT INTO requisitions (global_id, requisition_id, fulfilling_duchy, requisition_spec_hash, nonce_hash) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT(global_id, requisition_id) DO UPDATE SET \
-                 fulfilling_duchy = CASE WHEN excluded.fulfilling_duchy = '' THEN requisitions.fulfilling_duchy ELSE excluded.fulfilling_duchy END",
-            )
-            .bind(&r.global_id)
-            .bind(&r.requisition_id)
-            .bind(&r.fulfilling_duchy)
-            .bind(&r.requisition_spec_hash)
-            .bind(&r.nonce_hash)
-            .execute(&mut *tx)
-            .await?;
-        }
+        upsert_requisitions(&mut tx, rows).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -654,6 +1017,37 @@ impl Store {
     }
 }
 
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+
+async fn insert_audit(tx: &mut Tx<'_>, global_id: &str, event: &str, detail: &str) -> Result<()> {
+    sqlx::query("INSERT INTO audit (time_ms, global_id, event, detail) VALUES (?, ?, ?, ?)")
+        .bind(now_ms())
+        .bind(global_id)
+        .bind(event)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn upsert_requisitions(tx: &mut Tx<'_>, rows: &[RequisitionRow]) -> Result<()> {
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO requisitions (global_id, requisition_id, fulfilling_duchy, requisition_spec_hash, nonce_hash) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT(global_id, requisition_id) DO UPDATE SET \
+             fulfilling_duchy = CASE WHEN excluded.fulfilling_duchy = '' THEN requisitions.fulfilling_duchy ELSE excluded.fulfilling_duchy END",
+        )
+        .bind(&r.global_id)
+        .bind(&r.requisition_id)
+        .bind(&r.fulfilling_duchy)
+        .bind(&r.requisition_spec_hash)
+        .bind(&r.nonce_hash)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,13 +1070,21 @@ mod tests {
         }
     }
 
+    fn claim_of(owner: &str, row: &ComputationRow) -> Claim {
+        Claim {
+            owner: owner.into(),
+            stage: row.stage,
+            attempt: row.attempt,
+        }
+    }
+
     #[tokio::test]
     async fn expired_leases_are_reclaimed_and_stale_owners_cannot_advance() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        assert!(store.insert(new("c1")).await.unwrap());
+        assert!(store.insert(new("c1"), &[], "create").await.unwrap());
         assert!(
-            !store.insert(new("c1")).await.unwrap(),
+            !store.insert(new("c1"), &[], "create").await.unwrap(),
             "insert is idempotent"
         );
 
@@ -708,33 +1110,74 @@ mod tests {
             .unwrap();
         assert_eq!(second.attempt, 2, "a reclaim counts as a new attempt");
 
-        let stale = Claim {
-            owner: "a".into(),
-            stage: 1,
-            attempt: 1,
-        };
-        let current = Claim {
-            owner: "b".into(),
-            stage: 1,
-            attempt: 2,
-        };
+        let stale = claim_of("a", &first);
+        let current = claim_of("b", &second);
         assert!(!store.holds("c1", &stale).await.unwrap());
         assert!(store.holds("c1", &current).await.unwrap());
         assert!(
             !store
-                .advance("c1", Some(&stale), 1, 2, false, None)
+                .renew("c1", &stale, Duration::from_secs(60))
+                .await
+                .unwrap(),
+            "a stale worker cannot renew"
+        );
+        assert!(
+            !store
+                .save_outcome("c1", &stale, "{\"stale\":1}")
+                .await
+                .unwrap(),
+            "a stale worker cannot save an outcome"
+        );
+        assert_eq!(store.load_outcome("c1", 1).await.unwrap(), None);
+        assert!(
+            !store
+                .advance("c1", Some(&stale), 1, 2, false, None, "1 -> 2")
                 .await
                 .unwrap()
         );
         assert!(
+            !store
+                .fail("c1", Some(&stale), "stale failure", None)
+                .await
+                .unwrap(),
+            "a stale worker cannot fail the computation"
+        );
+        assert!(
             store
-                .advance("c1", Some(&current), 1, 2, false, Some(b"s"))
+                .save_outcome("c1", &current, "{\"live\":1}")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .save_outcome("c1", &current, "{\"again\":1}")
+                .await
+                .unwrap(),
+            "a saved outcome is never replaced"
+        );
+        assert_eq!(
+            store.load_outcome("c1", 1).await.unwrap().as_deref(),
+            Some("{\"live\":1}")
+        );
+        assert!(
+            store
+                .advance("c1", Some(&current), 1, 2, false, Some(b"s"), "1 -> 2")
                 .await
                 .unwrap()
         );
         let row = store.get("c1").await.unwrap().unwrap();
         assert_eq!((row.stage, row.attempt, row.queued), (2, 0, false));
         assert_eq!(row.plugin_state, b"s");
+        assert_eq!(
+            store.load_outcome("c1", 1).await.unwrap(),
+            None,
+            "the outcome of a left stage is forgotten with the transition"
+        );
+        let log = store.audit_log("c1").await.unwrap();
+        assert!(
+            log.iter().any(|(_, e, d)| e == "stage" && d == "1 -> 2"),
+            "the transition's audit entry committed with it: {log:?}"
+        );
         assert!(
             store
                 .claim("b", Duration::from_secs(1))
@@ -746,23 +1189,105 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn transient_release_delays_the_next_claim_and_finish_is_final() {
+    async fn a_renewed_lease_outlives_its_original_expiry() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        store.insert(new("c2")).await.unwrap();
+        store.insert(new("c"), &[], "create").await.unwrap();
+        let row = store
+            .claim("a", Duration::from_millis(100))
+            .await
+            .unwrap()
+            .unwrap();
+        let claim = claim_of("a", &row);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            assert!(
+                store
+                    .renew("c", &claim, Duration::from_millis(100))
+                    .await
+                    .unwrap()
+            );
+        }
+        assert!(
+            store
+                .claim("b", Duration::from_secs(1))
+                .await
+                .unwrap()
+                .is_none(),
+            "160 ms into a 100 ms lease, renewed: still held"
+        );
+        assert!(store.holds("c", &claim).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn waiting_releases_do_not_count_attempts_but_transient_ones_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.insert(new("c"), &[], "create").await.unwrap();
+        for _ in 0..5 {
+            let row = store
+                .claim("a", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.attempt, 1, "waiting never used up an attempt");
+            assert!(
+                store
+                    .release(
+                        "c",
+                        &claim_of("a", &row),
+                        Duration::ZERO,
+                        true,
+                        ("waiting", "peer behind")
+                    )
+                    .await
+                    .unwrap()
+            );
+        }
+        let row = store.get("c").await.unwrap().unwrap();
+        assert_eq!((row.attempt, row.waits), (0, 5));
         let row = store
             .claim("a", Duration::from_secs(60))
             .await
             .unwrap()
             .unwrap();
-        let claim = Claim {
-            owner: "a".into(),
-            stage: row.stage,
-            attempt: row.attempt,
-        };
+        store
+            .release(
+                "c",
+                &claim_of("a", &row),
+                Duration::ZERO,
+                false,
+                ("transient", "x"),
+            )
+            .await
+            .unwrap();
+        let row = store
+            .claim("a", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.attempt, 2);
+    }
+
+    #[tokio::test]
+    async fn transient_release_delays_the_next_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.insert(new("c2"), &[], "create").await.unwrap();
+        let row = store
+            .claim("a", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
             store
-                .release("c2", &claim, Duration::from_millis(60))
+                .release(
+                    "c2",
+                    &claim_of("a", &row),
+                    Duration::from_millis(60),
+                    false,
+                    ("transient", "x")
+                )
                 .await
                 .unwrap()
         );
@@ -781,12 +1306,124 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-        assert!(store.finish("c2", "FAILED").await.unwrap());
-        assert!(!store.finish("c2", "COMPLETE").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_work_at_once_and_is_final_only_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.insert(new("c"), &[], "create").await.unwrap();
+        assert!(store.fail("c", None, "boom", Some(b"sa")).await.unwrap());
+        let row = store.get("c").await.unwrap().unwrap();
+        assert_eq!(row.terminal.as_deref(), Some(FAILING));
+        assert!(
+            store
+                .claim("a", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none(),
+            "nothing of a failing computation runs"
+        );
+        assert!(
+            !store.fail("c", None, "second", None).await.unwrap(),
+            "the first failure wins"
+        );
+        let pending = store.pending_failures().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message, "boom");
+        assert_eq!(pending[0].stage_attempt.as_deref(), Some(&b"sa"[..]));
+
+        store
+            .failure_retry_later("c", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(store.pending_failures().await.unwrap().is_empty());
         assert_eq!(
-            store.get("c2").await.unwrap().unwrap().terminal.as_deref(),
+            store.get("c").await.unwrap().unwrap().terminal.as_deref(),
+            Some(FAILING),
+            "not FAILED while the Kingdom has not heard of it"
+        );
+        store.failure_acknowledged("c", "recorded").await.unwrap();
+        assert_eq!(
+            store.get("c").await.unwrap().unwrap().terminal.as_deref(),
             Some("FAILED")
         );
+        assert_eq!(
+            store.failure("c").await.unwrap(),
+            Some(("boom".to_string(), true))
+        );
+        assert!(
+            !store.finish("c", "COMPLETE", "x").await.unwrap(),
+            "finished is final"
+        );
+
+        // A computation never recorded here (no role, no plugin) still gets reported.
+        assert!(store.fail("unknown", None, "no role", None).await.unwrap());
+        assert_eq!(store.pending_failures().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_kingdom_failing_a_failing_computation_settles_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.insert(new("c"), &[], "create").await.unwrap();
+        store.fail("c", None, "boom", None).await.unwrap();
+        assert!(
+            store
+                .finish("c", "FAILED", "FAILED at the Kingdom")
+                .await
+                .unwrap()
+        );
+        assert!(store.pending_failures().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn leases_of_a_dead_process_are_freed_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.insert(new("c"), &[], "create").await.unwrap();
+        let row = store
+            .claim("dead", Duration::from_secs(3600))
+            .await
+            .unwrap()
+            .unwrap();
+        store.close().await;
+        let store = Store::open(dir.path()).await.unwrap();
+        assert!(
+            store
+                .claim("new", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none(),
+            "an hour-long lease"
+        );
+        assert_eq!(store.release_stale_leases().await.unwrap(), vec!["c"]);
+        let again = store
+            .claim("new", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.attempt, row.attempt + 1);
+        assert!(
+            !store
+                .save_outcome("c", &claim_of("dead", &row), "{}")
+                .await
+                .unwrap(),
+            "the dead incarnation's claim is fenced off"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_is_used_by_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let err = match Store::open(dir.path()).await {
+            Ok(_) => panic!("a second store opened a locked data directory"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains("in use by another duchy process"), "{err}");
+        store.close().await;
+        Store::open(dir.path()).await.unwrap();
     }
 
     #[tokio::test]
