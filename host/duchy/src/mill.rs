@@ -250,10 +250,26 @@ async fn process_claim(
     let stages = protocol.stages();
     let name = stage_name(&stages, row.stage);
     tracing::info!(duchy = %core.id(), computation = %gid, stage = %name, attempt = row.attempt, "claimed stage");
+    core.store
+        .audit(
+            &gid,
+            "claim",
+            &format!("{name} attempt {} by {}", row.attempt, claim.owner),
+        )
+        .await?;
     halo_crashpoint::point_at("mill.claimed", &name);
     if row.attempt > core.config.mill.max_attempts {
+        let last = core
+            .store
+            .audit_log(&gid)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|(_, e, _)| e == "transient")
+            .map(|(_, _, d)| format!("; last error: {d}"))
+            .unwrap_or_default();
         let msg = format!(
-            "stage {name} exceeded the maximum of {} attempts",
+            "stage {name} exceeded the maximum of {} attempts{last}",
             core.config.mill.max_attempts
         );
         return settle(core, claim, &row, &name, Trouble::Permanent(msg)).await;
@@ -543,12 +559,10 @@ async fn settle(
             }
         }
         Trouble::Permanent(m) => {
-            let msg = format!(
-                "duchy {} failed computation {gid} in stage {name} (attempt {}): {m}",
-                core.id(),
-                row.attempt
-            );
-            tracing::error!(computation = %gid, "{msg}");
+            // The stage and attempt travel in `StageAttempt`; the Kingdom's log entry names
+            // them with this duchy.
+            let msg = m;
+            tracing::error!(computation = %gid, stage = %name, attempt = row.attempt, "failing: {msg}");
             if core
                 .store
                 .fail(gid, Some(claim), &msg, Some(&attempt.encode_to_vec()))

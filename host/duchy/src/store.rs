@@ -1427,6 +1427,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commits_are_durable_against_power_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let r = sqlx::query("PRAGMA synchronous")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        let mode: i64 = r.try_get(0).unwrap();
+        assert_eq!(mode, 2, "synchronous=FULL (2), not NORMAL (1)");
+        let r = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        let journal: String = r.try_get(0).unwrap();
+        assert_eq!(journal, "wal");
+    }
+
+    #[tokio::test]
     async fn continuation_token_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();

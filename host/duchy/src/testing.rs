@@ -40,6 +40,10 @@ pub struct TestSumProtocol {
     pub transient_failures: AtomicU32,
     /// Fail every SHUFFLE_PHASE transiently (exercises the attempt limit).
     pub always_transient: bool,
+    /// The first N calls of `start` fail transiently (a deadline, a full instance pool).
+    pub start_transient_failures: AtomicU32,
+    /// SHUFFLE_PHASE takes at least this long (a stage that outlives a lease).
+    pub shuffle_delay: std::time::Duration,
 }
 
 impl TestSumProtocol {
@@ -48,6 +52,8 @@ impl TestSumProtocol {
             version: version.into(),
             transient_failures: AtomicU32::new(0),
             always_transient: false,
+            start_transient_failures: AtomicU32::new(0),
+            shuffle_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -197,6 +203,15 @@ impl Protocol for TestSumProtocol {
     }
 
     fn start(&self, ctx: &ComputationContext) -> Result<StartOutcome, StageError> {
+        if self
+            .start_transient_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StageError::Transient(
+                "injected transient start failure".into(),
+            ));
+        }
         let c = halo_proto::system::v1alpha::Computation::decode(ctx.computation.as_slice())
             .map_err(|e| StageError::InvalidInput(format!("computation: {e}")))?;
         let spec = MeasurementSpec::decode(c.measurement_spec.as_slice())
@@ -284,6 +299,7 @@ impl Protocol for TestSumProtocol {
                 })
             }
             SHUFFLE_PHASE => {
+                std::thread::sleep(self.shuffle_delay);
                 if self.always_transient {
                     return Err(StageError::Transient("injected transient failure".into()));
                 }
