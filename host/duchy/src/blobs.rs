@@ -259,6 +259,41 @@ impl tokio_stream::Stream for BlobChunks {
     }
 }
 
+/// Whether an error (anywhere in its chain) says the disk or the quota is full: an I/O error
+/// `StorageFull` / ENOSPC / EDQUOT, or SQLite's SQLITE_FULL.
+pub fn is_storage_full(e: &anyhow::Error) -> bool {
+    fn io_full(io: &std::io::Error) -> bool {
+        io.kind() == std::io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(28 | 122))
+    }
+    e.chain().any(|c| {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io_full(io);
+        }
+        match c.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Io(io)) => io_full(io),
+            Some(sqlx::Error::Database(d)) => d
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|c| c & 0xff == 13),
+            _ => false,
+        }
+    })
+}
+
+/// The status of a local storage error: RESOURCE_EXHAUSTED when the disk is full (the caller
+/// should retry later; nothing was recorded), INTERNAL otherwise.
+pub fn storage_status(e: anyhow::Error) -> tonic::Status {
+    if is_storage_full(&e) {
+        tracing::error!("storage full: {e:#}");
+        tonic::Status::resource_exhausted(
+            "the duchy's storage is full; nothing was recorded, retry later",
+        )
+    } else {
+        tracing::error!("storage error: {e:#}");
+        tonic::Status::internal(format!("{e:#}"))
+    }
+}
+
 /// Receives the body chunks of a client stream into a new blob at `dest`.
 ///
 /// `chunk_of` returns the bytes of a body-chunk message and `None` for any other message
@@ -274,7 +309,7 @@ pub async fn receive_body<T, F>(
 where
     F: Fn(T) -> Option<Vec<u8>>,
 {
-    let internal = |e: anyhow::Error| tonic::Status::internal(format!("{e:#}"));
+    let internal = storage_status;
     let mut writer = BlobWriter::create(dest).await.map_err(internal)?;
     let mut chunks = 0usize;
     let outcome: Result<(), tonic::Status> = async {

@@ -55,8 +55,7 @@ fn unavailable(e: anyhow::Error) -> Status {
 }
 
 fn internal(e: anyhow::Error) -> Status {
-    tracing::error!("ComputationControl internal error: {e:#}");
-    Status::internal(format!("{e:#}"))
+    crate::blobs::storage_status(e)
 }
 
 /// Authenticates the caller and admits it to `rpc` (duchies only, per `halo_authz::MATRIX`).
@@ -366,18 +365,21 @@ impl ComputationControl for ControlService {
             },
         )?;
         use sys::computation_stage::Stage;
+        // The creation pseudo-stage is not a protocol stage: report STAGE_UNSPECIFIED (0),
+        // which is before every stage a peer waits for.
+        let number = row.stage.max(0);
         let stage = match row.protocol {
             SystemProtocol::LiquidLegionsV2 => {
-                Stage::LiquidLegionsV2Stage(sys::LiquidLegionsV2Stage { stage: row.stage })
+                Stage::LiquidLegionsV2Stage(sys::LiquidLegionsV2Stage { stage: number })
             }
             SystemProtocol::ReachOnlyLiquidLegionsV2 => {
                 Stage::ReachOnlyLiquidLegionsStage(sys::ReachOnlyLiquidLegionsV2Stage {
-                    stage: row.stage,
+                    stage: number,
                 })
             }
             SystemProtocol::HonestMajorityShareShuffle => {
                 Stage::HonestMajorityShareShuffleStage(sys::HonestMajorityShareShuffleStage {
-                    stage: row.stage,
+                    stage: number,
                 })
             }
         };

@@ -41,8 +41,7 @@ pub fn server(core: Arc<Core>) -> RequisitionFulfillmentServer<FulfillmentServic
 }
 
 fn internal(e: anyhow::Error) -> Status {
-    tracing::error!("RequisitionFulfillment internal error: {e:#}");
-    Status::internal(format!("{e:#}"))
+    crate::blobs::storage_status(e)
 }
 
 /// What the first message of a `FulfillRequisition` stream says.

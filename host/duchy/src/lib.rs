@@ -74,6 +74,9 @@ pub struct MillConfig {
     /// Backoff after a transient failure: `retry_base * 2^(attempt-1)`, capped.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Cap of the backoff while waiting for a peer or the Kingdom (each retry is one cheap
+    /// call; short, so a restarted peer is noticed within seconds).
+    pub wait_max: Duration,
     /// AdvanceComputation body chunk size (1–4 MiB).
     pub chunk_size: usize,
     /// Upper bound of everything one stage of a plugin sends (payloads to peers plus the
@@ -110,6 +113,7 @@ impl Default for MillConfig {
             poll: Duration::from_millis(500),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(60),
+            wait_max: Duration::from_secs(5),
             chunk_size: 1 << 20,
             max_plugin_output_bytes: DEFAULT_MAX_PLUGIN_OUTPUT_BYTES,
             max_plugin_state_bytes: DEFAULT_MAX_PLUGIN_STATE_BYTES,

@@ -55,10 +55,23 @@ pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Rece
                     claim.clone(),
                     lost.clone(),
                 ));
-                let res = process_claim(&core, &claim, row, &lost).await;
+                let res = process_claim(&core, &claim, row.clone(), &lost).await;
                 heartbeat.abort();
                 if let Err(e) = res {
-                    tracing::error!(computation = %id, "mill: {e:#}");
+                    // A local error (store, disk): give the claim back rather than let the
+                    // lease run out. A full disk is waited out (not an attempt).
+                    let full = blobs::is_storage_full(&e);
+                    tracing::error!(computation = %id, storage_full = full, "mill: {e:#}");
+                    let delay =
+                        backoff(&core.config.mill, row.waits).min(core.config.mill.wait_max);
+                    let event = if full { "waiting" } else { "transient" };
+                    if let Err(e2) = core
+                        .store
+                        .release(&id, &claim, delay, full, (event, &format!("{e:#}")))
+                        .await
+                    {
+                        tracing::warn!(computation = %id, "releasing the claim: {e2:#}");
+                    }
                 }
             }
             Ok(None) => {
@@ -387,7 +400,13 @@ async fn run_stage(
             "stage {name} is not a queued stage"
         )));
     };
-    let internal = |e: anyhow::Error| Trouble::Transient(format!("{e:#}"));
+    let internal = |e: anyhow::Error| {
+        if blobs::is_storage_full(&e) {
+            Trouble::Wait(format!("storage full: {e:#}"))
+        } else {
+            Trouble::Transient(format!("{e:#}"))
+        }
+    };
     let cached = match core
         .store
         .load_outcome(gid, row.stage)
@@ -540,7 +559,7 @@ async fn settle(
     let attempt = stage_attempt(row, name);
     match trouble {
         Trouble::Wait(m) => {
-            let delay = backoff(cfg, row.waits);
+            let delay = backoff(cfg, row.waits).min(cfg.wait_max);
             tracing::info!(computation = %gid, stage = %name, "not ready, retry in {delay:?}: {m}");
             core.store
                 .release(gid, claim, delay, true, ("waiting", &m))
