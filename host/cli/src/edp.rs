@@ -3,7 +3,7 @@
 //! requisitions at the Kingdom and fulfils every one at the duchy the Kingdom names.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use halo_identity::Principal;
@@ -94,7 +94,9 @@ pub struct EdpArgs {
     /// number − 1, e.g. edp2 → 1).
     #[arg(long, env = "HALO_EDP_INDEX")]
     pub index: Option<usize>,
-    /// How long to poll the Kingdom for requisitions before giving up, in seconds.
+    /// How long to poll the Kingdom for requisitions before giving up, in seconds. Also
+    /// bounds retries (with backoff) while the Kingdom or a duchy is unreachable or
+    /// restarting, with or without --once.
     #[arg(long, env = "HALO_WAIT_SECS", default_value_t = 60)]
     pub wait_secs: u64,
     /// List the requisitions once, fulfil those listed (maybe none) and exit.
@@ -110,6 +112,7 @@ pub async fn run(args: EdpArgs) -> Result<Vec<HmssFulfilment>> {
     let remote = halo_sim::Remote::load(&args.pki, &args.kingdom, args.duchies.clone())?;
     let who = Principal::DataProvider(args.id.clone());
     let wait = (!args.once).then(|| Duration::from_secs(args.wait_secs));
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
     let reached = vector.iter().filter(|&&x| x > 0).count();
     eprintln!(
         "{}: provider {index} of {}, {} registers ({reached} reached); {}",
@@ -122,12 +125,13 @@ pub async fn run(args: EdpArgs) -> Result<Vec<HmssFulfilment>> {
         }
     );
     let mut rng = rand::rng();
-    let done = halo_sim::edp::fulfill_hmss_requisitions(
+    let done = halo_sim::edp::fulfill_hmss_requisitions_until(
         remote.kingdom_channel(&who)?,
         remote.identity(&who)?,
         |duchy: &str| remote.duchy_channel(&who, duchy),
         &vector,
-        wait,
+        !args.once,
+        deadline,
         &mut rng,
     )
     .await?;

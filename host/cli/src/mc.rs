@@ -88,7 +88,8 @@ pub struct McArgs {
     /// VID sampling interval width, in (0, 1].
     #[arg(long, env = "HALO_VID_SAMPLING_WIDTH", default_value_t = 1.0)]
     pub vid_sampling_width: f32,
-    /// How long to wait for the result, in seconds.
+    /// How long to wait for the result, in seconds. Bounds everything, including retries
+    /// (with backoff) while the Kingdom is unreachable or restarting.
     #[arg(long, env = "HALO_TIMEOUT_SECS", default_value_t = 600)]
     pub timeout_secs: u64,
     /// Print one JSON object on stdout instead of the table.
@@ -187,12 +188,14 @@ pub async fn run(args: McArgs) -> Result<McReport> {
     let remote = halo_sim::Remote::load(&args.pki, &args.kingdom, [])?;
     let kingdom = remote.kingdom_channel(&Principal::MeasurementConsumer(args.id.clone()))?;
     let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut rng = rand::rng();
-    let m = halo_sim::mc::create_hmss_measurement(
+    let m = halo_sim::mc::create_hmss_measurement_until(
         kingdom.clone(),
         &args.id,
         &args.data_providers,
         &request,
+        deadline,
         &mut rng,
     )
     .await?;
@@ -211,7 +214,7 @@ pub async fn run(args: McArgs) -> Result<McReport> {
         .result(
             kingdom,
             remote.trust(),
-            Duration::from_secs(args.timeout_secs),
+            deadline.saturating_duration_since(Instant::now()),
         )
         .await?;
     let report = McReport {

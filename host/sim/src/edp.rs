@@ -15,25 +15,51 @@ use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
 use crate::mc::nonce_of;
+use crate::retry;
 
 /// Most pages [`list`] follows before giving up (the Kingdom's pages hold up to 1000).
 const MAX_LIST_PAGES: usize = 10_000;
 
-/// Lists this data provider's requisitions that can be fulfilled now (every page).
+/// Lists this data provider's requisitions that can be fulfilled now (every page). One
+/// attempt per page: an error is returned as is (see [`list_until`]).
 pub async fn list(kingdom: Channel, edp: &str) -> Result<Vec<admin::DataProviderRequisition>> {
-    let mut client =
+    list_pages(kingdom, edp, None).await
+}
+
+/// [`list`], retrying each page's transient failures until `deadline` (a page token stays
+/// valid across a Kingdom restart).
+pub async fn list_until(
+    kingdom: Channel,
+    edp: &str,
+    deadline: Instant,
+) -> Result<Vec<admin::DataProviderRequisition>> {
+    list_pages(kingdom, edp, Some(deadline)).await
+}
+
+async fn list_pages(
+    kingdom: Channel,
+    edp: &str,
+    deadline: Option<Instant>,
+) -> Result<Vec<admin::DataProviderRequisition>> {
+    let client =
         admin::data_provider_requisitions_client::DataProviderRequisitionsClient::new(kingdom);
     let mut all = Vec::new();
     let mut page_token = String::new();
     for _ in 0..MAX_LIST_PAGES {
-        let page = client
-            .list_requisitions(admin::ListRequisitionsRequest {
+        let call = || {
+            let mut client = client.clone();
+            let request = admin::ListRequisitionsRequest {
                 parent: format!("dataProviders/{edp}"),
                 page_size: 0,
-                page_token,
-            })
-            .await?
-            .into_inner();
+                page_token: page_token.clone(),
+            };
+            async move { client.list_requisitions(request).await }
+        };
+        let page = match deadline {
+            Some(deadline) => retry::retry("ListRequisitions", deadline.into(), call).await?,
+            None => call().await?,
+        }
+        .into_inner();
         all.extend(page.requisitions);
         if page.next_page_token.is_empty() {
             return Ok(all);
@@ -43,7 +69,8 @@ pub async fn list(kingdom: Channel, edp: &str) -> Result<Vec<admin::DataProvider
     bail!("{edp}: ListRequisitions returned more than {MAX_LIST_PAGES} pages")
 }
 
-/// Waits until `count` requisitions are listed.
+/// Waits until `count` requisitions are listed, riding out Kingdom restarts (transient
+/// failures are retried until `timeout` has passed).
 pub async fn wait_for_requisitions(
     kingdom: Channel,
     edp: &str,
@@ -52,7 +79,7 @@ pub async fn wait_for_requisitions(
 ) -> Result<Vec<admin::DataProviderRequisition>> {
     let start = Instant::now();
     loop {
-        let reqs = list(kingdom.clone(), edp).await?;
+        let reqs = list_until(kingdom.clone(), edp, start + timeout).await?;
         if reqs.len() >= count {
             return Ok(reqs);
         }
@@ -80,7 +107,8 @@ pub fn fingerprint(r: &admin::DataProviderRequisition) -> Vec<u8> {
         .to_vec()
 }
 
-/// Sends `data` for requisition `r` to `duchy` (a channel to the fulfilling duchy).
+/// Sends `data` for requisition `r` to `duchy` (a channel to the fulfilling duchy), once: an
+/// error is returned as is (see [`fulfill_until`]).
 pub async fn fulfill(
     duchy: Channel,
     r: &admin::DataProviderRequisition,
@@ -88,8 +116,39 @@ pub async fn fulfill(
     data: &[u8],
     chunk_size: usize,
 ) -> Result<()> {
-    use api::fulfill_requisition_request::{BodyChunk, Header, Payload};
     let nonce = nonce_of(&r.encrypted_requisition_spec)?;
+    send_fulfilment(duchy, r, nonce, protocol, data, chunk_size).await?;
+    Ok(())
+}
+
+/// [`fulfill`], resending the same header and body after transient failures until
+/// `deadline`. Safe: the duchy accepts an identical re-upload of a requisition it already
+/// stored, and the Kingdom an identical FulfillRequisition.
+pub async fn fulfill_until(
+    duchy: Channel,
+    r: &admin::DataProviderRequisition,
+    protocol: Option<api::fulfill_requisition_request::header::Protocol>,
+    data: &[u8],
+    chunk_size: usize,
+    deadline: Instant,
+) -> Result<()> {
+    let nonce = nonce_of(&r.encrypted_requisition_spec)?;
+    retry::retry("FulfillRequisition", deadline.into(), || {
+        send_fulfilment(duchy.clone(), r, nonce, protocol.clone(), data, chunk_size)
+    })
+    .await?;
+    Ok(())
+}
+
+async fn send_fulfilment(
+    duchy: Channel,
+    r: &admin::DataProviderRequisition,
+    nonce: u64,
+    protocol: Option<api::fulfill_requisition_request::header::Protocol>,
+    data: &[u8],
+    chunk_size: usize,
+) -> Result<(), tonic::Status> {
+    use api::fulfill_requisition_request::{BodyChunk, Header, Payload};
     let mut msgs = vec![api::FulfillRequisitionRequest {
         payload: Some(Payload::Header(Header {
             name: r.name.clone(),
@@ -192,22 +251,54 @@ pub fn hmss_requisition(r: &admin::DataProviderRequisition) -> Result<HmssRequis
     })
 }
 
-/// The HMSS data provider `signer` (its identity signs the share seeds): lists its requisitions at the Kingdom (`kingdom` is a channel
-/// authenticated as `edp`) and, for each, takes the measurement's VID sampling interval of
-/// `vector` (the whole population's vector, see [`crate::hmss::sampled`]), caps it at the
-/// measurement's maximum frequency (1 for reach-only), secret-shares it modulo the computation's ring modulus,
-/// seals the seed to the peer non-aggregator's key and streams the share to the fulfilling
-/// duchy (`duchy(id)` gives a channel to it, authenticated as `edp`).
+/// The HMSS data provider `signer` (its identity signs the share seeds): lists its
+/// requisitions at the Kingdom (`kingdom` is a channel authenticated as `edp`) and, for each,
+/// takes the measurement's VID sampling interval of `vector` (the whole population's vector,
+/// see [`crate::hmss::sampled`]), caps it at the measurement's maximum frequency (1 for
+/// reach-only), secret-shares it modulo the computation's ring modulus, seals the seed to the
+/// peer non-aggregator's key and streams the share to the fulfilling duchy (`duchy(id)` gives
+/// a channel to it, authenticated as `edp`).
 ///
 /// With `wait = Some(t)` it polls until at least one requisition is listed and fails after
 /// `t`; with `None` it lists once (and may fulfil nothing). Every listed requisition is
-/// checked before anything is sent: one that is not HMSS is an error.
+/// checked before anything is sent: one that is not HMSS is an error. Restarts of the Kingdom
+/// and the duchies are ridden out: transient failures are retried until `t` has passed (for
+/// [`retry::DEFAULT_BUDGET`] with `None`).
 pub async fn fulfill_hmss_requisitions<R, D>(
     kingdom: Channel,
     signer: &Identity,
     duchy: D,
     vector: &[u32],
     wait: Option<Duration>,
+    rng: &mut R,
+) -> Result<Vec<HmssFulfilment>>
+where
+    R: CryptoRng,
+    D: Fn(&str) -> Result<Channel>,
+{
+    let deadline = Instant::now() + wait.unwrap_or(retry::DEFAULT_BUDGET);
+    fulfill_hmss_requisitions_until(
+        kingdom,
+        signer,
+        duchy,
+        vector,
+        wait.is_some(),
+        deadline,
+        rng,
+    )
+    .await
+}
+
+/// [`fulfill_hmss_requisitions`] with an explicit deadline: with `poll` it lists until at
+/// least one requisition is listed and fails at `deadline`; without, it lists once. Either way
+/// transient failures are retried until `deadline`.
+pub async fn fulfill_hmss_requisitions_until<R, D>(
+    kingdom: Channel,
+    signer: &Identity,
+    duchy: D,
+    vector: &[u32],
+    poll: bool,
+    deadline: Instant,
     rng: &mut R,
 ) -> Result<Vec<HmssFulfilment>>
 where
@@ -223,17 +314,22 @@ where
     }
     let start = Instant::now();
     let reqs = loop {
-        let reqs = list(kingdom.clone(), edp)
+        let reqs = list_until(kingdom.clone(), edp, deadline)
             .await
             .with_context(|| format!("{edp}: listing requisitions at the Kingdom"))?;
-        match wait {
-            _ if !reqs.is_empty() => break reqs,
-            None => return Ok(Vec::new()),
-            Some(t) if start.elapsed() >= t => {
-                bail!("{edp}: no requisition to fulfil after {}s", t.as_secs_f64())
-            }
-            Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        if !reqs.is_empty() {
+            break reqs;
         }
+        if !poll {
+            return Ok(Vec::new());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{edp}: no requisition to fulfil after {:.0}s",
+                start.elapsed().as_secs_f64()
+            )
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let checked = reqs
         .iter()
@@ -252,12 +348,13 @@ where
         let f = crate::hmss::share_frequency_vector(&capped, h.ring_modulus, &peer, signer, rng)
             .with_context(|| format!("requisition {}", r.name))?;
         let channel = duchy(&r.fulfilling_duchy)?;
-        fulfill(
+        fulfill_until(
             channel,
             r,
             Some(f.header_protocol),
             &f.body,
             HMSS_CHUNK_SIZE,
+            deadline,
         )
         .await
         .with_context(|| {

@@ -7,6 +7,7 @@ pub mod edp;
 pub mod hmss;
 pub mod mc;
 pub mod remote;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

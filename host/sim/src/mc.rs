@@ -19,6 +19,8 @@ use rand::CryptoRng;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
+use crate::retry;
+
 /// What a requisition spec carries in the simulation: the nonce the data provider must
 /// echo. (The reference encrypts this to the data provider; the simulators will.)
 pub fn requisition_spec(nonce: u64) -> Vec<u8> {
@@ -43,15 +45,45 @@ pub async fn create_measurement(
 }
 
 /// Creates a measurement, optionally overriding the protocol configuration (ring moduli,
-/// noise mechanism, ...).
+/// noise mechanism, ...), retrying transient failures for [`retry::DEFAULT_BUDGET`].
 pub async fn create_measurement_with(
     kingdom: Channel,
     mc: &str,
     protocol: admin::Protocol,
-    mut spec: admin::MeasurementSpec,
+    spec: admin::MeasurementSpec,
     data_providers: &[String],
     protocol_config: Option<halo_proto::system::v1alpha::computation::MpcProtocolConfig>,
 ) -> Result<CreatedMeasurement> {
+    let new = new_measurement(mc, protocol, spec, data_providers, protocol_config);
+    let measurement = send_create(
+        kingdom,
+        &new.request,
+        Instant::now() + retry::DEFAULT_BUDGET,
+    )
+    .await?;
+    Ok(CreatedMeasurement {
+        measurement,
+        nonces: new.nonces,
+    })
+}
+
+/// A `CreateMeasurementRequest` with a fresh request id and fresh nonces, and those nonces.
+pub struct NewMeasurement {
+    pub request: admin::CreateMeasurementRequest,
+    /// The nonce of each data provider's requisition.
+    pub nonces: HashMap<String, u64>,
+}
+
+/// Builds the request creating a measurement over `data_providers` as consumer `mc`: a random
+/// nonce per data provider (its hash in the spec and the entry) and a random request id, so
+/// that sending the same request again returns the same measurement.
+pub fn new_measurement(
+    mc: &str,
+    protocol: admin::Protocol,
+    mut spec: admin::MeasurementSpec,
+    data_providers: &[String],
+    protocol_config: Option<MpcProtocolConfig>,
+) -> NewMeasurement {
     let mut nonces = HashMap::new();
     let mut entries = Vec::new();
     spec.nonce_hashes.clear();
@@ -71,21 +103,36 @@ pub async fn create_measurement_with(
         });
         nonces.insert(dp.clone(), nonce);
     }
-    let m = admin::measurements_client::MeasurementsClient::new(kingdom)
-        .create_measurement(admin::CreateMeasurementRequest {
+    NewMeasurement {
+        request: admin::CreateMeasurementRequest {
             parent: format!("measurementConsumers/{mc}"),
-            request_id: format!("{:016x}", rand::random::<u64>()),
+            request_id: format!("{:032x}", rand::random::<u128>()),
             protocol: protocol as i32,
             measurement_spec: spec.encode_to_vec(),
             data_providers: entries,
             protocol_config,
-        })
-        .await?
-        .into_inner();
-    Ok(CreatedMeasurement {
-        measurement: m,
+        },
         nonces,
+    }
+}
+
+/// Sends `request` (every attempt the same, so with the same request id) until the Kingdom
+/// answers, retrying transient failures until `deadline`: a retry after a lost answer gets
+/// the measurement the first attempt created.
+pub async fn send_create(
+    kingdom: Channel,
+    request: &admin::CreateMeasurementRequest,
+    deadline: Instant,
+) -> Result<admin::Measurement> {
+    let client = admin::measurements_client::MeasurementsClient::new(kingdom);
+    let m = retry::retry("CreateMeasurement", deadline.into(), || {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move { client.create_measurement(request).await }
     })
+    .await?
+    .into_inner();
+    Ok(m)
 }
 
 pub fn is_terminal(state: i32) -> bool {
@@ -94,21 +141,26 @@ pub fn is_terminal(state: i32) -> bool {
         || state == ComputationState::Cancelled as i32
 }
 
-/// Polls until the measurement is terminal.
+/// Polls until the measurement is terminal, riding out Kingdom restarts (transient failures
+/// are retried until `timeout` has passed).
 pub async fn wait_until_done(
     kingdom: Channel,
     name: &str,
     timeout: Duration,
 ) -> Result<admin::Measurement> {
-    let mut client = admin::measurements_client::MeasurementsClient::new(kingdom);
+    let client = admin::measurements_client::MeasurementsClient::new(kingdom);
     let start = Instant::now();
+    let deadline = start + timeout;
     loop {
-        let m = client
-            .get_measurement(admin::GetMeasurementRequest {
+        let m = retry::retry("GetMeasurement", deadline.into(), || {
+            let mut client = client.clone();
+            let request = admin::GetMeasurementRequest {
                 name: name.to_string(),
-            })
-            .await?
-            .into_inner();
+            };
+            async move { client.get_measurement(request).await }
+        })
+        .await?
+        .into_inner();
         if is_terminal(m.state) {
             return Ok(m);
         }
@@ -123,16 +175,30 @@ pub async fn wait_until_done(
 }
 
 /// Fetches certificate `name` (DER) from the Kingdom's Certificates service and checks that
-/// it is the one the name's id (a digest of the DER) stands for.
+/// it is the one the name's id (a digest of the DER) stands for. Transient failures are
+/// retried for [`retry::DEFAULT_BUDGET`].
 pub async fn fetch_certificate(kingdom: Channel, name: &str) -> Result<Vec<u8>> {
-    let der = admin::certificates_client::CertificatesClient::new(kingdom)
-        .get_certificate(admin::GetCertificateRequest {
+    fetch_certificate_until(kingdom, name, Instant::now() + retry::DEFAULT_BUDGET).await
+}
+
+/// [`fetch_certificate`], retrying transient failures until `deadline`.
+pub async fn fetch_certificate_until(
+    kingdom: Channel,
+    name: &str,
+    deadline: Instant,
+) -> Result<Vec<u8>> {
+    let client = admin::certificates_client::CertificatesClient::new(kingdom);
+    let der = retry::retry("GetCertificate", deadline.into(), || {
+        let mut client = client.clone();
+        let request = admin::GetCertificateRequest {
             name: name.to_string(),
-        })
-        .await
-        .with_context(|| format!("fetching certificate {name:?} from the Kingdom"))?
-        .into_inner()
-        .x509_der;
+        };
+        async move { client.get_certificate(request).await }
+    })
+    .await
+    .with_context(|| format!("fetching certificate {name:?} from the Kingdom"))?
+    .into_inner()
+    .x509_der;
     let id = name.rsplit('/').next().unwrap_or_default();
     if halo_kingdom::certificate_id(&der) != id {
         bail!("the Kingdom served a certificate for {name} whose digest does not match its id");
@@ -248,7 +314,8 @@ pub struct HmssMeasurement {
 }
 
 /// Creates an HMSS measurement over `data_providers` as consumer `mc` (`kingdom` is a
-/// channel authenticated as `mc`), with a fresh X25519 result key pair.
+/// channel authenticated as `mc`), with a fresh X25519 result key pair, retrying transient
+/// failures for [`retry::DEFAULT_BUDGET`].
 pub async fn create_hmss_measurement<R: CryptoRng>(
     kingdom: Channel,
     mc: &str,
@@ -256,23 +323,39 @@ pub async fn create_hmss_measurement<R: CryptoRng>(
     request: &HmssRequest,
     rng: &mut R,
 ) -> Result<HmssMeasurement> {
+    let deadline = Instant::now() + retry::DEFAULT_BUDGET;
+    create_hmss_measurement_until(kingdom, mc, data_providers, request, deadline, rng).await
+}
+
+/// [`create_hmss_measurement`], retrying transient failures until `deadline`.
+pub async fn create_hmss_measurement_until<R: CryptoRng>(
+    kingdom: Channel,
+    mc: &str,
+    data_providers: &[String],
+    request: &HmssRequest,
+    deadline: Instant,
+    rng: &mut R,
+) -> Result<HmssMeasurement> {
     if data_providers.is_empty() {
         bail!("at least one data provider is required");
     }
     let (secret_key, public_key) = crate::hmss::measurement_keypair(rng);
     let spec = request.spec(&public_key)?;
-    let created = create_measurement_with(
-        kingdom,
+    let new = new_measurement(
         mc,
         admin::Protocol::HonestMajorityShareShuffle,
         spec.clone(),
         data_providers,
         Some(request.protocol_config()),
-    )
-    .await
-    .with_context(|| format!("{mc}: creating the measurement at the Kingdom"))?;
+    );
+    let measurement = send_create(kingdom, &new.request, deadline)
+        .await
+        .with_context(|| format!("{mc}: creating the measurement at the Kingdom"))?;
     Ok(HmssMeasurement {
-        created,
+        created: CreatedMeasurement {
+            measurement,
+            nonces: new.nonces,
+        },
         spec,
         secret_key,
     })
@@ -305,6 +388,18 @@ impl HmssMeasurement {
         trust: &TrustStore,
         m: &admin::Measurement,
     ) -> Result<crate::hmss::HmssResult> {
+        self.open_until(kingdom, trust, m, Instant::now() + retry::DEFAULT_BUDGET)
+            .await
+    }
+
+    /// [`HmssMeasurement::open`], retrying transient failures until `deadline`.
+    pub async fn open_until(
+        &self,
+        kingdom: Channel,
+        trust: &TrustStore,
+        m: &admin::Measurement,
+        deadline: Instant,
+    ) -> Result<crate::hmss::HmssResult> {
         if m.state != ComputationState::Succeeded as i32 {
             bail!(
                 "measurement {} ended {}: {}",
@@ -315,20 +410,22 @@ impl HmssMeasurement {
         }
         let (result, signed) = crate::hmss::open_result(&self.secret_key, &m.encrypted_result)
             .with_context(|| format!("opening the result of {}", m.name))?;
-        let der = fetch_certificate(kingdom, &m.aggregator_certificate).await?;
+        let der = fetch_certificate_until(kingdom, &m.aggregator_certificate, deadline).await?;
         crate::hmss::verify_result(trust, &signed, &m.aggregator_certificate, &der)
             .with_context(|| format!("the result of {}", m.name))?;
         Ok(result)
     }
 
-    /// Waits, then opens and verifies the result.
+    /// Waits, then opens and verifies the result; Kingdom restarts are ridden out until
+    /// `timeout` has passed.
     pub async fn result(
         &self,
         kingdom: Channel,
         trust: &TrustStore,
         timeout: Duration,
     ) -> Result<crate::hmss::HmssResult> {
+        let deadline = Instant::now() + timeout;
         let m = self.wait(kingdom.clone(), timeout).await?;
-        self.open(kingdom, trust, &m).await
+        self.open_until(kingdom, trust, &m, deadline).await
     }
 }
