@@ -345,3 +345,70 @@ async fn a_failure_is_reported_until_the_kingdom_acknowledges_it() {
     );
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_moves_on_a_stage_whose_kingdom_state_was_recorded_before_a_crash() {
+    use halo_duchy::testing::WAIT_TO_START;
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path()).await.unwrap();
+    let created = create(&cluster, spec(1.0)).await.unwrap();
+    let gid = gid_of(&created);
+    // worker1 (first non-aggregator) parks in WAIT_TO_START until PENDING_COMPUTATION.
+    let start = std::time::Instant::now();
+    loop {
+        let row = cluster.duchies["worker1"]
+            .core
+            .store
+            .get(&gid)
+            .await
+            .unwrap();
+        if row.is_some_and(|r| r.stage == WAIT_TO_START) {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.stop_duchy("worker1").await.unwrap();
+    // The herald recorded the new Kingdom state, then the process died before moving on.
+    let store = halo_duchy::store::Store::open(&dir.path().join("duchy-worker1"))
+        .await
+        .unwrap();
+    let row = store.get(&gid).await.unwrap().unwrap();
+    let mut c =
+        halo_proto::system::v1alpha::Computation::decode(row.computation.as_slice()).unwrap();
+    c.state = State::PendingComputation as i32;
+    store
+        .update_snapshot(&gid, &c.encode_to_vec(), c.state, &[])
+        .await
+        .unwrap();
+    store.close().await;
+    cluster.start_duchy("worker1").await.unwrap();
+    let stage = wait_stage_past(&cluster, "worker1", &gid, WAIT_TO_START).await;
+    assert!(stage > WAIT_TO_START);
+    cluster.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kingdom_restart_after_fulfilment_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path()).await.unwrap();
+    let created = create(&cluster, spec(1.0)).await.unwrap();
+    let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 80, 2_000)).collect();
+    fulfil_all(&cluster, &vectors).await.unwrap();
+    // Down for 3 s right after the uploads (the duchies' heralds lose their streams, their
+    // Kingdom calls wait without spending attempts), then back on the same address and data.
+    // The kill-point harness kills the Kingdom at chosen points of a run.
+    cluster.kingdom.take().unwrap().shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let agg = cluster.duchies["aggregator"].core.clone();
+    let gid = gid_of(&created);
+    let row = agg.store.get(&gid).await.unwrap().unwrap();
+    assert_eq!(row.terminal, None, "nothing finishes without the Kingdom");
+    cluster.restart_kingdom().await.unwrap();
+    let m = wait_for_result(&cluster, &created).await.unwrap();
+    assert_eq!(m.state, State::Succeeded as i32, "{}", m.failure_message);
+    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
+    assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
+    cluster.shutdown().await.unwrap();
+}
