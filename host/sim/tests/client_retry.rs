@@ -343,7 +343,12 @@ async fn only_transient_errors_are_retried() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // The last attempt either failed (UNAVAILABLE) or was still in flight at the deadline
+    // (DEADLINE_EXCEEDED, on a loaded machine): both say the retries gave up.
+    assert!(
+        matches!(err.code(), Code::Unavailable | Code::DeadlineExceeded),
+        "{err:?}"
+    );
     assert!(err.message().contains("gave up after"), "{err:?}");
     assert!(attempts.load(Ordering::SeqCst) > 1);
 }
