@@ -1633,10 +1633,11 @@ pub fn population(registers: usize) -> Vec<Vec<u32>> {
 /// the expected reach (which must itself equal the population's, computed here), and every
 /// frequency bucket equal to the expected one. Returns a one-line summary.
 pub fn check_result(stdout: &str, registers: usize) -> Result<String> {
+    // (A libtest child prints `test client_role ... ` before it.)
     let line = stdout
         .lines()
         .rev()
-        .find(|l| l.trim_start().starts_with('{'))
+        .find_map(|l| l.get(l.find("{\"")?..=l.rfind('}')?))
         .ok_or_else(|| anyhow!("the consumer printed no JSON result"))?;
     let v: serde_json::Value =
         serde_json::from_str(line).with_context(|| format!("parsing {line}"))?;
@@ -1897,5 +1898,153 @@ async fn test_sum_mc(
         out["failure_message"] = serde_json::json!(m.failure_message);
         println!("{out}");
         bail!("{name} ended {state}: {}", m.failure_message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn discovery(traces: &[(&str, &[&str])]) -> Discovery {
+        let mut points = BTreeMap::new();
+        let mut hits = BTreeMap::new();
+        for (p, lines) in traces {
+            let mut distinct: Vec<(String, u32)> = Vec::new();
+            for l in *lines {
+                let (name, k) = parse_hit(l).unwrap();
+                match distinct.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, c)) => *c = (*c).max(k),
+                    None => distinct.push((name, k)),
+                }
+            }
+            points.insert(p.to_string(), distinct);
+            hits.insert(p.to_string(), lines.iter().map(|l| l.to_string()).collect());
+        }
+        Discovery {
+            protocol: Protocol::TestSum,
+            points,
+            hits,
+            wall: Duration::ZERO,
+            dir: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn sweep_list_has_every_point_once_and_chunks_in_the_middle() {
+        let d = discovery(&[
+            (
+                "worker1",
+                &[
+                    "send.chunk@1",
+                    "a.b:X@1",
+                    "send.chunk@2",
+                    "send.chunk@3",
+                    "send.chunk@4",
+                    "send.chunk@5",
+                ],
+            ),
+            ("kingdom", &["kingdom.x@1", "kingdom.x@2"]),
+            ("aggregator", &["recv.chunk@1", "recv.chunk@2"]),
+        ]);
+        let got: Vec<String> = d
+            .targets()
+            .iter()
+            .map(|t| format!("{} {}", t.process, t.crash_at()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "kingdom kingdom.x@1",
+                "aggregator recv.chunk@1",
+                "aggregator recv.chunk@2",
+                "worker1 send.chunk@1",
+                "worker1 send.chunk@3",
+                "worker1 a.b:X@1",
+            ]
+        );
+    }
+
+    #[test]
+    fn ci_subset_names_what_the_trace_lacks() {
+        let d = discovery(&[("worker1", &["plugin.random@1", "plugin.random@2"])]);
+        let e = d.ci_targets().unwrap_err().to_string();
+        assert!(
+            e.contains("herald.processed") && e.contains("kingdom"),
+            "{e}"
+        );
+        assert!(!e.contains("plugin.random"), "{e}");
+        let d = discovery(&[
+            ("worker1", &["plugin.random@1", "plugin.random@2"]),
+            ("worker2", &["herald.processed@1"]),
+            (
+                "aggregator",
+                &[
+                    "mill.saved:A@1",
+                    "recv.chunk@1",
+                    "recv.chunk@2",
+                    "recv.chunk@3",
+                    "mill.saved:B@1",
+                ],
+            ),
+            ("kingdom", &["kingdom.a@1", "kingdom.b@1", "kingdom.a@2"]),
+        ]);
+        let got: Vec<String> = d
+            .ci_targets()
+            .unwrap()
+            .iter()
+            .map(|t| format!("{} {}", t.process, t.crash_at()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "worker1 plugin.random@2",
+                "aggregator mill.saved:B@1",
+                "aggregator recv.chunk@2",
+                "worker2 herald.processed@1",
+                "kingdom kingdom.b@1",
+            ]
+        );
+    }
+
+    #[test]
+    fn results_must_match_the_ground_truth_exactly() {
+        let registers = 500;
+        let vectors = population(registers);
+        let (reach, freq) = halo_sim::hmss::truth(&vectors, MAX_FREQUENCY);
+        let json = |reach: i64, freq: &BTreeMap<String, f64>| {
+            serde_json::json!({
+                "state": "SUCCEEDED",
+                "reach": reach,
+                "frequency": freq,
+                "expected_reach": reach_truth(registers),
+                "expected_frequency": truth_freq(registers),
+            })
+            .to_string()
+        };
+        fn reach_truth(registers: usize) -> i64 {
+            halo_sim::hmss::truth(&population(registers), MAX_FREQUENCY).0
+        }
+        fn truth_freq(registers: usize) -> BTreeMap<String, f64> {
+            halo_sim::hmss::truth(&population(registers), MAX_FREQUENCY).1
+        }
+        assert!(reach > 0);
+        check_result(
+            &format!("noise\ntest client_role ... {}", json(reach, &freq)),
+            registers,
+        )
+        .unwrap();
+        let e = check_result(&json(reach + 1, &freq), registers).unwrap_err();
+        assert!(e.to_string().contains("reach"), "{e}");
+        let mut off = freq.clone();
+        *off.values_mut().next().unwrap() += 1e-6;
+        let e = check_result(&json(reach, &off), registers).unwrap_err();
+        assert!(e.to_string().contains("bucket"), "{e}");
+        // A consumer whose own ground truth is not the population's is caught too.
+        let e = check_result(&json(reach, &freq), registers + 100).unwrap_err();
+        assert!(e.to_string().contains("ground truth"), "{e}");
+        let failed = r#"{"state":"FAILED","failure_message":"x"}"#;
+        assert!(check_result(failed, registers).is_err());
+        assert!(check_result("no json here", registers).is_err());
     }
 }
