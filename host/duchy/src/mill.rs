@@ -306,6 +306,17 @@ async fn process_claim(
     }
 }
 
+/// The metrics label of a plugin call's result.
+fn outcome_label<T>(res: &Result<Result<T, StageError>, tokio::task::JoinError>) -> &'static str {
+    match res {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(StageError::Transient(_))) => "transient",
+        Ok(Err(StageError::Permanent(_))) => "permanent",
+        Ok(Err(StageError::InvalidInput(_))) => "invalid_input",
+        Err(_) => "crashed",
+    }
+}
+
 /// The creation pseudo-stage: the plugin's `start` picks the initial stage and state.
 async fn run_start(
     core: &Arc<Core>,
@@ -322,13 +333,7 @@ async fn run_start(
     let started = std::time::Instant::now();
     let res = tokio::task::spawn_blocking(move || p.start(&ctx)).await;
     let stages = protocol.stages();
-    let label = match &res {
-        Ok(Ok(_)) => "ok",
-        Ok(Err(StageError::Transient(_))) => "transient",
-        Ok(Err(StageError::Permanent(_))) => "permanent",
-        Ok(Err(StageError::InvalidInput(_))) => "invalid_input",
-        Err(_) => "crashed",
-    };
+    let label = outcome_label(&res);
     core.metrics.record_stage(
         &row.pin.name,
         &row.pin.version,
@@ -448,13 +453,10 @@ async fn run_stage(
                 }
                 _ => None,
             };
-            let outcome_label = match &res {
-                _ if invalid.is_some() => "invalid_outcome",
-                Ok(Ok(_)) => "ok",
-                Ok(Err(StageError::Transient(_))) => "transient",
-                Ok(Err(StageError::Permanent(_))) => "permanent",
-                Ok(Err(StageError::InvalidInput(_))) => "invalid_input",
-                Err(_) => "crashed",
+            let outcome_label = if invalid.is_some() {
+                "invalid_outcome"
+            } else {
+                outcome_label(&res)
             };
             core.metrics.record_stage(
                 &row.pin.name,
