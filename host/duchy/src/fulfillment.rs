@@ -40,6 +40,27 @@ pub fn server(core: Arc<Core>) -> RequisitionFulfillmentServer<FulfillmentServic
     .max_encoding_message_size(max_message)
 }
 
+/// The status a data provider gets when the duchy stored its upload but could not tell the
+/// Kingdom: a Kingdom restarting, overloaded or unreachable (its client-side transport errors
+/// arrive as UNKNOWN or CANCELLED, whose cause does not cross the wire) is UNAVAILABLE, so the
+/// provider retries (the stored upload makes its retry cheap and exact); anything else as is.
+pub fn kingdom_call_status(s: Status) -> Status {
+    use tonic::Code;
+    match s.code() {
+        Code::Unavailable
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted => Status::unavailable(format!(
+            "the upload is stored; telling the Kingdom failed ({:?}: {}), retry",
+            s.code(),
+            s.message()
+        )),
+        _ => s,
+    }
+}
+
 fn internal(e: anyhow::Error) -> Status {
     crate::blobs::storage_status(e)
 }
@@ -431,10 +452,40 @@ impl RequisitionFulfillment for FulfillmentService {
                     return Err(s);
                 }
             }
-            Err(s) => return Err(s),
+            Err(s) => return Err(kingdom_call_status(s)),
         }
         Ok(Response::new(api::FulfillRequisitionResponse {
             state: api::requisition::State::Fulfilled as i32,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kingdom_call_status;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn a_kingdom_that_cannot_be_reached_makes_the_provider_retry() {
+        for code in [
+            Code::Unavailable,
+            Code::Unknown,
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+        ] {
+            let s = kingdom_call_status(Status::new(code, "transport error"));
+            assert_eq!(s.code(), Code::Unavailable, "{code:?}");
+            assert!(s.message().contains("stored"), "{}", s.message());
+        }
+        for code in [
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::FailedPrecondition,
+        ] {
+            assert_eq!(kingdom_call_status(Status::new(code, "x")).code(), code);
+        }
     }
 }
