@@ -384,6 +384,13 @@ pub fn output_key(global_id: &str, stage: i32, attempt: u32, index: usize) -> Re
     Ok(format!("outputs/{global_id}/{stage}/{attempt}-{index}.bin"))
 }
 
+/// Key of the directory holding every attempt's payloads of a stage (removed once the
+/// computation left the stage: its effects were delivered).
+pub fn output_dir_key(global_id: &str, stage: i32) -> Result<String> {
+    id_component("computation id", global_id)?;
+    Ok(format!("outputs/{global_id}/{stage}"))
+}
+
 /// Whether `key` is a relative path of 1..=4 components, each 1..=100 of
 /// `[A-Za-z0-9_.-]` and not starting with a dot (so never `.` or `..`).
 pub fn is_safe_key(key: &str) -> bool {

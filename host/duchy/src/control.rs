@@ -270,6 +270,11 @@ impl ComputationControl for ControlService {
         }
         let plugin = core.protocol_for(&row).map_err(internal)?;
         let stages = plugin.stages();
+        if row.stage == crate::store::START_STAGE {
+            return Err(Status::unavailable(format!(
+                "computation {gid} is not started here yet; retry"
+            )));
+        }
         let info = find_stage(&stages, row.stage)
             .ok_or_else(|| Status::internal(format!("stage {} not in stage table", row.stage)))?;
         let from = match &info.kind {

@@ -368,6 +368,18 @@ impl Core {
                         .map(|i| i.sender)
                         .collect();
                     let complete = match self.expected_senders(&row, from)? {
+                        Some(list) if list.is_empty() => {
+                            // No participant has a role this stage waits for: a role
+                            // configuration that does not match the computation. Moving on
+                            // would run the next stage without its inputs.
+                            let msg = format!(
+                                "stage {} waits for inputs (description {description}) from {from:?}, \
+                                 but no other participant of the computation has such a role",
+                                info.name
+                            );
+                            self.fail(global_id, &msg).await?;
+                            return Ok(());
+                        }
                         Some(list) => list.iter().all(|d| received.contains(d)),
                         None => !received.is_empty(),
                     };

@@ -64,8 +64,14 @@ impl EffectError {
     /// UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED: wait. INTERNAL and
     /// UNKNOWN (a server bug or an overloaded server that says so badly): transient, bounded
     /// by the attempts. Everything else: permanent.
+    ///
+    /// CANCELLED, and UNKNOWN made by our own client (the status has a source: a connection
+    /// reset or closed mid-call, as when the callee is killed), are the callee going away:
+    /// wait too.
     pub fn from_status(what: &str, s: &Status) -> Self {
-        let kind = if is_transient(s.code()) {
+        let gone = s.code() == Code::Cancelled
+            || (s.code() == Code::Unknown && std::error::Error::source(s).is_some());
+        let kind = if is_transient(s.code()) || gone {
             ErrorKind::Wait
         } else if matches!(s.code(), Code::Internal | Code::Unknown) {
             ErrorKind::Transient
@@ -76,6 +82,18 @@ impl EffectError {
             kind,
             message: format!("{what}: {:?}: {}", s.code(), s.message()),
         }
+    }
+}
+
+/// Runs an effect with a time limit: no answer in `limit` is "not ready yet" (wait).
+pub async fn within<T>(
+    what: &str,
+    limit: std::time::Duration,
+    call: impl std::future::Future<Output = Result<T, EffectError>>,
+) -> Result<T, EffectError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(EffectError::wait(format!("{what}: no answer in {limit:?}"))),
     }
 }
 
@@ -276,14 +294,54 @@ impl Core {
                 error_time: Some(timestamp_now()),
             }),
         };
-        let res = ComputationLogEntriesClient::new(self.kingdom_channel())
-            .create_computation_log_entry(sys::CreateComputationLogEntryRequest {
-                parent: names::participant_name(global_id, self.id()),
-                computation_log_entry: Some(entry),
-            })
-            .await;
+        let mut client = ComputationLogEntriesClient::new(self.kingdom_channel());
+        let call = client.create_computation_log_entry(sys::CreateComputationLogEntryRequest {
+            parent: names::participant_name(global_id, self.id()),
+            computation_log_entry: Some(entry),
+        });
+        let res = match tokio::time::timeout(std::time::Duration::from_secs(30), call).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded("no answer in 30 s")),
+        };
         if let Err(s) = res {
             tracing::warn!(computation = %global_id, code = ?s.code(), "log entry not recorded: {}", s.message());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callee_going_away_is_waited_for_and_real_errors_are_not() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        let reset = Status::from_error(Box::new(io));
+        assert_eq!(reset.code(), Code::Unknown);
+        assert_eq!(EffectError::from_status("x", &reset).kind, ErrorKind::Wait);
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::ResourceExhausted,
+            Code::Cancelled,
+        ] {
+            let e = EffectError::from_status("x", &Status::new(code, "m"));
+            assert_eq!(e.kind, ErrorKind::Wait, "{code:?}");
+        }
+        for code in [Code::Internal, Code::Unknown] {
+            let e = EffectError::from_status("x", &Status::new(code, "m"));
+            assert_eq!(e.kind, ErrorKind::Transient, "{code:?} from the server");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::NotFound,
+            Code::Unauthenticated,
+        ] {
+            let e = EffectError::from_status("x", &Status::new(code, "m"));
+            assert_eq!(e.kind, ErrorKind::Permanent, "{code:?}");
         }
     }
 }

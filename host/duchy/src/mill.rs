@@ -110,7 +110,8 @@ async fn renew_lease(core: Arc<Core>, gid: String, claim: Claim, lost: Arc<Atomi
 
 /// Supervises failures and deadlines until `shutdown`: reports every failure the Kingdom has
 /// not acknowledged yet (retrying with backoff until it gets through; only then is the
-/// computation FAILED here), and fails computations past the computation deadline.
+/// computation FAILED here); every 30 s fails computations past the computation deadline and
+/// re-drives the active ones.
 pub async fn run_supervisor(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     let tick = core.config.mill.poll.min(Duration::from_secs(1));
     let mut last_sweep: Option<std::time::Instant> = None;
@@ -122,6 +123,18 @@ pub async fn run_supervisor(core: Arc<Core>, mut shutdown: watch::Receiver<bool>
             last_sweep = Some(std::time::Instant::now());
             if let Err(e) = fail_overdue(&core).await {
                 tracing::warn!("deadline sweep: {e:#}");
+            }
+            // Re-drive every active computation: a transition whose follow-up failed (a store
+            // error after the commit) is picked up again without waiting for a restart.
+            match core.store.active_ids().await {
+                Ok(ids) => {
+                    for gid in ids {
+                        if let Err(e) = core.drive(&gid).await {
+                            tracing::warn!(computation = %gid, "re-evaluating: {e:#}");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("listing active computations: {e:#}"),
             }
         }
         if let Err(e) = report_failures(&core).await {
@@ -263,13 +276,16 @@ async fn process_claim(
     let stages = protocol.stages();
     let name = stage_name(&stages, row.stage);
     tracing::info!(duchy = %core.id(), computation = %gid, stage = %name, attempt = row.attempt, "claimed stage");
-    core.store
-        .audit(
-            &gid,
-            "claim",
-            &format!("{name} attempt {} by {}", row.attempt, claim.owner),
-        )
-        .await?;
+    if row.waits == 0 {
+        // (Repeated claims of a stage that waits are audited by the wait itself.)
+        core.store
+            .audit(
+                &gid,
+                "claim",
+                &format!("{name} attempt {} by {}", row.attempt, claim.owner),
+            )
+            .await?;
+    }
     halo_crashpoint::point_at("mill.claimed", &name);
     if row.attempt > core.config.mill.max_attempts {
         let last = core
@@ -303,6 +319,15 @@ async fn process_claim(
     match res {
         Ok(()) => Ok(()),
         Err(t) => settle(core, claim, &row, &name, t).await,
+    }
+}
+
+/// A local error (store, disk): a full disk is waited out, anything else is transient.
+fn local_trouble(e: anyhow::Error) -> Trouble {
+    if blobs::is_storage_full(&e) {
+        Trouble::Wait(format!("storage full: {e:#}"))
+    } else {
+        Trouble::Transient(format!("{e:#}"))
     }
 }
 
@@ -373,7 +398,7 @@ async fn run_start(
             Some(&out.state),
         )
         .await
-        .map_err(|e| Trouble::Transient(format!("{e:#}")))?;
+        .map_err(local_trouble)?;
     if !moved {
         tracing::warn!(computation = %gid, "claim lost before starting; another worker owns it");
     }
@@ -405,13 +430,7 @@ async fn run_stage(
             "stage {name} is not a queued stage"
         )));
     };
-    let internal = |e: anyhow::Error| {
-        if blobs::is_storage_full(&e) {
-            Trouble::Wait(format!("storage full: {e:#}"))
-        } else {
-            Trouble::Transient(format!("{e:#}"))
-        }
-    };
+    let internal = local_trouble;
     let cached = match core
         .store
         .load_outcome(gid, row.stage)
@@ -543,6 +562,14 @@ async fn run_stage(
         .map_err(internal)?;
     if !moved {
         tracing::warn!(computation = %gid, "claim lost before advancing from {name}");
+    } else if !cached.sends.is_empty()
+        && let Ok(dir) =
+            blobs::output_dir_key(gid, row.stage).and_then(|k| core.store.blob_path(&k))
+    {
+        // Delivered and left behind: this stage's payloads (of every attempt) are garbage.
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            tracing::warn!(computation = %gid, "removing the payloads of {name}: {e}");
+        }
     }
     Ok(())
 }

@@ -650,25 +650,42 @@ impl Store {
         if res.rows_affected() != 1 {
             return Ok(false);
         }
-        insert_audit(&mut tx, global_id, audit.0, audit.1).await?;
+        // A long wait is audited at its 1st, 2nd, 4th, 8th, ... release (with the count), not
+        // every few seconds for hours.
+        let waits = sqlx::query("SELECT waits FROM computations WHERE global_id = ?")
+            .bind(global_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get::<i64, _>("waits")?;
+        if !waiting || (waits > 0 && (waits & (waits - 1)) == 0) {
+            let detail = if waiting {
+                format!("{} (wait {waits})", audit.1)
+            } else {
+                audit.1.to_string()
+            };
+            insert_audit(&mut tx, global_id, audit.0, &detail).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
 
     /// Marks a computation finished here (`COMPLETE`, or `FAILED` / `CANCELLED` as the
-    /// Kingdom said, which also settles a failure not yet acknowledged); returns false if it
-    /// already was. One transaction with its audit entry.
+    /// Kingdom said; only these two also settle a failure not yet acknowledged, so nothing
+    /// turns a pending failure into COMPLETE); returns false if it already was. One
+    /// transaction with its audit entry.
     pub async fn finish(&self, global_id: &str, terminal: &str, audit: &str) -> Result<bool> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let res = sqlx::query(
             "UPDATE computations SET terminal = ?, queued = 0, lease_owner = NULL, lease_expiry_ms = NULL, \
-             updated_ms = ?, version = version + 1 WHERE global_id = ? AND (terminal IS NULL OR terminal = ?)",
+             updated_ms = ?, version = version + 1 WHERE global_id = ? AND (terminal IS NULL \
+             OR (terminal = ? AND ? IN ('FAILED', 'CANCELLED')))",
         )
         .bind(terminal)
         .bind(now)
         .bind(global_id)
         .bind(FAILING)
+        .bind(terminal)
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() != 1 {
@@ -726,8 +743,11 @@ impl Store {
             }
         }
         let res = sqlx::query(
-            "INSERT OR IGNORE INTO failures (global_id, message, stage_attempt, created_ms, next_try_ms, tries) \
-             VALUES (?, ?, ?, ?, ?, 0)",
+            "INSERT INTO failures (global_id, message, stage_attempt, created_ms, next_try_ms, tries) \
+             VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT(global_id) DO UPDATE SET message = excluded.message, \
+             stage_attempt = excluded.stage_attempt, created_ms = excluded.created_ms, \
+             next_try_ms = excluded.next_try_ms, tries = 0, acked_ms = NULL, acked_how = NULL \
+             WHERE failures.acked_ms IS NOT NULL",
         )
         .bind(global_id)
         .bind(message)
@@ -1360,6 +1380,35 @@ mod tests {
         // A computation never recorded here (no role, no plugin) still gets reported.
         assert!(store.fail("unknown", None, "no role", None).await.unwrap());
         assert_eq!(store.pending_failures().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn nothing_but_the_kingdom_settles_a_pending_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store.insert(new("c"), &[], "create").await.unwrap();
+        store.fail("c", None, "boom", None).await.unwrap();
+        assert!(!store.finish("c", "COMPLETE", "COMPLETE").await.unwrap());
+        assert_eq!(
+            store.get("c").await.unwrap().unwrap().terminal.as_deref(),
+            Some(FAILING)
+        );
+        assert_eq!(store.pending_failures().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_failure_after_an_acknowledged_one_is_reported_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        // The herald failed a computation unknown here; the Kingdom acknowledged it.
+        store.fail("c", None, "no role", None).await.unwrap();
+        store.failure_acknowledged("c", "unknown").await.unwrap();
+        // Later the computation is recorded after all and fails for real.
+        store.insert(new("c"), &[], "create").await.unwrap();
+        assert!(store.fail("c", None, "real", None).await.unwrap());
+        let pending = store.pending_failures().await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].message, "real");
     }
 
     #[tokio::test]
