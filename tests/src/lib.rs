@@ -153,6 +153,31 @@ pub async fn wait_local_terminal(cluster: &Cluster, duchy: &str, gid: &str) -> R
     }
 }
 
+/// Asserts that a test-sum measurement SUCCEEDED with exactly the ground truth of `vectors`:
+/// reach, register count and every frequency bucket.
+pub fn assert_exact_test_sum(m: &admin::Measurement, vectors: &[Vec<u32>]) {
+    assert_eq!(
+        m.state,
+        halo_proto::system::v1alpha::computation::State::Succeeded as i32,
+        "failure: {}",
+        m.failure_message
+    );
+    let result: serde_json::Value = match serde_json::from_slice(&m.encrypted_result) {
+        Ok(v) => v,
+        Err(e) => panic!("result is not test-sum JSON: {e}"),
+    };
+    let (reach, hist) = truth(vectors);
+    assert_eq!(result["reach"].as_u64(), Some(reach), "{result}");
+    assert_eq!(
+        result["registers"].as_u64(),
+        vectors.first().map(|v| v.len() as u64),
+        "{result}"
+    );
+    let got: Option<BTreeMap<String, u64>> =
+        serde_json::from_value(result["frequency"].clone()).ok();
+    assert_eq!(got, Some(hist), "{result}");
+}
+
 /// Waits (as the measurement consumer) until the measurement is terminal.
 pub async fn wait_for_result(
     cluster: &Cluster,

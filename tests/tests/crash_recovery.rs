@@ -154,9 +154,7 @@ async fn a_transient_start_error_is_retried_not_fatal() {
     let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 30, 1_000)).collect();
     fulfil_all(&cluster, &vectors).await.unwrap();
     let m = wait_for_result(&cluster, &created).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "{}", m.failure_message);
-    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
-    assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
+    assert_exact_test_sum(&m, &vectors);
     let log = cluster.duchies["worker1"]
         .core
         .store
@@ -185,9 +183,7 @@ async fn a_stage_that_outlives_its_lease_runs_once() {
     let vectors: Vec<Vec<u32>> = (0..3).map(|i| vector(i + 40, 1_000)).collect();
     fulfil_all(&cluster, &vectors).await.unwrap();
     let m = wait_for_result(&cluster, &created).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "{}", m.failure_message);
-    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
-    assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
+    assert_exact_test_sum(&m, &vectors);
     let log = cluster.duchies["worker2"]
         .core
         .store
@@ -250,9 +246,7 @@ async fn a_peer_down_longer_than_the_attempt_budget_does_not_fail_the_computatio
         .await
         .unwrap();
     let m = wait_for_result(&cluster, &created).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "{}", m.failure_message);
-    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
-    assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
+    assert_exact_test_sum(&m, &vectors);
     cluster.shutdown().await.unwrap();
 }
 
@@ -407,8 +401,6 @@ async fn a_kingdom_restart_after_fulfilment_changes_nothing() {
     assert_eq!(row.terminal, None, "nothing finishes without the Kingdom");
     cluster.restart_kingdom().await.unwrap();
     let m = wait_for_result(&cluster, &created).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "{}", m.failure_message);
-    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
-    assert_eq!(result["reach"].as_u64().unwrap(), truth(&vectors).0);
+    assert_exact_test_sum(&m, &vectors);
     cluster.shutdown().await.unwrap();
 }

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use halo_proto::system::v1alpha::computation::State;
 use halo_tests::*;
 
 struct Mount(PathBuf);
@@ -117,13 +116,7 @@ async fn a_full_disk_is_a_clear_error_and_recovers_when_space_returns() {
         .await
         .unwrap();
     let m = wait_for_result(&cluster, &created).await.unwrap();
-    assert_eq!(m.state, State::Succeeded as i32, "{}", m.failure_message);
-    let result: serde_json::Value = serde_json::from_slice(&m.encrypted_result).unwrap();
-    let (reach, hist) = truth(&vectors);
-    assert_eq!(result["reach"].as_u64().unwrap(), reach);
-    let got: std::collections::BTreeMap<String, u64> =
-        serde_json::from_value(result["frequency"].clone()).unwrap();
-    assert_eq!(got, hist);
+    assert_exact_test_sum(&m, &vectors);
     cluster.shutdown().await.unwrap();
     drop(mounts);
 }
