@@ -11,6 +11,12 @@
 //!   per hit), so a harness can discover the points a run passes through (protocol-independent:
 //!   stage names come from the plugin's stage table).
 //!
+//! * `HALO_PAUSE_AT=NAME[@K]:MILLIS`: [`pause_at`] / [`pause`] return `MILLIS` at the first (or
+//!   `K`-th) hit of the pause point `NAME` (the caller sleeps, asynchronously), so a harness can
+//!   act while the process is in the middle of something (for example send SIGTERM during a
+//!   stage). With `HALO_PAUSE_MARKER=FILE`, `NAME@K` is written to `FILE` when the pause
+//!   begins. Pause points count their hits separately from kill points.
+//!
 //! Point names are `area.event` or `area.event:DETAIL` (for example `mill.saved:SETUP_PHASE`).
 
 #[cfg(feature = "enabled")]
@@ -18,11 +24,15 @@ mod imp {
     use std::collections::HashMap;
     use std::io::Write as _;
     use std::sync::{Mutex, OnceLock};
+    use std::time::Duration;
 
     struct Config {
         at: Option<(String, u32)>,
         trace: Option<Mutex<std::fs::File>>,
         hits: Mutex<HashMap<String, u32>>,
+        pause: Option<(String, u32, Duration)>,
+        pause_marker: Option<std::path::PathBuf>,
+        pause_hits: Mutex<HashMap<String, u32>>,
     }
 
     fn config() -> &'static Config {
@@ -40,12 +50,48 @@ mod imp {
                     .ok()
                     .map(Mutex::new)
             });
+            let pause = std::env::var("HALO_PAUSE_AT")
+                .ok()
+                .and_then(|s| parse_pause(&s));
             Config {
                 at,
                 trace,
                 hits: Mutex::new(HashMap::new()),
+                pause,
+                pause_marker: std::env::var_os("HALO_PAUSE_MARKER").map(Into::into),
+                pause_hits: Mutex::new(HashMap::new()),
             }
         })
+    }
+
+    /// `NAME[@K]:MILLIS`; `None` if malformed.
+    pub(crate) fn parse_pause(s: &str) -> Option<(String, u32, Duration)> {
+        let (target, millis) = s.rsplit_once(':')?;
+        let millis = millis.parse::<u64>().ok()?;
+        let (name, k) = parse_target(target);
+        Some((name, k, Duration::from_millis(millis)))
+    }
+
+    pub fn pause(name: &str) -> Option<Duration> {
+        let c = config();
+        let (target, at, millis) = c.pause.as_ref()?;
+        if target != name {
+            return None;
+        }
+        let k = {
+            let mut hits = c.pause_hits.lock().ok()?;
+            let k = hits.entry(name.to_string()).or_insert(0);
+            *k += 1;
+            *k
+        };
+        if k != *at {
+            return None;
+        }
+        eprintln!("halo-crashpoint: pausing {millis:?} at {name}@{k}");
+        if let Some(marker) = &c.pause_marker {
+            let _ = std::fs::write(marker, format!("{name}@{k}\n"));
+        }
+        Some(*millis)
     }
 
     pub(crate) fn parse_target(s: &str) -> (String, u32) {
@@ -108,6 +154,31 @@ pub fn point_at(prefix: &str, detail: &str) {
     let _ = (prefix, detail);
 }
 
+/// A pause point named `name`: how long the caller should sleep here (see the crate docs);
+/// always `None` in builds without the `enabled` feature.
+#[inline]
+pub fn pause(name: &str) -> Option<std::time::Duration> {
+    #[cfg(feature = "enabled")]
+    return imp::pause(name);
+    #[cfg(not(feature = "enabled"))]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// A pause point named `prefix:detail`; the name is only formatted in enabled builds.
+#[inline]
+pub fn pause_at(prefix: &str, detail: &str) -> Option<std::time::Duration> {
+    #[cfg(feature = "enabled")]
+    return imp::pause(&format!("{prefix}:{detail}"));
+    #[cfg(not(feature = "enabled"))]
+    {
+        let _ = (prefix, detail);
+        None
+    }
+}
+
 /// True in builds that honour `HALO_CRASH_AT` (the harness refuses to run against others).
 pub const ENABLED: bool = cfg!(feature = "enabled");
 
@@ -124,5 +195,28 @@ mod tests {
             ("send.chunk".into(), 3)
         );
         assert_eq!(super::imp::parse_target("a@0"), ("a@0".into(), 1));
+    }
+
+    #[test]
+    fn pauses_parse_with_and_without_occurrence() {
+        use std::time::Duration;
+        assert_eq!(
+            super::imp::parse_pause("mill.execute:SETUP_PHASE:1500"),
+            Some((
+                "mill.execute:SETUP_PHASE".into(),
+                1,
+                Duration::from_millis(1500)
+            ))
+        );
+        assert_eq!(
+            super::imp::parse_pause("mill.execute:SHUFFLE_PHASE@2:10"),
+            Some((
+                "mill.execute:SHUFFLE_PHASE".into(),
+                2,
+                Duration::from_millis(10)
+            ))
+        );
+        assert_eq!(super::imp::parse_pause("mill.execute"), None);
+        assert_eq!(super::imp::parse_pause("x:soon"), None);
     }
 }
