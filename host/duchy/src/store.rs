@@ -22,80 +22,8 @@ use sqlx::{Row, SqlitePool};
 
 use crate::protocol::{PluginPin, Role, SystemProtocol};
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS computations (
-  global_id        TEXT PRIMARY KEY,
-  protocol         INTEGER NOT NULL,
-  role             INTEGER NOT NULL,
-  plugin_name      TEXT NOT NULL,
-  plugin_version   TEXT NOT NULL,
-  plugin_digest    TEXT NOT NULL,
-  stage            INTEGER NOT NULL,
-  attempt          INTEGER NOT NULL DEFAULT 0,
-  queued           INTEGER NOT NULL,
-  lease_owner      TEXT,
-  lease_expiry_ms  INTEGER,
-  kingdom_state    INTEGER NOT NULL,
-  computation      BLOB NOT NULL,
-  plugin_state     BLOB NOT NULL,
-  terminal         TEXT,
-  version          INTEGER NOT NULL DEFAULT 1,
-  created_ms       INTEGER NOT NULL,
-  updated_ms       INTEGER NOT NULL,
-  stage_started_ms INTEGER NOT NULL,
-  waits            INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS computations_claim ON computations (queued, lease_expiry_ms);
-CREATE TABLE IF NOT EXISTS inputs (
-  global_id   TEXT NOT NULL,
-  description INTEGER NOT NULL,
-  sender      TEXT NOT NULL,
-  blob        TEXT NOT NULL,
-  size        INTEGER NOT NULL,
-  sha256      TEXT NOT NULL,
-  received_ms INTEGER NOT NULL,
-  PRIMARY KEY (global_id, description, sender)
-);
-CREATE TABLE IF NOT EXISTS requisitions (
-  global_id        TEXT NOT NULL,
-  requisition_id   TEXT NOT NULL,
-  fulfilling_duchy TEXT NOT NULL,
-  requisition_spec_hash BLOB NOT NULL,
-  nonce_hash       BLOB NOT NULL,
-  blob             TEXT,
-  header           BLOB,
-  nonce            INTEGER,
-  PRIMARY KEY (global_id, requisition_id)
-);
-CREATE INDEX IF NOT EXISTS requisitions_by_id ON requisitions (requisition_id);
-CREATE TABLE IF NOT EXISTS outcomes (
-  global_id TEXT NOT NULL,
-  stage     INTEGER NOT NULL,
-  outcome   TEXT NOT NULL,
-  PRIMARY KEY (global_id, stage)
-);
-CREATE TABLE IF NOT EXISTS herald (
-  id    INTEGER PRIMARY KEY CHECK (id = 1),
-  token TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS failures (
-  global_id     TEXT PRIMARY KEY,
-  message       TEXT NOT NULL,
-  stage_attempt BLOB,
-  created_ms    INTEGER NOT NULL,
-  next_try_ms   INTEGER NOT NULL,
-  tries         INTEGER NOT NULL DEFAULT 0,
-  acked_ms      INTEGER,
-  acked_how     TEXT
-);
-CREATE TABLE IF NOT EXISTS audit (
-  id        INTEGER PRIMARY KEY AUTOINCREMENT,
-  time_ms   INTEGER NOT NULL,
-  global_id TEXT NOT NULL,
-  event     TEXT NOT NULL,
-  detail    TEXT NOT NULL
-);
-"#;
+/// The schema: `host/duchy/migrations`, applied at [`Store::open`].
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The pseudo-stage of a computation the herald recorded and no mill worker has started yet:
 /// claiming it runs the plugin's `start` (with the same deadline, retry and error rules as
@@ -259,6 +187,95 @@ fn row_to_requisition(r: &sqlx::sqlite::SqliteRow) -> Result<RequisitionRow> {
     })
 }
 
+/// Applies the migrations, adopting a store written before the duchy used them (its tables
+/// exist, `_sqlx_migrations` does not): such a store gets the column later versions added
+/// (`computations.waits`), the idempotent `0001_init` records itself over the existing tables,
+/// later migrations apply as usual, and every table is then checked against a store made from
+/// the migrations alone, so an adopted store that still differs is refused rather than used.
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let legacy = !table_exists(pool, "_sqlx_migrations").await?
+        && table_exists(pool, "computations").await?;
+    if legacy {
+        tracing::info!("adopting a duchy store written before schema migrations");
+        // Stores written before `waits` existed.
+        let has_waits =
+            sqlx::query("SELECT 1 FROM pragma_table_info('computations') WHERE name = 'waits'")
+                .fetch_optional(pool)
+                .await?
+                .is_some();
+        if !has_waits {
+            sqlx::query("ALTER TABLE computations ADD COLUMN waits INTEGER NOT NULL DEFAULT 0")
+                .execute(pool)
+                .await
+                .context("adding computations.waits")?;
+        }
+    }
+    MIGRATOR.run(pool).await?;
+    if legacy {
+        let mut fresh = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(
+            &SqliteConnectOptions::from_str("sqlite::memory:")?,
+        )
+        .await?;
+        MIGRATOR.run(&mut fresh).await?;
+        let want = schema_shape(&mut fresh).await?;
+        let mut conn = pool.acquire().await?;
+        let have = schema_shape(&mut conn).await?;
+        if have != want {
+            return Err(anyhow!(
+                "the store predates schema migrations and its tables differ from the current \
+                 schema (have {have:?}, want {want:?})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn table_exists(pool: &SqlitePool, name: &str) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Every table and index (but sqlx's own) with its columns: (name, type, not null, default,
+/// primary key position), sorted, for comparing two databases' schemas.
+type SchemaShape = Vec<(String, Vec<(String, String, i64, Option<String>, i64)>)>;
+
+async fn schema_shape(conn: &mut sqlx::SqliteConnection) -> Result<SchemaShape> {
+    let names: Vec<(String, String)> = sqlx::query_as(
+        "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'index') \
+         AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations' ORDER BY type, name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::new();
+    for (kind, name) in names {
+        let columns = if kind == "table" {
+            let mut cols: Vec<(String, String, i64, Option<String>, i64)> = sqlx::query_as(
+                "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?)",
+            )
+            .bind(&name)
+            .fetch_all(&mut *conn)
+            .await?;
+            cols.sort();
+            cols
+        } else {
+            let mut cols: Vec<(String, String, i64, Option<String>, i64)> =
+                sqlx::query_as("SELECT name, '', 0, NULL, seqno FROM pragma_index_info(?)")
+                    .bind(&name)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            cols.sort();
+            cols
+        };
+        out.push((format!("{kind} {name}"), columns));
+    }
+    Ok(out)
+}
+
 impl Store {
     /// Opens (creating if needed) the store under `data_dir`, taking the directory's lock.
     pub async fn open(data_dir: &Path) -> Result<Store> {
@@ -298,22 +315,9 @@ impl Store {
             .connect_with(opts)
             .await
             .with_context(|| format!("opening {}", db.display()))?;
-        sqlx::raw_sql(SCHEMA)
-            .execute(&pool)
+        migrate(&pool)
             .await
-            .context("creating schema")?;
-        // Stores written before `waits` existed.
-        let has_waits =
-            sqlx::query("SELECT 1 FROM pragma_table_info('computations') WHERE name = 'waits'")
-                .fetch_optional(&pool)
-                .await?
-                .is_some();
-        if !has_waits {
-            sqlx::query("ALTER TABLE computations ADD COLUMN waits INTEGER NOT NULL DEFAULT 0")
-                .execute(&pool)
-                .await
-                .context("adding computations.waits")?;
-        }
+            .with_context(|| format!("migrating {}", db.display()))?;
         Ok(Store {
             pool,
             blob_root,
@@ -513,23 +517,54 @@ impl Store {
     /// Claims the next queued computation whose lease is free or expired, incrementing the
     /// stage attempt.
     pub async fn claim(&self, owner: &str, lease: Duration) -> Result<Option<ComputationRow>> {
+        Ok(self.claim_next(owner, lease).await?.map(|(row, _)| row))
+    }
+
+    /// [`Store::claim`], also returning the owner whose lease had expired on the claimed
+    /// stage (a takeover: that worker stalled and lost it), audited in the same transaction.
+    pub async fn claim_next(
+        &self,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<(ComputationRow, Option<String>)>> {
         let now = now_ms();
         let expiry = now + lease.as_millis() as i64;
+        let mut tx = self.pool.begin().await?;
+        let Some(candidate) = sqlx::query(
+            "SELECT global_id, lease_owner FROM computations WHERE queued = 1 AND terminal IS NULL \
+             AND lease_expiry_ms IS NOT NULL AND lease_expiry_ms <= ? \
+             ORDER BY lease_expiry_ms, created_ms LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let global_id: String = candidate.try_get("global_id")?;
+        let previous: Option<String> = candidate.try_get("lease_owner")?;
         let row = sqlx::query(
             "UPDATE computations SET lease_owner = ?, lease_expiry_ms = ?, attempt = attempt + 1, \
-             updated_ms = ?, version = version + 1 \
-             WHERE global_id = (SELECT global_id FROM computations WHERE queued = 1 AND terminal IS NULL \
-               AND lease_expiry_ms IS NOT NULL AND lease_expiry_ms <= ? \
-               ORDER BY lease_expiry_ms, created_ms LIMIT 1) \
-             RETURNING *",
+             updated_ms = ?, version = version + 1 WHERE global_id = ? RETURNING *",
         )
         .bind(owner)
         .bind(expiry)
         .bind(now)
-        .bind(now)
-        .fetch_optional(&self.pool)
+        .bind(&global_id)
+        .fetch_one(&mut *tx)
         .await?;
-        row.as_ref().map(row_to_computation).transpose()
+        let row = row_to_computation(&row)?;
+        if let Some(previous) = &previous {
+            insert_audit(
+                &mut tx,
+                &global_id,
+                "lease",
+                &format!("took over the expired lease of {previous}"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some((row, previous)))
     }
 
     /// Extends a claim's lease to `lease` from now; false if the claim no longer holds (the
@@ -1004,6 +1039,75 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected() == 1)
+    }
+
+    // ---- lifecycle ----------------------------------------------------------------------
+
+    /// Gives a claim back at shutdown: claimable at once (by the next process), and the claim
+    /// is not counted as an attempt (the stage was interrupted, it did not fail). One
+    /// transaction with its audit entry; false if the claim no longer held.
+    pub async fn release_at_shutdown(&self, global_id: &str, claim: &Claim) -> Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE computations SET lease_owner = NULL, lease_expiry_ms = ?, updated_ms = ?, \
+             version = version + 1, attempt = MAX(attempt - 1, 0) \
+             WHERE global_id = ? AND lease_owner = ? AND attempt = ? AND stage = ? AND terminal IS NULL",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(global_id)
+        .bind(&claim.owner)
+        .bind(claim.attempt as i64)
+        .bind(claim.stage as i64)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_audit(
+            &mut tx,
+            global_id,
+            "lease",
+            &format!(
+                "released at shutdown by {} (attempt {} not counted)",
+                claim.owner, claim.attempt
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Queued stages of unfinished computations (claimable, waiting to be retried, or running),
+    /// per pinned plugin and stage number.
+    pub async fn queue_depth(&self) -> Result<Vec<(PluginPin, i32, i64)>> {
+        let rows = sqlx::query(
+            "SELECT plugin_name, plugin_version, plugin_digest, stage, COUNT(*) AS n FROM computations \
+             WHERE queued = 1 AND terminal IS NULL \
+             GROUP BY plugin_name, plugin_version, plugin_digest, stage",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    PluginPin {
+                        name: r.try_get("plugin_name")?,
+                        version: r.try_get("plugin_version")?,
+                        digest: r.try_get("plugin_digest")?,
+                    },
+                    r.try_get::<i64, _>("stage")? as i32,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// One round trip to the database (readiness).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").fetch_one(&self.pool).await?;
+        Ok(())
     }
 
     // ---- audit --------------------------------------------------------------------------
