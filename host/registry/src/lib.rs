@@ -5,7 +5,12 @@
 //!   match what the component says about itself is refused.
 //! * A detached `<file>.sig` is checked against the trusted keys; with
 //!   [`SignaturePolicy::Required`] unsigned components are refused, and a present but wrong
-//!   signature (tampering) is always refused.
+//!   signature (tampering) is always refused. The `.sig` is part of what a scan compares: a
+//!   signature that arrives, changes or disappears re-evaluates its component. A component
+//!   refused only for its signature while its bytes are the ones being offered (the `.sig` was
+//!   removed under `Required`, or replaced by a wrong one) is withdrawn from new computations;
+//!   like a removed `.wasm`, it stays loaded for the computations that already pinned it (they
+//!   were admitted under the signature they had, and a computation never changes version).
 //! * The directory is watched (debounced native events plus a periodic rescan for file
 //!   systems without reliable events). One thread owns all loading; readers see an immutable
 //!   [`Snapshot`] swapped in atomically (`ArcSwap`), so `select`/`pinned` never take a lock.
@@ -23,8 +28,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use halo_duchy::protocol::{PluginPin, Protocol, ProtocolRegistry, SystemProtocol};
 use halo_engine::{LoadedPlugin, Runtime};
+use halo_protocol::{PluginPin, Protocol, ProtocolRegistry, SystemProtocol};
 use halo_signing::{SignaturePolicy, SignatureStatus, TrustedKeys};
 use sha2::{Digest, Sha256};
 
@@ -69,6 +74,34 @@ pub struct FileStatus {
     /// version it held before (a broken file never replaces a working one).
     pub serving: Option<PluginPin>,
     pub signature: Option<SignatureStatus>,
+    /// The `.sig` file as read at the scan that produced this status.
+    pub signature_file: SignatureFile,
+}
+
+/// A component's detached `.sig` file as one scan read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignatureFile {
+    Absent,
+    /// Present, with the hex SHA-256 of its bytes.
+    Present {
+        sha256: String,
+        bytes: Vec<u8>,
+    },
+    /// Present but unreadable (the reason).
+    Unreadable(String),
+}
+
+impl SignatureFile {
+    fn read(sig_path: &Path) -> SignatureFile {
+        match std::fs::read(sig_path) {
+            Ok(bytes) => SignatureFile::Present {
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                bytes,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SignatureFile::Absent,
+            Err(e) => SignatureFile::Unreadable(e.to_string()),
+        }
+    }
 }
 
 /// What readers see; replaced as a whole on every change.
@@ -169,13 +202,12 @@ impl PluginRegistry {
                 Err(_) => continue,
             };
             let modified = meta.modified().ok();
-            let sig_path = halo_signing::signature_path(&path);
-            let sig_modified = std::fs::metadata(&sig_path).and_then(|m| m.modified()).ok();
-            // Unchanged since the last scan (size, mtime, signature mtime): keep the result.
+            let signature_file = SignatureFile::read(&halo_signing::signature_path(&path));
+            // Unchanged since the last scan (size, mtime, the `.sig`'s bytes): keep the result.
             if let Some(prev) = old.files.get(&path)
                 && prev.size == meta.len()
                 && prev.modified == modified
-                && prev.signature_modified() == sig_modified
+                && prev.signature_file == signature_file
             {
                 let prev = prev.clone();
                 if let Some(pin) = &prev.serving
@@ -186,7 +218,8 @@ impl PluginRegistry {
                 files.insert(path, prev);
                 continue;
             }
-            let status = self.load_file(&path, meta.len(), modified, &mut by_digest);
+            let status =
+                self.load_file(&path, meta.len(), modified, signature_file, &mut by_digest);
             match &status.outcome {
                 Ok(pin) => {
                     if let Some(p) = by_digest.get(&pin.digest) {
@@ -199,9 +232,11 @@ impl PluginRegistry {
                     report.refused.push((path.clone(), reason.clone()));
                     tracing::error!(file = %path.display(), "plugin refused: {reason}");
                     // A broken file never replaces a working one: keep offering what this
-                    // path held before.
+                    // path held before. Unless the bytes are those very ones: then what
+                    // changed is the signature, and the version is refused as it stands.
                     if let Some(prev) = old.files.get(&path)
                         && let Some(pin) = &prev.serving
+                        && pin.digest != status.digest
                         && let Some(p) = by_digest.get(&pin.digest)
                     {
                         offer(&mut available, p.clone());
@@ -240,6 +275,7 @@ impl PluginRegistry {
         path: &Path,
         size: u64,
         modified: Option<SystemTime>,
+        signature_file: SignatureFile,
         by_digest: &mut HashMap<String, Arc<LoadedPlugin>>,
     ) -> FileStatus {
         let mut status = FileStatus {
@@ -250,6 +286,7 @@ impl PluginRegistry {
             outcome: Err(String::new()),
             serving: None,
             signature: None,
+            signature_file: signature_file.clone(),
         };
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
@@ -260,17 +297,25 @@ impl PluginRegistry {
         };
         status.digest = hex::encode(Sha256::digest(&bytes));
         let sig_path = halo_signing::signature_path(path);
-        let signature = if sig_path.exists() {
-            match halo_signing::Signature::read(&sig_path) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    status.outcome =
-                        Err(format!("malformed signature {}: {e}", sig_path.display()));
-                    return status;
+        let signature = match &signature_file {
+            SignatureFile::Absent => None,
+            SignatureFile::Present { bytes, .. } => {
+                match std::str::from_utf8(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| halo_signing::Signature::from_toml(t).map_err(|e| e.to_string()))
+                {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        status.outcome =
+                            Err(format!("malformed signature {}: {e}", sig_path.display()));
+                        return status;
+                    }
                 }
             }
-        } else {
-            None
+            SignatureFile::Unreadable(e) => {
+                status.outcome = Err(format!("cannot read signature {}: {e}", sig_path.display()));
+                return status;
+            }
         };
         let sig = halo_signing::check(&bytes, signature.as_ref(), &self.config.trusted);
         status.signature = Some(sig.clone());
@@ -409,14 +454,6 @@ impl PluginRegistry {
             stop: Some(tx),
             thread: Some(thread),
         })
-    }
-}
-
-impl FileStatus {
-    fn signature_modified(&self) -> Option<SystemTime> {
-        std::fs::metadata(halo_signing::signature_path(&self.path))
-            .and_then(|m| m.modified())
-            .ok()
     }
 }
 

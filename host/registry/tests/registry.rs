@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use halo_duchy::protocol::{ProtocolRegistry, SystemProtocol};
 use halo_engine::{EngineConfig, Runtime};
+use halo_protocol::{ProtocolRegistry, SystemProtocol};
 use halo_registry::{PluginRegistry, RegistryConfig};
 use halo_signing::{SignaturePolicy, SigningKey, TrustedKeys};
 
@@ -165,4 +165,152 @@ fn the_watcher_picks_up_a_new_version_within_seconds() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits (watcher, no explicit rescan) until `cond` holds; fails after a generous minute.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the watcher never saw: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sign_file(key: &SigningKey, component: &Path) {
+    halo_signing::sign(key, &std::fs::read(component).unwrap())
+        .write(&halo_signing::signature_path(component))
+        .unwrap();
+}
+
+fn trusted_key() -> (tempfile::TempDir, SigningKey, TrustedKeys) {
+    let keys = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    key.write(&keys.path().join("dev.key"), &keys.path().join("dev.pem"))
+        .unwrap();
+    let trusted = TrustedKeys::load_dir(keys.path()).unwrap();
+    (keys, key, trusted)
+}
+
+#[test]
+fn the_watcher_admits_a_plugin_when_its_signature_arrives_and_withdraws_it_when_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (_keys, key, trusted) = trusted_key();
+    let v1 = copy(halo_plugin_build::TEST_SUM_V1_0, dir.path());
+    sign_file(&key, &v1);
+    let v11 = copy(halo_plugin_build::TEST_SUM_V1_1, dir.path());
+    let mut config = RegistryConfig::new(dir.path());
+    config.policy = SignaturePolicy::Required;
+    config.trusted = trusted;
+    config.debounce = Duration::from_millis(100);
+    // Only native events: the periodic rescan must not be what notices the signatures.
+    config.poll_interval = Duration::from_secs(3600);
+    let reg = PluginRegistry::open(runtime(cache.path()), config).unwrap();
+    let _watch = reg.watch().unwrap();
+    assert_eq!(selected_version(&reg).as_deref(), Some("1.0.0"));
+    assert!(reg.refused()[0].1.contains("not signed"));
+
+    // The signature arrives: the refused version is admitted and is the newest.
+    sign_file(&key, &v11);
+    wait_for("v1.1's signature arriving", || {
+        selected_version(&reg).as_deref() == Some("1.1.0")
+    });
+    assert!(reg.refused().is_empty(), "{:?}", reg.refused());
+    let pin_v11 = reg.select(HMSS).unwrap().pin();
+
+    // The signature is removed: withdrawn from new computations, refused as unsigned, but a
+    // computation that pinned it keeps a usable pin.
+    std::fs::remove_file(halo_signing::signature_path(&v11)).unwrap();
+    wait_for("v1.1's signature removed", || {
+        selected_version(&reg).as_deref() == Some("1.0.0")
+    });
+    let refused = reg.refused();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, v11);
+    assert!(refused[0].1.contains("not signed"), "{}", refused[0].1);
+    assert!(
+        reg.list()
+            .iter()
+            .any(|p| p.version == "1.1.0" && !p.offered)
+    );
+    let pinned = reg.pinned(&pin_v11).expect("a pinned version stays usable");
+    assert_eq!(pinned.pin(), pin_v11);
+    assert!(!pinned.stages().is_empty());
+
+    // v1.0's signature replaced by one from a key nobody trusts: nothing is offered.
+    let stranger = SigningKey::generate();
+    sign_file(&stranger, &v1);
+    wait_for("v1.0's signature replaced by an untrusted one", || {
+        reg.select(HMSS).is_none()
+    });
+    // And a good signature again brings it back.
+    sign_file(&key, &v1);
+    wait_for("v1.0's good signature restored", || {
+        selected_version(&reg).as_deref() == Some("1.0.0")
+    });
+}
+
+#[test]
+fn a_signature_rewritten_within_the_same_instant_is_still_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (_keys, key, trusted) = trusted_key();
+    let v1 = copy(halo_plugin_build::TEST_SUM_V1_0, dir.path());
+    let sig = halo_signing::signature_path(&v1);
+    // A malformed signature first: refused.
+    std::fs::write(&sig, b"not a signature").unwrap();
+    let mut config = RegistryConfig::new(dir.path());
+    config.policy = SignaturePolicy::Required;
+    config.trusted = trusted;
+    let reg = PluginRegistry::open(runtime(cache.path()), config).unwrap();
+    assert_eq!(selected_version(&reg), None);
+    assert!(
+        reg.refused()[0].1.contains("malformed"),
+        "{:?}",
+        reg.refused()
+    );
+    // Rewritten at once (same size class, very likely the same mtime tick) with a good one,
+    // then the mtime forced back to the old value: the contents decide, not the timestamp.
+    let before = std::fs::metadata(&sig).unwrap().modified().unwrap();
+    sign_file(&key, &v1);
+    std::fs::File::options()
+        .write(true)
+        .open(&sig)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    let report = reg.rescan();
+    assert_eq!(report.loaded.len(), 1, "{report:?}");
+    assert_eq!(selected_version(&reg).as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn with_optional_signatures_removing_one_keeps_the_plugin_but_a_wrong_one_withdraws_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let (_keys, key, trusted) = trusted_key();
+    let v1 = copy(halo_plugin_build::TEST_SUM_V1_0, dir.path());
+    sign_file(&key, &v1);
+    let mut config = RegistryConfig::new(dir.path());
+    config.trusted = trusted;
+    let reg = PluginRegistry::open(runtime(cache.path()), config).unwrap();
+    assert_eq!(selected_version(&reg).as_deref(), Some("1.0.0"));
+    let pin = reg.select(HMSS).unwrap().pin();
+
+    std::fs::remove_file(halo_signing::signature_path(&v1)).unwrap();
+    let report = reg.rescan();
+    assert!(report.withdrawn.is_empty(), "{report:?}");
+    assert_eq!(selected_version(&reg).as_deref(), Some("1.0.0"));
+
+    // A signature over other bytes is tampering evidence, refused under any policy.
+    halo_signing::sign(&key, b"other bytes")
+        .write(&halo_signing::signature_path(&v1))
+        .unwrap();
+    let report = reg.rescan();
+    assert_eq!(report.withdrawn.len(), 1, "{report:?}");
+    assert_eq!(selected_version(&reg), None);
+    assert_eq!(reg.pinned(&pin).map(|p| p.pin()), Some(pin));
 }
