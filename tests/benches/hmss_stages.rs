@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use halo_duchy::identity::{CertificateSource, DuchyIdentity};
-use halo_duchy::protocol::{
+use halo_protocol::{
     ComputationContext, InputOrigin, Participant, Protocol, Role, StageIdentity, StageInput,
     StageOutcome, SystemProtocol,
 };

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use halo_duchy::protocol::{ProtocolRegistry, StaticRegistry};
-use halo_duchy::testing::TestSumProtocol;
+use halo_protocol::{ProtocolRegistry, StaticRegistry};
+use halo_testkit::TestSumProtocol;
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::DifferentialPrivacyParams;
@@ -291,7 +291,7 @@ pub fn advance_stream(
     chunk: usize,
 ) -> Vec<halo_proto::system::v1alpha::AdvanceComputationRequest> {
     let mut v = vec![halo_duchy::mill::advance_header(
-        halo_duchy::protocol::SystemProtocol::HonestMajorityShareShuffle,
+        halo_protocol::SystemProtocol::HonestMajorityShareShuffle,
         gid,
         description,
     )];
@@ -318,7 +318,7 @@ pub async fn wait_at_aggregator_input(cluster: &Cluster, gid: &str) -> Result<()
     let start = std::time::Instant::now();
     loop {
         if let Some(row) = agg.store.get(gid).await?
-            && row.stage == halo_duchy::testing::WAIT_ON_AGGREGATION_INPUT
+            && row.stage == halo_testkit::WAIT_ON_AGGREGATION_INPUT
         {
             return Ok(());
         }

@@ -4,7 +4,7 @@
 //! configured at the Kingdom) that takes no part in HMSS computations.
 
 use halo_duchy::mill::stage_number;
-use halo_duchy::testing::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
+use halo_testkit::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::system::v1alpha as sys;

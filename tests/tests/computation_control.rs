@@ -3,8 +3,8 @@
 //! byte-identical, a duplicate send is idempotent, and bad requests get the right status.
 
 use halo_duchy::mill::{advance_header, stage_number};
-use halo_duchy::protocol::SystemProtocol;
-use halo_duchy::testing::{
+use halo_protocol::SystemProtocol;
+use halo_testkit::{
     AGGREGATION_PHASE_INPUT, SHUFFLE_PHASE_INPUT_ONE, WAIT_ON_AGGREGATION_INPUT,
 };
 use halo_identity::Principal;

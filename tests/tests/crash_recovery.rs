@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use halo_duchy::protocol::{Protocol, ProtocolRegistry, StaticRegistry};
+use halo_protocol::{Protocol, ProtocolRegistry, StaticRegistry};
 use halo_duchy::store::InputRow;
-use halo_duchy::testing::{
+use halo_testkit::{
     AGGREGATION_PHASE_INPUT, SHUFFLE_PHASE, TestSumProtocol, WAIT_ON_AGGREGATION_INPUT,
 };
 use halo_identity::Principal;
@@ -342,7 +342,7 @@ async fn a_failure_is_reported_until_the_kingdom_acknowledges_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_moves_on_a_stage_whose_kingdom_state_was_recorded_before_a_crash() {
-    use halo_duchy::testing::WAIT_TO_START;
+    use halo_testkit::WAIT_TO_START;
     use prost::Message as _;
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = start_cluster(dir.path()).await.unwrap();

@@ -103,16 +103,16 @@ async fn a_duchy_restart_mid_computation_loses_nothing() {
     cluster.shutdown().await.unwrap();
 }
 
-fn registry_with(worker1: halo_duchy::testing::TestSumProtocol) -> halo_tests::RegistryFn {
+fn registry_with(worker1: halo_testkit::TestSumProtocol) -> halo_tests::RegistryFn {
     let worker1 = std::sync::Arc::new(worker1);
     std::sync::Arc::new(move |id: &str| {
-        let p: std::sync::Arc<dyn halo_duchy::protocol::Protocol> = if id == "worker1" {
+        let p: std::sync::Arc<dyn halo_protocol::Protocol> = if id == "worker1" {
             worker1.clone()
         } else {
-            std::sync::Arc::new(halo_duchy::testing::TestSumProtocol::new("1.0.0"))
+            std::sync::Arc::new(halo_testkit::TestSumProtocol::new("1.0.0"))
         };
-        std::sync::Arc::new(halo_duchy::protocol::StaticRegistry::new(vec![p]))
-            as std::sync::Arc<dyn halo_duchy::protocol::ProtocolRegistry>
+        std::sync::Arc::new(halo_protocol::StaticRegistry::new(vec![p]))
+            as std::sync::Arc<dyn halo_protocol::ProtocolRegistry>
     })
 }
 
@@ -121,7 +121,7 @@ async fn transient_failures_are_retried_and_too_many_attempts_fail_the_computati
     init_logging();
     // worker1 fails SHUFFLE_PHASE transiently twice, then succeeds.
     let dir = tempfile::tempdir().unwrap();
-    let flaky = halo_duchy::testing::TestSumProtocol::new("1.0.0");
+    let flaky = halo_testkit::TestSumProtocol::new("1.0.0");
     flaky
         .transient_failures
         .store(2, std::sync::atomic::Ordering::SeqCst);
@@ -154,7 +154,7 @@ async fn transient_failures_are_retried_and_too_many_attempts_fail_the_computati
 
     // worker1 always fails transiently: after max_attempts the computation fails.
     let dir = tempfile::tempdir().unwrap();
-    let mut stuck = halo_duchy::testing::TestSumProtocol::new("1.0.0");
+    let mut stuck = halo_testkit::TestSumProtocol::new("1.0.0");
     stuck.always_transient = true;
     let mut opts = halo_sim::ClusterOptions::new(dir.path(), registry_with(stuck));
     opts.mill.retry_base = Duration::from_millis(10);

@@ -268,7 +268,7 @@ async fn advance(
 /// winner's identical retry is acknowledged and the loser's retry is refused, changing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_advance_deliveries_with_different_bodies_leave_one_consistent_input() {
-    use halo_duchy::testing::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
+    use halo_testkit::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
     const N: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let cluster = start_cluster(dir.path()).await.unwrap();

@@ -20,9 +20,8 @@ pub mod metrics;
 pub mod mill;
 pub mod names;
 pub mod outcome;
-pub mod protocol;
+pub use halo_protocol as protocol;
 pub mod store;
-pub mod testing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -335,7 +335,7 @@ mod tests {
     use super::*;
     use crate::protocol::Protocol as _;
     use crate::protocol::{ComputationResult, Outgoing, StageKind};
-    use crate::testing::TestSumProtocol;
+    use halo_testkit::TestSumProtocol;
 
     fn pin() -> PluginPin {
         PluginPin {
@@ -367,7 +367,7 @@ mod tests {
             OutcomeCheck {
                 plugin: &self.pin,
                 stages: &self.stages,
-                stage: crate::testing::INITIALIZED,
+                stage: halo_testkit::INITIALIZED,
                 duchy_id: duchy,
                 role,
                 protocol: SystemProtocol::HonestMajorityShareShuffle,
@@ -407,7 +407,7 @@ mod tests {
 
     fn outcome_with(sends: Vec<Outgoing>) -> StageOutcome {
         StageOutcome {
-            next_stage: crate::testing::WAIT_TO_START,
+            next_stage: halo_testkit::WAIT_TO_START,
             sends,
             ..Default::default()
         }
@@ -512,7 +512,7 @@ mod tests {
             assert!(why.contains("not in its stage table"), "{next}: {why}");
         }
         let mut o = outcome_with(vec![]);
-        o.next_stage = crate::testing::INITIALIZED;
+        o.next_stage = halo_testkit::INITIALIZED;
         let why = cause(validate_outcome(&c, &o));
         assert!(why.contains("does not come after"), "{why}");
     }
@@ -574,7 +574,7 @@ mod tests {
         let why = cause(validate_outcome(&agg, &empty));
         assert!(why.contains("ciphertext is empty"), "{why}");
         let early = StageOutcome {
-            next_stage: crate::testing::WAIT_TO_START,
+            next_stage: halo_testkit::WAIT_TO_START,
             result: Some(result),
             ..Default::default()
         };
@@ -597,7 +597,7 @@ mod tests {
             max_state_bytes: 10,
         };
         let ok = StartOutcome {
-            initial_stage: crate::testing::INITIALIZED,
+            initial_stage: halo_testkit::INITIALIZED,
             state: vec![0; 10],
         };
         validate_start(&f.pin, &f.stages, limits, &ok).unwrap();
@@ -617,7 +617,7 @@ mod tests {
             &f.stages,
             limits,
             &StartOutcome {
-                initial_stage: crate::testing::INITIALIZED,
+                initial_stage: halo_testkit::INITIALIZED,
                 state: vec![0; 11],
             },
         )

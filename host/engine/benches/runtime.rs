@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use halo_duchy::protocol::{
+use halo_protocol::{
     ComputationContext, InputOrigin, Protocol, Role, StageInput, SystemProtocol,
 };
 use halo_engine::{EngineConfig, Runtime};

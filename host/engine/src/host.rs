@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use halo_duchy::protocol::{IdentityFailure, StageIdentity, StageSignature};
+use halo_protocol::{IdentityFailure, StageIdentity, StageSignature};
 
 use rand::TryRngCore;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};

@@ -1,7 +1,7 @@
 //! The wasm plugin runtime: one process-wide wasmtime [`wasmtime::Engine`] (component model,
 //! pooling allocator, epoch interruption), an on-disk AOT cache, the host side of the
 //! `halo:mpc` imports, and [`LoadedPlugin`], which implements the duchy's
-//! [`halo_duchy::protocol::Protocol`] by running every call in a fresh Store.
+//! [`halo_protocol::Protocol`] by running every call in a fresh Store.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Guest failures are data: a plugin's `stage-error` becomes the same
-//! [`halo_duchy::protocol::StageError`] variant, prefixed with `id@version`. Traps are host
+//! [`halo_protocol::StageError`] variant, prefixed with `id@version`. Traps are host
 //! errors: an epoch deadline becomes a transient error (retried by the mill's attempt
 //! policy), the memory limit and every other trap a permanent one. The Store is dropped after
 //! every call, so a trap never affects the next call.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halo_duchy::protocol::{
+use halo_protocol::{
     ComputationContext, PluginPin, Protocol, StageError, StageIdentity, StageInfo, StageInput,
     StageKind, StageOutcome, StartOutcome, SystemProtocol,
 };
@@ -453,8 +453,8 @@ pub(crate) fn validate_stages(stages: &[StageInfo]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use halo_duchy::protocol::Protocol as _;
-    use halo_duchy::testing::TestSumProtocol;
+    use halo_protocol::Protocol as _;
+    use halo_testkit::TestSumProtocol;
 
     use super::*;
 

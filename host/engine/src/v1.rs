@@ -1,12 +1,12 @@
 //! Bindings for the `halo:mpc@1.x` world `protocol-plugin`, the host side of its imports, and
-//! the conversions between the WIT types and [`halo_duchy::protocol`].
+//! the conversions between the WIT types and [`halo_protocol`].
 //!
 //! One module per WIT major (STYLE 6): a future `halo:mpc@2.0.0` gets its own `v2` module
 //! beside this one, and [`crate::plugin::Bindings`] holds one variant per major. Newer minors
 //! of 1.x are served by the Linker's semver fallback, as long as every function a component
 //! imports exists here.
 
-use halo_duchy::protocol as host;
+use halo_protocol as host;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
 use semver::Version;
 use wasmtime::component::{HasSelf, Linker};

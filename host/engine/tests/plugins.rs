@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halo_duchy::protocol::{
+use halo_protocol::{
     ComputationContext, InputOrigin, Participant, Protocol, Role, StageError, StageInput,
     StageKind, SystemProtocol,
 };
-use halo_duchy::testing::{self as ts, TestSumProtocol};
+use halo_testkit::{self as ts, TestSumProtocol};
 use halo_engine::{EngineConfig, LoadError, LoadedPlugin, Runtime, SUPPORTED_WIT};
 use halo_plugin_build as plugins;
 use halo_proto::halo::v1::MeasurementSpec;

@@ -1,57 +1,22 @@
-//! Resource names and API ids (spec §1.1).
+//! Resource names and API ids (spec §1.1), as typed keys over the one grammar of
+//! [`halo_protocol::names`] that the duchies use too.
 //!
 //! An external id is a positive `i64`; its API id is base64url without padding of the 8-byte
 //! big-endian value (11 characters).
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use halo_protocol::names as grammar;
 use tonic::Status;
 
-/// Encodes a positive external id as an API id.
-pub fn encode_api_id(external_id: i64) -> String {
-    URL_SAFE_NO_PAD.encode(external_id.to_be_bytes())
-}
-
-/// Decodes an API id; `None` unless it is exactly the encoding of a positive `i64`.
-pub fn decode_api_id(api_id: &str) -> Option<i64> {
-    if api_id.len() != 11 {
-        return None;
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(api_id).ok()?;
-    let bytes: [u8; 8] = bytes.try_into().ok()?;
-    let id = i64::from_be_bytes(bytes);
-    // Reject non-canonical encodings (trailing bits) by re-encoding.
-    (id > 0 && encode_api_id(id) == api_id).then_some(id)
-}
-
-/// `true` if `id` is a valid principal / duchy id segment: non-empty, ASCII letters, digits,
-/// `-`, `_` or `.`, not starting with `.` (the same rule as `halo_identity::Principal::parse`).
-pub fn valid_id_segment(id: &str) -> bool {
-    !id.is_empty()
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
+pub use halo_protocol::names::{
+    decode_api_id, duchy_certificate_name, encode_api_id, valid_id_segment,
+};
 
 fn invalid(what: &str, name: &str) -> Status {
     Status::invalid_argument(format!("malformed {what} name {name:?}"))
 }
 
-fn segments(name: &str) -> Vec<&str> {
-    name.split('/').collect()
-}
-
 fn api_id(what: &str, name: &str, segment: &str) -> Result<i64, Status> {
     decode_api_id(segment).ok_or_else(|| invalid(what, name))
-}
-
-fn id_segment(what: &str, name: &str, segment: &str) -> Result<String, Status> {
-    if valid_id_segment(segment) {
-        Ok(segment.to_owned())
-    } else {
-        Err(invalid(what, name))
-    }
 }
 
 /// `computations/{computation}`
@@ -63,12 +28,10 @@ pub struct ComputationKey {
 impl ComputationKey {
     pub fn parse(name: &str) -> Result<Self, Status> {
         const WHAT: &str = "computation";
-        match segments(name).as_slice() {
-            ["computations", c] => Ok(Self {
-                external_computation_id: api_id(WHAT, name, c)?,
-            }),
-            _ => Err(invalid(WHAT, name)),
-        }
+        let c = grammar::parse_computation(name).ok_or_else(|| invalid(WHAT, name))?;
+        Ok(Self {
+            external_computation_id: api_id(WHAT, name, c)?,
+        })
     }
 
     pub fn name(&self) -> String {
@@ -77,7 +40,7 @@ impl ComputationKey {
 }
 
 pub fn computation_name(external_computation_id: i64) -> String {
-    format!("computations/{}", encode_api_id(external_computation_id))
+    grammar::computation_name(&encode_api_id(external_computation_id))
 }
 
 /// `computations/{computation}/participants/{duchy}`
@@ -90,28 +53,23 @@ pub struct ParticipantKey {
 impl ParticipantKey {
     pub fn parse(name: &str) -> Result<Self, Status> {
         const WHAT: &str = "computation participant";
-        match segments(name).as_slice() {
-            ["computations", c, "participants", d] => Ok(Self {
-                external_computation_id: api_id(WHAT, name, c)?,
-                duchy_id: id_segment(WHAT, name, d)?,
-            }),
-            _ => Err(invalid(WHAT, name)),
-        }
+        let (c, d) = grammar::parse_participant(name).ok_or_else(|| invalid(WHAT, name))?;
+        Ok(Self {
+            external_computation_id: api_id(WHAT, name, c)?,
+            duchy_id: d.to_owned(),
+        })
     }
 }
 
 pub fn participant_name(external_computation_id: i64, duchy_id: &str) -> String {
-    format!(
-        "computations/{}/participants/{duchy_id}",
-        encode_api_id(external_computation_id)
-    )
+    grammar::participant_name(&encode_api_id(external_computation_id), duchy_id)
 }
 
 pub fn log_entry_name(external_computation_id: i64, duchy_id: &str, log_entry_id: i64) -> String {
-    format!(
-        "{}/logEntries/{}",
-        participant_name(external_computation_id, duchy_id),
-        encode_api_id(log_entry_id)
+    grammar::log_entry_name(
+        &encode_api_id(external_computation_id),
+        duchy_id,
+        &encode_api_id(log_entry_id),
     )
 }
 
@@ -125,21 +83,18 @@ pub struct RequisitionKey {
 impl RequisitionKey {
     pub fn parse(name: &str) -> Result<Self, Status> {
         const WHAT: &str = "requisition";
-        match segments(name).as_slice() {
-            ["computations", c, "requisitions", r] => Ok(Self {
-                external_computation_id: api_id(WHAT, name, c)?,
-                external_requisition_id: api_id(WHAT, name, r)?,
-            }),
-            _ => Err(invalid(WHAT, name)),
-        }
+        let (c, r) = grammar::parse_system_requisition(name).ok_or_else(|| invalid(WHAT, name))?;
+        Ok(Self {
+            external_computation_id: api_id(WHAT, name, c)?,
+            external_requisition_id: api_id(WHAT, name, r)?,
+        })
     }
 }
 
 pub fn requisition_name(external_computation_id: i64, external_requisition_id: i64) -> String {
-    format!(
-        "computations/{}/requisitions/{}",
-        encode_api_id(external_computation_id),
-        encode_api_id(external_requisition_id)
+    grammar::system_requisition_name(
+        &encode_api_id(external_computation_id),
+        &encode_api_id(external_requisition_id),
     )
 }
 
@@ -147,10 +102,7 @@ pub fn data_provider_requisition_name(
     data_provider_id: &str,
     external_requisition_id: i64,
 ) -> String {
-    format!(
-        "dataProviders/{data_provider_id}/requisitions/{}",
-        encode_api_id(external_requisition_id)
-    )
+    grammar::public_requisition_name(data_provider_id, &encode_api_id(external_requisition_id))
 }
 
 /// Owner of a certificate.
@@ -170,18 +122,20 @@ pub struct CertificateKey {
 
 impl CertificateKey {
     pub fn parse(name: &str) -> Result<Self, Status> {
-        const WHAT: &str = "certificate";
-        match segments(name).as_slice() {
-            ["duchies", d, "certificates", c] => Ok(Self {
-                owner: CertificateOwner::Duchy(id_segment(WHAT, name, d)?),
-                certificate_id: id_segment(WHAT, name, c)?,
-            }),
-            ["dataProviders", d, "certificates", c] => Ok(Self {
-                owner: CertificateOwner::DataProvider(id_segment(WHAT, name, d)?),
-                certificate_id: id_segment(WHAT, name, c)?,
-            }),
-            _ => Err(invalid(WHAT, name)),
-        }
+        let c =
+            grammar::CertificateName::parse(name).ok_or_else(|| invalid("certificate", name))?;
+        let owner = match c.kind {
+            grammar::OwnerKind::Duchy => CertificateOwner::Duchy(c.owner.to_owned()),
+            grammar::OwnerKind::DataProvider => CertificateOwner::DataProvider(c.owner.to_owned()),
+            // The Kingdom holds no measurement consumer certificates.
+            grammar::OwnerKind::MeasurementConsumer => {
+                return Err(invalid("certificate", name));
+            }
+        };
+        Ok(Self {
+            owner,
+            certificate_id: c.certificate_id.to_owned(),
+        })
     }
 
     /// Parses a duchy certificate name only.
@@ -196,35 +150,26 @@ impl CertificateKey {
     }
 
     pub fn name(&self) -> String {
-        match &self.owner {
-            CertificateOwner::Duchy(d) => duchy_certificate_name(d, &self.certificate_id),
-            CertificateOwner::DataProvider(d) => {
-                format!("dataProviders/{d}/certificates/{}", self.certificate_id)
-            }
-        }
+        let (kind, owner) = match &self.owner {
+            CertificateOwner::Duchy(d) => (grammar::OwnerKind::Duchy, d),
+            CertificateOwner::DataProvider(d) => (grammar::OwnerKind::DataProvider, d),
+        };
+        grammar::certificate_name(kind, owner, &self.certificate_id)
     }
-}
-
-pub fn duchy_certificate_name(duchy_id: &str, certificate_id: &str) -> String {
-    format!("duchies/{duchy_id}/certificates/{certificate_id}")
 }
 
 /// `measurementConsumers/{mc}`
 pub fn parse_measurement_consumer(name: &str) -> Result<String, Status> {
-    const WHAT: &str = "measurement consumer";
-    match segments(name).as_slice() {
-        ["measurementConsumers", mc] => id_segment(WHAT, name, mc),
-        _ => Err(invalid(WHAT, name)),
-    }
+    grammar::parse_measurement_consumer(name)
+        .map(str::to_owned)
+        .ok_or_else(|| invalid("measurement consumer", name))
 }
 
 /// `dataProviders/{dp}`
 pub fn parse_data_provider(name: &str) -> Result<String, Status> {
-    const WHAT: &str = "data provider";
-    match segments(name).as_slice() {
-        ["dataProviders", dp] => id_segment(WHAT, name, dp),
-        _ => Err(invalid(WHAT, name)),
-    }
+    grammar::parse_data_provider(name)
+        .map(str::to_owned)
+        .ok_or_else(|| invalid("data provider", name))
 }
 
 /// `measurementConsumers/{mc}/measurements/{measurement}`
@@ -237,46 +182,24 @@ pub struct MeasurementKey {
 impl MeasurementKey {
     pub fn parse(name: &str) -> Result<Self, Status> {
         const WHAT: &str = "measurement";
-        match segments(name).as_slice() {
-            ["measurementConsumers", mc, "measurements", m] => Ok(Self {
-                measurement_consumer_id: id_segment(WHAT, name, mc)?,
-                external_measurement_id: api_id(WHAT, name, m)?,
-            }),
-            _ => Err(invalid(WHAT, name)),
-        }
+        let (mc, m) = grammar::parse_measurement(name).ok_or_else(|| invalid(WHAT, name))?;
+        Ok(Self {
+            measurement_consumer_id: mc.to_owned(),
+            external_measurement_id: api_id(WHAT, name, m)?,
+        })
     }
 }
 
 pub fn measurement_name(measurement_consumer_id: &str, external_measurement_id: i64) -> String {
-    format!(
-        "measurementConsumers/{measurement_consumer_id}/measurements/{}",
-        encode_api_id(external_measurement_id)
+    grammar::measurement_name(
+        measurement_consumer_id,
+        &encode_api_id(external_measurement_id),
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn api_id_round_trip() {
-        for id in [1i64, 42, 0x0102_0304_0506_0708, i64::MAX] {
-            let api = encode_api_id(id);
-            assert_eq!(api.len(), 11);
-            assert_eq!(decode_api_id(&api), Some(id));
-        }
-        assert_eq!(encode_api_id(1), "AAAAAAAAAAE");
-    }
-
-    #[test]
-    fn api_id_rejects_bad_input() {
-        assert_eq!(decode_api_id(""), None);
-        assert_eq!(decode_api_id("AAAAAAAAAAA"), None); // zero
-        assert_eq!(decode_api_id("_____________"), None);
-        assert_eq!(decode_api_id("__________8"), None); // negative
-        assert_eq!(decode_api_id("AAAAAAAAAAF"), None); // non-canonical trailing bits
-        assert_eq!(decode_api_id("AAAAAAAAA!E"), None);
-    }
 
     #[test]
     fn parses_names() {

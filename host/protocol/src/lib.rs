@@ -1,10 +1,15 @@
 //! The protocol contract: everything the host needs to know about an MPC protocol.
 //!
 //! The host knows no protocol. A protocol implementation (a sandboxed wasm plugin, or the
-//! in-crate [`crate::testing`] protocol) describes its stage table and computes each queued
+//! native test protocol of `halo-testkit`) describes its stage table and computes each queued
 //! stage; the host drives any protocol generically from that description: it claims queued
 //! stages, parks waiting stages until their inputs or the Kingdom state arrive, delivers
 //! effects (Kingdom calls, sends to peers) and persists opaque plugin state.
+
+pub mod names;
+mod system_api;
+
+pub use system_api::UnsupportedProtocol;
 
 use std::fmt;
 use std::sync::Arc;
@@ -438,6 +443,43 @@ pub fn payload_bound(
     bound.min(limits.ceiling)
 }
 
+/// Why a fulfilment header's declared size is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeclaredSizeError {
+    #[error("negative register_count {0}")]
+    Negative(i64),
+    #[error("register_count {declared} is above this duchy's maximum of {max}")]
+    AboveMaximum { declared: u64, max: u64 },
+}
+
+/// The most bytes the body of one requisition fulfilment may carry: [`payload_bound`] under
+/// the register count the header declares (if its protocol declares one), refused before any
+/// byte of the body is read when the declaration is negative or above the configured maximum.
+pub fn requisition_payload_bound(
+    c: &halo_proto::system::v1alpha::Computation,
+    header: Option<&halo_proto::api::v2alpha::fulfill_requisition_request::header::Protocol>,
+    limits: &PayloadLimits,
+) -> Result<u64, DeclaredSizeError> {
+    let register_count = match header.map(SystemProtocol::declared_register_count) {
+        None | Some(0) => None,
+        Some(n) => {
+            let n = u64::try_from(n).map_err(|_| DeclaredSizeError::Negative(n))?;
+            if n > limits.max_register_count {
+                return Err(DeclaredSizeError::AboveMaximum {
+                    declared: n,
+                    max: limits.max_register_count,
+                });
+            }
+            Some(n)
+        }
+    };
+    Ok(payload_bound(
+        c,
+        PayloadKind::Requisition { register_count },
+        limits,
+    ))
+}
+
 #[cfg(test)]
 mod payload_bound_tests {
     use super::*;
@@ -509,6 +551,39 @@ mod payload_bound_tests {
                 &LIMITS
             ),
             1000 * 198 + (64 << 10)
+        );
+    }
+
+    #[test]
+    fn declared_register_count_is_checked() {
+        use halo_proto::api::v2alpha::fulfill_requisition_request::header::{
+            HonestMajorityShareShuffle as H, Protocol as HP,
+        };
+        let c = computation(P::HonestMajorityShareShuffle(Default::default()), 1);
+        let h = |n| {
+            HP::HonestMajorityShareShuffle(H {
+                register_count: n,
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            requisition_payload_bound(&c, Some(&h(1000)), &LIMITS),
+            Ok(5000 + (16 << 10) + (64 << 10))
+        );
+        assert_eq!(
+            requisition_payload_bound(&c, Some(&h(0)), &LIMITS),
+            requisition_payload_bound(&c, None, &LIMITS)
+        );
+        assert_eq!(
+            requisition_payload_bound(&c, Some(&h(-1)), &LIMITS),
+            Err(DeclaredSizeError::Negative(-1))
+        );
+        assert_eq!(
+            requisition_payload_bound(&c, Some(&h((1 << 20) + 1)), &LIMITS),
+            Err(DeclaredSizeError::AboveMaximum {
+                declared: (1 << 20) + 1,
+                max: 1 << 20
+            })
         );
     }
 

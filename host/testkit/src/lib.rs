@@ -1,4 +1,5 @@
-//! An in-crate test protocol that exercises every host feature without cryptography.
+//! A native test protocol that exercises every host feature without cryptography (tests only:
+//! production hosts run wasm plugins).
 //!
 //! `test-sum` runs under the Honest Majority Share Shuffle system config and stage numbers:
 //! the two non-aggregators exchange random seeds (SHUFFLE_PHASE_INPUT_ONE / _TWO), each
@@ -17,7 +18,7 @@ use halo_proto::system::v1alpha::computation_participant::RequisitionParams;
 use halo_proto::system::v1alpha::computation_participant::requisition_params;
 use prost::Message;
 
-use crate::protocol::*;
+use halo_protocol::*;
 
 pub const INITIALIZED: i32 = 1;
 pub const WAIT_TO_START: i32 = 2;
