@@ -3,8 +3,10 @@
 //! `halo demo`.
 
 pub mod edp;
+pub mod lifecycle;
 pub mod mc;
 pub mod report;
+pub mod settings;
 
 /// Parses `ID=URL` (`--peer`, `--duchy`).
 pub fn parse_peer(s: &str) -> Result<(String, String), String> {

@@ -68,8 +68,10 @@ impl Identity {
 
     /// `tonic::transport::ClientTlsConfig` presenting this identity as client certificate and
     /// trusting ONLY the roots of `server`: the server must prove it is that principal (its
-    /// certificate chains to one of `server`'s roots and is valid for [`TLS_DOMAIN`]), not
-    /// merely any holder of a certificate from a trusted root.
+    /// certificate chains to one of `server`'s roots and is valid for the host name of the URL
+    /// it is reached at), not merely any holder of a certificate from a trusted root. The
+    /// development PKI's leaves are valid for [`TLS_DOMAIN`], `127.0.0.1` and `::1`; an
+    /// operator's own certificates name their real hosts.
     pub fn client_tls(
         &self,
         trust: &TrustStore,
@@ -82,7 +84,6 @@ impl Identity {
         Ok(ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(roots))
             .identity(self.tonic_identity())
-            .domain_name(TLS_DOMAIN)
             .timeout(std::time::Duration::from_secs(10)))
     }
 

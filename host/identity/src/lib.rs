@@ -13,6 +13,7 @@
 //! Call [`init_crypto`] once at start-up (before building any TLS configuration).
 
 mod error;
+mod files;
 mod identity;
 mod pki;
 mod principal;
@@ -21,6 +22,7 @@ mod tls;
 mod trust;
 
 pub use error::IdentityError;
+pub use files::TRUST_BUNDLE_FILE;
 pub use identity::{Identity, TLS_DOMAIN};
 pub use pki::{
     CERT_FILE, DevPki, KEY_FILE, MANIFEST_FILE, ROOT_FILE, ROOT_KEY_FILE, TRUST_FILE,

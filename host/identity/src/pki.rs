@@ -138,6 +138,8 @@ impl DevPki {
             &self.trust_store()?.roots_pem(),
             false,
         )?;
+        self.trust_store()?
+            .write_bundle(dir, crate::files::TRUST_BUNDLE_FILE)?;
         write_file(
             &dir.join(MANIFEST_FILE),
             &toml::to_string(&manifest)?,

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use halo_duchy::protocol::ProtocolRegistry;
-use halo_duchy::{DuchyConfig, HeraldConfig, MillConfig, PeerDirectory, RoleConfig, RunningDuchy};
+use halo_duchy::{DuchyConfig, HeraldConfig, MillConfig, PeerDirectory, RunningDuchy};
+use halo_protocol::roles::{ProtocolDuchies, RoleConfig};
 use halo_identity::{DevPki, Identity, Principal, TrustStore};
-use halo_kingdom::{CertEntry, DuchyEntry, HmssRoles, KingdomConfig, RunningKingdom};
+use halo_kingdom::{CertEntry, DuchyEntry, KingdomConfig, RunningKingdom};
 use tonic::transport::Channel;
 
 pub use remote::Remote;
@@ -64,18 +65,27 @@ pub fn kingdom_config(
         duchies,
         data_providers,
         measurement_consumers,
-        hmss: HmssRoles {
-            first_non_aggregator: "worker1".into(),
-            second_non_aggregator: "worker2".into(),
-            aggregator: "aggregator".into(),
-        },
-        llv2_aggregator: "aggregator".into(),
+        roles: standard_roles(),
         stream_poll_interval: Duration::from_millis(200),
         stream_max_duration: Duration::from_secs(600),
         default_protocol_config: Default::default(),
         tls_limits: Default::default(),
         limits: Default::default(),
     })
+}
+
+/// The roles of the demo deployment: `aggregator` aggregates every protocol; `worker1` and
+/// `worker2` are the HMSS first and second non-aggregators and the LLv2 ring.
+pub fn standard_roles() -> RoleConfig {
+    let duchies = ProtocolDuchies {
+        aggregator: DUCHIES[0].to_owned(),
+        non_aggregators: vec![DUCHIES[1].to_owned(), DUCHIES[2].to_owned()],
+    };
+    RoleConfig {
+        liquid_legions_v2: Some(duchies.clone()),
+        reach_only_liquid_legions_v2: None,
+        honest_majority_share_shuffle: Some(duchies),
+    }
 }
 
 /// The standard principals of a demo deployment.
@@ -222,7 +232,7 @@ impl Cluster {
             trust: self.trust.clone(),
             kingdom_url: self.kingdom_url(),
             peers: self.peers.clone(),
-            roles: RoleConfig::default(),
+            roles: standard_roles(),
             mill: self.options.mill.clone(),
             herald: HeraldConfig::default(),
             protocols: (self.options.protocols)(id),

@@ -50,6 +50,17 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 
 /// The duchies, by id (the Kingdom's configuration makes `aggregator` the aggregator).
 pub const DUCHIES: [&str; 3] = ["aggregator", "worker1", "worker2"];
+
+/// The roles file of the harness's deployment (in the harness root).
+pub const ROLES_FILE: &str = "roles.toml";
+const ROLES_TOML: &str = r#"[honest_majority_share_shuffle]
+aggregator = "aggregator"
+non_aggregators = ["worker1", "worker2"]
+
+[liquid_legions_v2]
+aggregator = "aggregator"
+non_aggregators = ["worker1", "worker2"]
+"#;
 /// The data providers.
 pub const PROVIDERS: [&str; 3] = ["edp1", "edp2", "edp3"];
 /// Seed of the synthetic population.
@@ -456,6 +467,8 @@ impl Harness {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // The roles every process reads (the Kingdom to pick participants, each duchy its role).
+        std::fs::write(root.join(ROLES_FILE), ROLES_TOML).context("writing roles.toml")?;
         for p in Protocol::ALL {
             let d = root.join(format!("plugins-{}", p.name()));
             fs::create_dir_all(&d)?;
@@ -1105,6 +1118,8 @@ impl<'h> Run<'h> {
                 "kingdom".into(),
                 "--pki".into(),
                 s(&h.pki),
+                "--roles-file".into(),
+                s(&h.root.join(ROLES_FILE)),
                 "--data-dir".into(),
                 s(&dir.join("kingdom")),
                 "--listen".into(),
@@ -1122,6 +1137,8 @@ impl<'h> Run<'h> {
                 d.into(),
                 "--pki".into(),
                 s(&h.pki),
+                "--roles-file".into(),
+                s(&h.root.join(ROLES_FILE)),
                 "--data-dir".into(),
                 s(&dir.join(format!("duchy-{d}"))),
                 "--listen".into(),

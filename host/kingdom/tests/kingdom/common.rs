@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use halo_identity::{DevPki, Identity, Principal, TrustStore};
+use halo_protocol::roles::{ProtocolDuchies, RoleConfig};
 use halo_kingdom::{
-    CertEntry, DefaultProtocolConfigs, DuchyEntry, HmssRoles, KingdomConfig, RunningKingdom,
+    CertEntry, DefaultProtocolConfigs, DuchyEntry, KingdomConfig, RunningKingdom,
     certificate_id,
 };
 use halo_proto::halo::v1::certificates_client::CertificatesClient;
@@ -53,6 +54,10 @@ pub fn add_worker3(config: &mut KingdomConfig, pki: &DevPki) {
         id: W3.to_owned(),
         certificate_der: pki.identity(&duchy(W3)).unwrap().certificate_der().unwrap(),
     });
+    // worker3 joins the LLv2 ring (a ring of any size >= 3 duchies), not HMSS.
+    if let Some(ring) = config.roles.liquid_legions_v2.as_mut() {
+        ring.non_aggregators.push(W3.to_owned());
+    }
 }
 
 pub fn duchy(id: &str) -> Principal {
@@ -118,12 +123,17 @@ impl TestKingdom {
                 })
                 .collect(),
             measurement_consumers: vec![MC1.to_owned(), MC2.to_owned()],
-            hmss: HmssRoles {
-                first_non_aggregator: W1.to_owned(),
-                second_non_aggregator: W2.to_owned(),
-                aggregator: AGG.to_owned(),
+            roles: {
+                let duchies = ProtocolDuchies {
+                    aggregator: AGG.to_owned(),
+                    non_aggregators: vec![W1.to_owned(), W2.to_owned()],
+                };
+                RoleConfig {
+                    liquid_legions_v2: Some(duchies.clone()),
+                    reach_only_liquid_legions_v2: None,
+                    honest_majority_share_shuffle: Some(duchies),
+                }
             },
-            llv2_aggregator: AGG.to_owned(),
             stream_poll_interval: Duration::from_millis(200),
             stream_max_duration: Duration::from_secs(60),
             default_protocol_config: DefaultProtocolConfigs::default(),

@@ -222,13 +222,13 @@ async fn llv2_full_lifecycle() {
     let m = k.create(Protocol::LiquidLegionsV2, "llv2").await;
     let name = m.computation.clone();
     let c = k.computation(AGG, &name).await;
-    // All configured duchies participate, in configuration order.
+    // The LLv2 ring of the roles file participates, the aggregator last.
     let names: Vec<_> = c
         .computation_participants
         .iter()
         .map(|p| p.name.clone())
         .collect();
-    assert_eq!(names, DUCHIES.map(|d| format!("{name}/participants/{d}")));
+    assert_eq!(names, [W1, W2, AGG].map(|d| format!("{name}/participants/{d}")));
     assert!(
         c.requisitions
             .iter()
@@ -635,4 +635,32 @@ async fn concurrent_writes_apply_exactly_once() {
         Ok(k) => k.shutdown().await,
         Err(_) => panic!("harness still shared"),
     }
+}
+
+#[tokio::test]
+async fn a_protocol_without_roles_is_not_offered() {
+    // Only HMSS has roles: an LLv2 measurement is refused before anything is stored.
+    let k = TestKingdom::start_with(|c, _| c.roles.liquid_legions_v2 = None).await;
+    let refused = k
+        .measurements(MC1)
+        .create_measurement(create_request(MC1, Protocol::LiquidLegionsV2, "llv2"))
+        .await;
+    assert_code(refused, tonic::Code::FailedPrecondition);
+    let m = k.create(Protocol::HonestMajorityShareShuffle, "hmss").await;
+    let c = k.computation(AGG, &m.computation).await;
+    assert_eq!(c.computation_participants.len(), 3);
+    k.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_kingdom_refuses_roles_naming_unknown_duchies() {
+    halo_identity::init_crypto();
+    let k = TestKingdom::start().await;
+    let mut config = k.config.clone();
+    k.shutdown().await;
+    if let Some(ring) = config.roles.liquid_legions_v2.as_mut() {
+        ring.non_aggregators.push("nowhere".into());
+    }
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.contains("\"nowhere\" is not a configured duchy"), "{err}");
 }

@@ -212,7 +212,7 @@ async fn stream_only_lists_the_callers_computations() {
     );
     k.shutdown().await;
 
-    // Configured, worker3 takes part in LLv2 (all duchies) but not in HMSS.
+    // Configured and in the LLv2 ring of the roles, worker3 takes part in LLv2 but not in HMSS.
     let k = TestKingdom::start_with(add_worker3).await;
     let hmss = k.create(Protocol::HonestMajorityShareShuffle, "").await;
     let llv2 = k.create(Protocol::LiquidLegionsV2, "").await;
