@@ -494,3 +494,56 @@ fn misconfigured_identities_and_roles_are_refused_at_start() {
     );
     assert!(err.contains("duchies/spare.4"), "{err}");
 }
+
+/// A duchy whose roles file disagrees with the Kingdom's (here: the HMSS non-aggregators
+/// swapped) must not play a role the others do not expect: the computation fails, naming
+/// the disagreement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duchy_whose_roles_disagree_with_the_kingdom_fails_the_computation() {
+    halo_identity::init_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let dep = Deployment::new(tmp.path());
+    fs::write(
+        tmp.path().join("roles-swapped.toml"),
+        ROLES.replacen(
+            "[\"eu-west\", \"us-east.2\"]",
+            "[\"us-east.2\", \"eu-west\"]",
+            1,
+        ),
+    )
+    .unwrap();
+    fs::write(
+        tmp.path().join("us-east.2.toml"),
+        dep.duchy_toml("us-east.2")
+            .replace("roles.toml", "roles-swapped.toml"),
+    )
+    .unwrap();
+    let procs = dep.start();
+    let pki = tmp.path().join("devpki");
+    let kingdom = dep.kingdom_url();
+    let mc = McCli::try_parse_from([
+        "mc",
+        "--pki",
+        pki.to_str().unwrap(),
+        "--kingdom",
+        &kingdom,
+        "--data-providers",
+        "edp1,edp2",
+        "--noise",
+        "none",
+        "--timeout-secs",
+        "120",
+    ])
+    .unwrap()
+    .args;
+    let err = match halo_cli::mc::run(mc).await {
+        Ok(r) => panic!("the measurement succeeded: {:?}", r.result),
+        Err(e) => format!("{e:#}"),
+    };
+    let log = procs.iter().find(|p| p.name == "us-east.2").unwrap().log();
+    assert!(
+        err.contains("disagrees with the Kingdom") || log.contains("disagrees with the Kingdom"),
+        "{err}\n{log}"
+    );
+    assert!(err.contains("FAILED"), "{err}");
+}

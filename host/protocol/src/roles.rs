@@ -124,6 +124,30 @@ impl RoleConfig {
         protocol.non_aggregator_role(index)
     }
 
+    /// Checks that the participants a Kingdom lists for a computation of `protocol` (duchy ids,
+    /// in the Kingdom's order) are the ones this roles file gives, in the same order: a duchy
+    /// whose roles file disagrees with the Kingdom's would otherwise play a role the others
+    /// do not expect.
+    pub fn check_participants(
+        &self,
+        protocol: SystemProtocol,
+        kingdom: &[&str],
+    ) -> Result<(), String> {
+        let Some(d) = self.duchies(protocol) else {
+            return Err(format!("the roles file has no table for {protocol}"));
+        };
+        let ours = d.participants();
+        if ours.iter().map(String::as_str).eq(kingdom.iter().copied()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the roles file disagrees with the Kingdom about {protocol}: the Kingdom lists \
+                 participants {kingdom:?}, the roles file gives {ours:?} (non-aggregators in \
+                 order, then the aggregator)"
+            ))
+        }
+    }
+
     /// Every duchy named anywhere, sorted.
     pub fn all_duchies(&self) -> Vec<String> {
         let mut v: Vec<String> = SystemProtocol::ALL
