@@ -68,17 +68,10 @@ fn caller_duchy<T>(core: &Core, rpc: Rpc, req: &Request<T>) -> Result<(Principal
 fn header_protocol(
     h: &sys::advance_computation_request::Header,
 ) -> Result<(SystemProtocol, i32), Status> {
-    use sys::advance_computation_request::header::Protocol;
-    match h.protocol.as_ref() {
-        Some(Protocol::LiquidLegionsV2(p)) => Ok((SystemProtocol::LiquidLegionsV2, p.description)),
-        Some(Protocol::ReachOnlyLiquidLegionsV2(p)) => {
-            Ok((SystemProtocol::ReachOnlyLiquidLegionsV2, p.description))
-        }
-        Some(Protocol::HonestMajorityShareShuffle(p)) => {
-            Ok((SystemProtocol::HonestMajorityShareShuffle, p.description))
-        }
-        None => Err(Status::invalid_argument("header has no protocol")),
-    }
+    h.protocol
+        .as_ref()
+        .map(SystemProtocol::of_advance_header)
+        .ok_or_else(|| Status::invalid_argument("header has no protocol"))
 }
 
 /// What the first message of an `AdvanceComputation` stream says.
@@ -250,6 +243,7 @@ impl ComputationControl for ControlService {
             .map_err(internal)?
         {
             let (size, sha256) = drain(&mut stream, max).await?;
+            core.metrics.bytes_received(&sender, size);
             if u64::try_from(stored.size).ok() != Some(size) || stored.sha256 != sha256 {
                 return Err(Status::failed_precondition(format!(
                     "description {description} of computation {gid} was already received from \
@@ -308,6 +302,7 @@ impl ComputationControl for ControlService {
         // writing it cannot change a recorded input.
         let (size, sha256) =
             receive_body(&mut stream, &path, max, true, advance_body_chunk).await?;
+        core.metrics.bytes_received(&sender, size);
         let input = InputRow {
             description,
             sender: sender.clone(),
@@ -369,25 +364,10 @@ impl ComputationControl for ControlService {
                 ..Facts::default()
             },
         )?;
-        use sys::computation_stage::Stage;
         // The creation pseudo-stage is not a protocol stage: report STAGE_UNSPECIFIED (0),
         // which is before every stage a peer waits for.
         let number = row.stage.max(0);
-        let stage = match row.protocol {
-            SystemProtocol::LiquidLegionsV2 => {
-                Stage::LiquidLegionsV2Stage(sys::LiquidLegionsV2Stage { stage: number })
-            }
-            SystemProtocol::ReachOnlyLiquidLegionsV2 => {
-                Stage::ReachOnlyLiquidLegionsStage(sys::ReachOnlyLiquidLegionsV2Stage {
-                    stage: number,
-                })
-            }
-            SystemProtocol::HonestMajorityShareShuffle => {
-                Stage::HonestMajorityShareShuffleStage(sys::HonestMajorityShareShuffleStage {
-                    stage: number,
-                })
-            }
-        };
+        let stage = row.protocol.computation_stage(number);
         use sha2::Digest;
         let etag = format!(
             "W/\"{}\"",

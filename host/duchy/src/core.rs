@@ -63,13 +63,7 @@ pub fn stage_name(stages: &[StageInfo], number: i32) -> String {
 
 /// Which protocol a Kingdom computation runs.
 pub fn system_protocol_of(c: &Computation) -> Option<SystemProtocol> {
-    use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as P;
-    match c.mpc_protocol_config.as_ref()?.protocol.as_ref()? {
-        P::LiquidLegionsV2(_) => Some(SystemProtocol::LiquidLegionsV2),
-        P::ReachOnlyLiquidLegionsV2(_) => Some(SystemProtocol::ReachOnlyLiquidLegionsV2),
-        P::HonestMajorityShareShuffle(_) => Some(SystemProtocol::HonestMajorityShareShuffle),
-        P::TrusTee(_) => None,
-    }
+    SystemProtocol::of_computation(c)
 }
 
 impl Core {
@@ -185,27 +179,7 @@ impl Core {
 
     /// This duchy's role in `protocol`, if it takes part at all.
     pub fn role_of(&self, protocol: SystemProtocol, duchy: &str) -> Option<Role> {
-        let r = &self.config.roles;
-        match protocol {
-            SystemProtocol::HonestMajorityShareShuffle => {
-                if duchy == r.hmss_first_non_aggregator {
-                    Some(Role::FirstNonAggregator)
-                } else if duchy == r.hmss_second_non_aggregator {
-                    Some(Role::SecondNonAggregator)
-                } else if duchy == r.hmss_aggregator {
-                    Some(Role::Aggregator)
-                } else {
-                    None
-                }
-            }
-            SystemProtocol::LiquidLegionsV2 | SystemProtocol::ReachOnlyLiquidLegionsV2 => {
-                if duchy == r.llv2_aggregator {
-                    Some(Role::Aggregator)
-                } else {
-                    Some(Role::NonAggregator)
-                }
-            }
-        }
+        self.config.roles.role_of(protocol, duchy)
     }
 
     /// The participants of a computation with their roles.

@@ -8,6 +8,7 @@
 //! (a store error) is not skipped: the stream restarts from the persisted token with backoff.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use anyhow::{Result, anyhow};
 use halo_proto::system::v1alpha as sys;
@@ -19,20 +20,59 @@ use crate::core::{Core, system_protocol_of};
 use crate::names;
 use crate::store::{NewComputation, RequisitionRow, START_STAGE};
 
+/// Whether the herald is in touch with the Kingdom (readiness).
+#[derive(Default)]
+pub struct HeraldStatus {
+    connected: AtomicBool,
+    /// When the Kingdom last answered (stream opened or an item arrived), ms since the epoch.
+    last_contact_ms: AtomicI64,
+}
+
+impl HeraldStatus {
+    /// True while the stream is open, or if the Kingdom answered within `recent`.
+    pub fn kingdom_reachable(&self, recent: std::time::Duration) -> bool {
+        self.connected.load(Ordering::SeqCst)
+            || crate::store::now_ms() - self.last_contact_ms.load(Ordering::SeqCst)
+                <= recent.as_millis() as i64
+    }
+
+    fn contact(&self) {
+        self.last_contact_ms
+            .store(crate::store::now_ms(), Ordering::SeqCst);
+    }
+}
+
 /// Runs until `shutdown` turns true.
-pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(core: Arc<Core>, shutdown: watch::Receiver<bool>) {
+    run_reporting(core, shutdown, Arc::new(HeraldStatus::default())).await
+}
+
+/// [`run`], keeping `status` up to date. At shutdown an item being processed is finished
+/// (and its token persisted) before the stream is dropped.
+pub async fn run_reporting(
+    core: Arc<Core>,
+    mut shutdown: watch::Receiver<bool>,
+    status: Arc<HeraldStatus>,
+) {
     let cfg = core.config.herald.clone();
     let mut backoff = cfg.backoff_initial;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let res = tokio::select! {
-            _ = shutdown.wait_for(|v| *v) => return,
-            r = follow_stream(&core) => r,
-        };
+        let res = follow_stream(&core, &status, shutdown.clone()).await;
+        status.connected.store(false, Ordering::SeqCst);
+        if *shutdown.borrow() {
+            if let Err(e) = res {
+                tracing::info!(duchy = %core.id(), "herald stopped: {e:#}");
+            }
+            return;
+        }
         match res {
-            Ok(()) => backoff = cfg.backoff_initial,
+            Ok(()) => {
+                tracing::info!(duchy = %core.id(), "the Kingdom ended the active-computations stream; resuming from the continuation token");
+                backoff = cfg.backoff_initial;
+            }
             Err(e) => {
                 tracing::warn!(duchy = %core.id(), "herald stream failed, retrying in {:?}: {e:#}", backoff);
                 tokio::select! {
@@ -45,16 +85,30 @@ pub async fn run(core: Arc<Core>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-async fn follow_stream(core: &Arc<Core>) -> Result<()> {
+/// Follows one stream until it ends, fails, or `shutdown` (between items).
+async fn follow_stream(
+    core: &Arc<Core>,
+    status: &HeraldStatus,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     let token = core.store.continuation_token().await?;
-    let mut stream = core
-        .computations_client()
-        .stream_active_computations(sys::StreamActiveComputationsRequest {
-            continuation_token: token,
-        })
-        .await?
-        .into_inner();
-    while let Some(item) = stream.message().await? {
+    let mut client = core.computations_client();
+    let open = client.stream_active_computations(sys::StreamActiveComputationsRequest {
+        continuation_token: token,
+    });
+    let mut stream = tokio::select! {
+        _ = shutdown.wait_for(|v| *v) => return Ok(()),
+        r = open => r?.into_inner(),
+    };
+    status.connected.store(true, Ordering::SeqCst);
+    status.contact();
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => return Ok(()),
+            m = stream.message() => m?,
+        };
+        let Some(item) = item else { break };
+        status.contact();
         if let Some(c) = item.computation {
             halo_crashpoint::point("herald.received");
             process(core, &c)
@@ -167,6 +221,15 @@ async fn create(
         let msg = format!("duchy {me} has no configured role for {protocol}");
         return core.fail(global_id, &msg).await;
     };
+    let listed: Vec<&str> = c
+        .computation_participants
+        .iter()
+        .filter_map(|p| names::parse_participant(&p.name).map(|(_, d)| d))
+        .collect();
+    if let Err(why) = core.config.roles.check_participants(protocol, &listed) {
+        let msg = format!("duchy {me}: {why}");
+        return core.fail(global_id, &msg).await;
+    }
     let Some(plugin) = core.config.protocols.select(protocol) else {
         let msg = format!("no implementation of {protocol} is loaded at duchy {me}");
         return core.fail(global_id, &msg).await;

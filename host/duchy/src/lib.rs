@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mill;
 pub mod names;
 pub mod outcome;
+mod running;
 pub use halo_protocol as protocol;
 pub mod store;
 
@@ -29,35 +30,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
 pub use crate::core::Core;
 use crate::protocol::ProtocolRegistry;
 
-/// Which duchy plays which role, per protocol (static configuration, as in the reference's
-/// `ProtocolsSetupConfig`).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct RoleConfig {
-    pub hmss_first_non_aggregator: String,
-    pub hmss_second_non_aggregator: String,
-    pub hmss_aggregator: String,
-    /// Aggregator of Liquid Legions v2 and reach-only LLv2; every other duchy is a
-    /// non-aggregator.
-    pub llv2_aggregator: String,
-}
-
-impl Default for RoleConfig {
-    fn default() -> Self {
-        RoleConfig {
-            hmss_first_non_aggregator: "worker1".into(),
-            hmss_second_non_aggregator: "worker2".into(),
-            hmss_aggregator: "aggregator".into(),
-            llv2_aggregator: "aggregator".into(),
-        }
-    }
-}
+/// Which duchy plays which role, per protocol: the operator's roles file, shared with the
+/// Kingdom (see [`halo_protocol::roles`]).
+pub use halo_protocol::roles::RoleConfig;
 
 /// Mill settings.
 #[derive(Clone, Debug)]
@@ -205,90 +183,4 @@ impl Default for DuchyLimits {
     }
 }
 
-/// A running duchy: herald, mill pool and the two gRPC servers.
-pub struct RunningDuchy {
-    pub addr: SocketAddr,
-    pub core: Arc<Core>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl RunningDuchy {
-    pub async fn start(config: DuchyConfig) -> Result<RunningDuchy> {
-        halo_identity::init_crypto();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let core = Arc::new(Core::new(config.clone()).await?);
-        // The data directory is locked: every lease in the store belongs to a dead incarnation
-        // of this process. Free them now (not after the lease expires), then re-evaluate every
-        // active computation from stored state (a transition interrupted by the crash).
-        let freed = core.store.release_stale_leases().await?;
-        if !freed.is_empty() {
-            tracing::info!(duchy = %config.id, computations = freed.len(), "freed the leases of a previous process");
-        }
-        for gid in core.store.active_ids().await? {
-            if let Err(e) = core.drive(&gid).await {
-                tracing::warn!(duchy = %config.id, computation = %gid, "re-evaluating at start-up: {e:#}");
-            }
-        }
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr()?;
-        let tls = config
-            .identity
-            .server_config(&config.trust)
-            .context("server TLS config")?;
-        let incoming =
-            halo_identity::tls_incoming(listener, tls, config.trust.clone(), config.tls_limits);
-        let (incoming, idle) =
-            halo_limits::idle::track(incoming, config.limits.server.idle_timeout);
-        let mut stop = shutdown_rx.clone();
-        let server = config
-            .limits
-            .server
-            .apply(tonic::transport::Server::builder())
-            .layer(idle)
-            .layer(halo_identity::AuthenticateLayer::new(config.trust.clone()))
-            .add_service(control::server(core.clone()))
-            .add_service(fulfillment::server(core.clone()))
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|v| *v).await;
-            });
-        let server = tokio::spawn(server);
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(herald::run(core.clone(), shutdown_rx.clone())));
-        tasks.push(tokio::spawn(mill::run_supervisor(
-            core.clone(),
-            shutdown_rx.clone(),
-        )));
-        for i in 0..config.mill.workers.max(1) {
-            tasks.push(tokio::spawn(mill::run_worker(
-                core.clone(),
-                i,
-                shutdown_rx.clone(),
-            )));
-        }
-        tracing::info!(duchy = %config.id, %addr, "duchy started");
-        Ok(RunningDuchy {
-            addr,
-            core,
-            shutdown,
-            tasks,
-            server,
-        })
-    }
-
-    pub async fn shutdown(self) -> Result<()> {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        match self.server.await {
-            Ok(r) => r.context("duchy server")?,
-            Err(e) => return Err(anyhow::anyhow!("duchy server task: {e}")),
-        }
-        self.core.store.close().await;
-        Ok(())
-    }
-}
+pub use running::{DEFAULT_SHUTDOWN_GRACE, DuchyReadiness, RunningDuchy};

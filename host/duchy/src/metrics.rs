@@ -1,5 +1,6 @@
 //! Duchy metrics in the OpenMetrics text format, with bounded labels only (plugin, version,
-//! stage, outcome — never computation ids or peer addresses).
+//! stage, outcome, retry cause, peer duchy id — never computation ids or peer addresses).
+//! Served with `/healthz` and `/readyz` by [`crate::RunningDuchy::serve_ops`] (`halo_ops`).
 
 use std::sync::Mutex;
 
@@ -35,11 +36,76 @@ pub struct PluginLabels {
     pub offered: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub plugin: String,
+    pub version: String,
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TakeoverLabels {
+    /// `expired`: another worker's lease ran out while it held the stage; `previous_process`:
+    /// freed at start-up from a process that died holding it.
+    pub from: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// See [`RetryCause`].
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The other duchy's id (configured principals only: bounded).
+    pub peer: String,
+}
+
+/// Why a claimed stage was given back to be tried again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryCause {
+    /// A peer or the Kingdom is behind or unavailable (not an attempt).
+    Wait,
+    /// The disk is full (waited out, not an attempt).
+    StorageFull,
+    /// The plugin reported a transient error (its own, or the engine's: the stage deadline,
+    /// no free instance slot).
+    Plugin,
+    /// The plugin's `start` crashed.
+    Crashed,
+    /// Delivering the effects (Kingdom calls, payloads) failed transiently.
+    Delivery,
+    /// A local store or disk error.
+    Local,
+    /// The process shut down before the stage finished (not an attempt).
+    Shutdown,
+}
+
+impl RetryCause {
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryCause::Wait => "wait",
+            RetryCause::StorageFull => "storage_full",
+            RetryCause::Plugin => "plugin",
+            RetryCause::Crashed => "crashed",
+            RetryCause::Delivery => "delivery",
+            RetryCause::Local => "local",
+            RetryCause::Shutdown => "shutdown",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub stage_executions: Family<StageLabels, Counter>,
     pub stage_seconds: Family<StageTimeLabels, Histogram>,
     pub plugins_loaded: Family<PluginLabels, Gauge>,
+    pub queue_depth: Family<QueueLabels, Gauge>,
+    pub lease_takeovers: Family<TakeoverLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub peer_bytes_sent: Family<PeerLabels, Counter>,
+    pub peer_bytes_received: Family<PeerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,12 +137,88 @@ impl Metrics {
             "Protocol plugin versions loaded in this duchy",
             plugins_loaded.clone(),
         );
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Queued stages of unfinished computations (claimable, waiting for a retry or running) by plugin, version and stage",
+            queue_depth.clone(),
+        );
+        let lease_takeovers = Family::<TakeoverLabels, Counter>::default();
+        registry.register(
+            "lease_takeovers",
+            "Claims of a stage whose lease another worker or process still held when it expired",
+            lease_takeovers.clone(),
+        );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Claimed stages given back to be tried again, by cause",
+            retries.clone(),
+        );
+        let peer_bytes_sent = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peer_bytes_sent",
+            "AdvanceComputation payload bytes delivered to each peer duchy",
+            peer_bytes_sent.clone(),
+        );
+        let peer_bytes_received = Family::<PeerLabels, Counter>::default();
+        registry.register(
+            "peer_bytes_received",
+            "AdvanceComputation payload bytes received from each peer duchy",
+            peer_bytes_received.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             stage_executions,
             stage_seconds,
             plugins_loaded,
+            queue_depth,
+            lease_takeovers,
+            retries,
+            peer_bytes_sent,
+            peer_bytes_received,
         }
+    }
+
+    /// Replaces the queue-depth gauge with `depths` (plugin, version, stage name, count).
+    pub fn set_queue_depth(&self, depths: &[(String, String, String, i64)]) {
+        self.queue_depth.clear();
+        for (plugin, version, stage, n) in depths {
+            self.queue_depth
+                .get_or_create(&QueueLabels {
+                    plugin: plugin.clone(),
+                    version: version.clone(),
+                    stage: stage.clone(),
+                })
+                .set(*n);
+        }
+    }
+
+    /// A lease taken over (`from`: `expired` or `previous_process`), `n` times.
+    pub fn lease_takeover(&self, from: &str, n: u64) {
+        self.lease_takeovers
+            .get_or_create(&TakeoverLabels { from: from.into() })
+            .inc_by(n);
+    }
+
+    pub fn retry(&self, cause: RetryCause) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                cause: cause.label().into(),
+            })
+            .inc();
+    }
+
+    pub fn bytes_sent(&self, peer: &str, n: u64) {
+        self.peer_bytes_sent
+            .get_or_create(&PeerLabels { peer: peer.into() })
+            .inc_by(n);
+    }
+
+    pub fn bytes_received(&self, peer: &str, n: u64) {
+        self.peer_bytes_received
+            .get_or_create(&PeerLabels { peer: peer.into() })
+            .inc_by(n);
     }
 
     pub fn record_stage(
@@ -129,83 +271,68 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`. `refresh` runs before each scrape.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-    refresh: std::sync::Arc<dyn Fn(&Metrics) + Send + Sync>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let (mut sock, _) = tokio::select! {
-            _ = shutdown.wait_for(|v| *v) => return,
-            r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
-        };
-        let metrics = metrics.clone();
-        let refresh = refresh.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 8192];
-            let mut len = 0;
-            while len < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf[len..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => {
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let request = String::from_utf8_lossy(&buf[..len]);
-            let response = if request.starts_with("GET /metrics") {
-                refresh(&metrics);
-                let body = metrics.encode();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            };
-            let _ = sock.write_all(response.as_bytes()).await;
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn serves_openmetrics_with_bounded_labels() {
-        let m = Arc::new(Metrics::new());
+    #[test]
+    fn stage_and_plugin_metrics_have_bounded_labels() {
+        let m = Metrics::new();
         m.record_stage("hmss", "1.0.0", "SHUFFLE_PHASE", "ok", 0.25);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let refresh: Arc<dyn Fn(&Metrics) + Send + Sync> = Arc::new(|m| {
-            m.set_plugins(&[("hmss".into(), "1.1.0".into(), "halo:mpc@1.0.0".into(), true)])
-        });
-        tokio::spawn(serve(listener, m.clone(), refresh, rx));
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        m.set_plugins(&[("hmss".into(), "1.1.0".into(), "halo:mpc@1.0.0".into(), true)]);
+        let body = m.encode();
         assert!(body.contains(r#"halo_duchy_stage_executions_total{plugin="hmss",version="1.0.0",stage="SHUFFLE_PHASE",outcome="ok"} 1"#), "{body}");
         assert!(body.contains(r#"halo_duchy_plugin_loaded{plugin="hmss",version="1.1.0",wit="halo:mpc@1.0.0",offered="true"} 1"#), "{body}");
-        let _ = stop.send(true);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+
+    #[test]
+    fn queue_depth_is_replaced_not_accumulated() {
+        let m = Metrics::new();
+        m.set_queue_depth(&[
+            ("hmss".into(), "1.0.0".into(), "SETUP_PHASE".into(), 3),
+            ("hmss".into(), "1.0.0".into(), "SHUFFLE_PHASE".into(), 1),
+        ]);
+        m.set_queue_depth(&[("hmss".into(), "1.0.0".into(), "SHUFFLE_PHASE".into(), 2)]);
+        let body = m.encode();
+        assert!(
+            body.contains(
+                r#"halo_duchy_queue_depth{plugin="hmss",version="1.0.0",stage="SHUFFLE_PHASE"} 2"#
+            ),
+            "{body}"
+        );
+        assert!(
+            !body.contains("SETUP_PHASE"),
+            "a drained stage must disappear: {body}"
+        );
+    }
+
+    #[test]
+    fn takeovers_retries_and_peer_bytes_count() {
+        let m = Metrics::new();
+        m.lease_takeover("expired", 1);
+        m.lease_takeover("previous_process", 2);
+        m.lease_takeover("expired", 1);
+        m.retry(RetryCause::Wait);
+        m.retry(RetryCause::Wait);
+        m.retry(RetryCause::Crashed);
+        m.retry(RetryCause::Shutdown);
+        m.bytes_sent("worker2", 100);
+        m.bytes_sent("worker2", 28);
+        m.bytes_received("aggregator", 7);
+        let body = m.encode();
+        for line in [
+            r#"halo_duchy_lease_takeovers_total{from="expired"} 2"#,
+            r#"halo_duchy_lease_takeovers_total{from="previous_process"} 2"#,
+            r#"halo_duchy_retries_total{cause="wait"} 2"#,
+            r#"halo_duchy_retries_total{cause="crashed"} 1"#,
+            r#"halo_duchy_retries_total{cause="shutdown"} 1"#,
+            r#"halo_duchy_peer_bytes_sent_total{peer="worker2"} 128"#,
+            r#"halo_duchy_peer_bytes_received_total{peer="aggregator"} 7"#,
+        ] {
+            assert!(body.contains(line), "missing {line}: {body}");
+        }
+        assert!(!body.contains(r#"cause="plugin""#), "{body}");
     }
 }

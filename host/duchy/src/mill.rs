@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::blobs;
 use crate::core::{Core, stage_name};
 use crate::kingdom::{EffectError, ErrorKind};
+use crate::metrics::RetryCause;
 use crate::names;
 use crate::outcome::{OutcomeCheck, validate_outcome, validate_start};
 use crate::protocol::{
@@ -32,16 +33,28 @@ use crate::protocol::{
 };
 use crate::store::{Claim, ComputationRow, START_STAGE, now_ms};
 
-/// Runs one worker until `shutdown`.
-pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Receiver<bool>) {
+/// Runs one worker until `shutdown`: from then on it claims nothing more, and returns once
+/// the stage it is running (if any) has finished. If `abort` turns true first (the shutdown
+/// grace period is over), the stage is abandoned where it stands and its claim given back
+/// without counting an attempt, claimable at once by the next process.
+pub async fn run_worker(
+    core: Arc<Core>,
+    index: usize,
+    mut shutdown: watch::Receiver<bool>,
+    mut abort: watch::Receiver<bool>,
+) {
     let owner = format!("{}-mill-{}-{:08x}", core.id(), index, rand::random::<u32>());
     let poll = core.config.mill.poll;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match core.store.claim(&owner, core.config.mill.lease).await {
-            Ok(Some(row)) => {
+        match core.store.claim_next(&owner, core.config.mill.lease).await {
+            Ok(Some((row, previous))) => {
+                if let Some(previous) = previous {
+                    tracing::warn!(computation = %row.global_id, %previous, "took over an expired lease");
+                    core.metrics.lease_takeover("expired", 1);
+                }
                 let id = row.global_id.clone();
                 let claim = Claim {
                     owner: owner.clone(),
@@ -55,7 +68,19 @@ pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Rece
                     claim.clone(),
                     lost.clone(),
                 ));
-                let res = process_claim(&core, &claim, row.clone(), &lost).await;
+                let aborted = async {
+                    let _ = abort.wait_for(|v| *v).await;
+                };
+                let res = tokio::select! {
+                    res = process_claim(&core, &claim, row.clone(), &lost) => res,
+                    () = aborted => {
+                        // Dropping the stage's future here is what a crash at this point would
+                        // do (every step is fenced by the claim), minus the lease left behind.
+                        heartbeat.abort();
+                        release_at_shutdown(&core, &id, &claim).await;
+                        return;
+                    }
+                };
                 heartbeat.abort();
                 if let Err(e) = res {
                     // A local error (store, disk): give the claim back rather than let the
@@ -65,12 +90,18 @@ pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Rece
                     let delay =
                         backoff(&core.config.mill, row.waits).min(core.config.mill.wait_max);
                     let event = if full { "waiting" } else { "transient" };
-                    if let Err(e2) = core
+                    match core
                         .store
                         .release(&id, &claim, delay, full, (event, &format!("{e:#}")))
                         .await
                     {
-                        tracing::warn!(computation = %id, "releasing the claim: {e2:#}");
+                        Ok(true) => core.metrics.retry(if full {
+                            RetryCause::StorageFull
+                        } else {
+                            RetryCause::Local
+                        }),
+                        Ok(false) => {}
+                        Err(e2) => tracing::warn!(computation = %id, "releasing the claim: {e2:#}"),
                     }
                 }
             }
@@ -85,6 +116,23 @@ pub async fn run_worker(core: Arc<Core>, index: usize, mut shutdown: watch::Rece
                 tracing::error!("mill: claiming work failed: {e:#}");
                 tokio::time::sleep(poll).await;
             }
+        }
+    }
+}
+
+/// Gives a claim back at shutdown (not an attempt; claimable at once).
+async fn release_at_shutdown(core: &Arc<Core>, gid: &str, claim: &Claim) {
+    match core.store.release_at_shutdown(gid, claim).await {
+        Ok(true) => {
+            core.metrics.retry(RetryCause::Shutdown);
+            tracing::info!(computation = %gid, attempt = claim.attempt, "shutting down: stage interrupted, lease released");
+        }
+        Ok(false) => {
+            tracing::info!(computation = %gid, "shutting down: the claim had already ended")
+        }
+        Err(e) => {
+            // The next process frees it at start-up (the data directory lock says it is dead).
+            tracing::warn!(computation = %gid, "shutting down: releasing the lease: {e:#}")
         }
     }
 }
@@ -243,9 +291,9 @@ fn stage_attempt(row: &ComputationRow, name: &str) -> sys::StageAttempt {
 /// What one claim ended in (other than success).
 enum Trouble {
     /// Not ready yet: release without counting the attempt.
-    Wait(String),
+    Wait(RetryCause, String),
     /// Retry with backoff; counts as an attempt.
-    Transient(String),
+    Transient(RetryCause, String),
     /// Fail the computation.
     Permanent(String),
 }
@@ -253,8 +301,8 @@ enum Trouble {
 impl From<EffectError> for Trouble {
     fn from(e: EffectError) -> Self {
         match e.kind {
-            ErrorKind::Wait => Trouble::Wait(e.message),
-            ErrorKind::Transient => Trouble::Transient(e.message),
+            ErrorKind::Wait => Trouble::Wait(RetryCause::Wait, e.message),
+            ErrorKind::Transient => Trouble::Transient(RetryCause::Delivery, e.message),
             ErrorKind::Permanent => Trouble::Permanent(e.message),
         }
     }
@@ -325,9 +373,9 @@ async fn process_claim(
 /// A local error (store, disk): a full disk is waited out, anything else is transient.
 fn local_trouble(e: anyhow::Error) -> Trouble {
     if blobs::is_storage_full(&e) {
-        Trouble::Wait(format!("storage full: {e:#}"))
+        Trouble::Wait(RetryCause::StorageFull, format!("storage full: {e:#}"))
     } else {
-        Trouble::Transient(format!("{e:#}"))
+        Trouble::Transient(RetryCause::Local, format!("{e:#}"))
     }
 }
 
@@ -368,7 +416,7 @@ async fn run_start(
     );
     let out = match res {
         Ok(Ok(o)) => o,
-        Ok(Err(StageError::Transient(m))) => return Err(Trouble::Transient(m)),
+        Ok(Err(StageError::Transient(m))) => return Err(Trouble::Transient(RetryCause::Plugin, m)),
         Ok(Err(e)) => {
             return Err(Trouble::Permanent(format!(
                 "{} rejected the computation: {e}",
@@ -376,10 +424,10 @@ async fn run_start(
             )));
         }
         Err(e) => {
-            return Err(Trouble::Transient(format!(
-                "{} start crashed: {e}",
-                row.pin
-            )));
+            return Err(Trouble::Transient(
+                RetryCause::Crashed,
+                format!("{} start crashed: {e}", row.pin),
+            ));
         }
     };
     validate_start(&row.pin, &stages, core.config.mill.outcome_limits(), &out)
@@ -451,6 +499,9 @@ async fn run_stage(
                 .iter()
                 .map(|p| p.duchy_id.clone())
                 .collect();
+            if let Some(pause) = halo_crashpoint::pause_at("mill.execute", name) {
+                tokio::time::sleep(pause).await;
+            }
             let p = protocol.clone();
             let stage = row.stage;
             let started = std::time::Instant::now();
@@ -490,7 +541,10 @@ async fn run_stage(
             let outcome = match res {
                 Ok(Ok(o)) => o,
                 Ok(Err(StageError::Transient(m))) => {
-                    return Err(Trouble::Transient(format!("{}: {m}", row.pin)));
+                    return Err(Trouble::Transient(
+                        RetryCause::Plugin,
+                        format!("{}: {m}", row.pin),
+                    ));
                 }
                 Ok(Err(e)) => {
                     return Err(Trouble::Permanent(format!("{} stage {name}: {e}", row.pin)));
@@ -587,14 +641,18 @@ async fn settle(
     let cfg = &core.config.mill;
     let attempt = stage_attempt(row, name);
     match trouble {
-        Trouble::Wait(m) => {
+        Trouble::Wait(cause, m) => {
             let delay = backoff(cfg, row.waits).min(cfg.wait_max);
             tracing::info!(computation = %gid, stage = %name, "not ready, retry in {delay:?}: {m}");
-            core.store
+            if core
+                .store
                 .release(gid, claim, delay, true, ("waiting", &m))
-                .await?;
+                .await?
+            {
+                core.metrics.retry(cause);
+            }
         }
-        Trouble::Transient(m) => {
+        Trouble::Transient(cause, m) => {
             let delay = backoff(cfg, row.attempt.saturating_sub(1));
             tracing::warn!(computation = %gid, stage = %name, attempt = row.attempt, "transient failure, retry in {delay:?}: {m}");
             if core
@@ -602,6 +660,7 @@ async fn settle(
                 .release(gid, claim, delay, false, ("transient", &m))
                 .await?
             {
+                core.metrics.retry(cause);
                 core.log_to_kingdom(gid, &format!("transient: {m}"), true, Some(attempt))
                     .await;
             }
@@ -719,12 +778,9 @@ async fn apply_effects(
 
 /// The stage number in a `ComputationStage` reply.
 pub fn stage_number(s: &sys::ComputationStage) -> Option<i32> {
-    use sys::computation_stage::Stage;
-    Some(match s.stage.as_ref()? {
-        Stage::LiquidLegionsV2Stage(x) => x.stage,
-        Stage::ReachOnlyLiquidLegionsStage(x) => x.stage,
-        Stage::HonestMajorityShareShuffleStage(x) => x.stage,
-    })
+    s.stage
+        .as_ref()
+        .map(|s| SystemProtocol::of_computation_stage(s).1)
 }
 
 pub fn advance_header(
@@ -732,22 +788,11 @@ pub fn advance_header(
     global_id: &str,
     description: i32,
 ) -> sys::AdvanceComputationRequest {
-    use sys::advance_computation_request::{Header, Payload, header::Protocol};
-    let p = match protocol {
-        SystemProtocol::LiquidLegionsV2 => {
-            Protocol::LiquidLegionsV2(sys::LiquidLegionsV2 { description })
-        }
-        SystemProtocol::ReachOnlyLiquidLegionsV2 => {
-            Protocol::ReachOnlyLiquidLegionsV2(sys::ReachOnlyLiquidLegionsV2 { description })
-        }
-        SystemProtocol::HonestMajorityShareShuffle => {
-            Protocol::HonestMajorityShareShuffle(sys::HonestMajorityShareShuffle { description })
-        }
-    };
+    use sys::advance_computation_request::{Header, Payload};
     sys::AdvanceComputationRequest {
         payload: Some(Payload::Header(Header {
             name: names::computation_name(global_id),
-            protocol: Some(p),
+            protocol: Some(protocol.advance_header(description)),
         })),
     }
 }
@@ -850,6 +895,7 @@ async fn send_to_peer(
         }
     }
     halo_crashpoint::point("send.acked");
+    core.metrics.bytes_sent(&s.to, sent);
     core.store
         .audit(
             &row.global_id,

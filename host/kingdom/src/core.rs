@@ -15,7 +15,9 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::config::{DefaultProtocolConfigs, HmssRoles, KingdomConfig};
+use crate::config::{DefaultProtocolConfigs, KingdomConfig};
+use halo_protocol::SystemProtocol;
+use halo_protocol::roles::RoleConfig;
 use crate::names::{self, CertificateKey, CertificateOwner};
 use crate::store::{self, ComputationData, Db, ParticipantRow, RequisitionRow};
 
@@ -32,12 +34,10 @@ pub(crate) struct CertInfo {
 /// Configured principals and their certificates.
 #[derive(Debug)]
 pub(crate) struct Directory {
-    duchy_order: Vec<String>,
     duchies: HashMap<String, CertInfo>,
     data_providers: HashMap<String, CertInfo>,
     measurement_consumers: HashSet<String>,
-    pub hmss: HmssRoles,
-    pub llv2_aggregator: String,
+    pub roles: RoleConfig,
     pub defaults: DefaultProtocolConfigs,
 }
 
@@ -48,7 +48,6 @@ impl Directory {
             der: der.clone(),
         };
         Self {
-            duchy_order: config.duchies.iter().map(|d| d.id.clone()).collect(),
             duchies: config
                 .duchies
                 .iter()
@@ -60,14 +59,9 @@ impl Directory {
                 .map(|d| (d.id.clone(), cert(&d.certificate_der)))
                 .collect(),
             measurement_consumers: config.measurement_consumers.iter().cloned().collect(),
-            hmss: config.hmss.clone(),
-            llv2_aggregator: config.llv2_aggregator.clone(),
+            roles: config.roles.clone(),
             defaults: config.default_protocol_config.clone(),
         }
-    }
-
-    pub fn duchy_ids(&self) -> &[String] {
-        &self.duchy_order
     }
 
     pub fn is_duchy(&self, id: &str) -> bool {
@@ -254,11 +248,11 @@ impl Core {
 }
 
 /// The protocol of a stored measurement.
-pub(crate) fn protocol_of(m: &store::MeasurementRow) -> Result<admin::Protocol, Status> {
-    match admin::Protocol::try_from(m.protocol) {
-        Ok(p) if p != admin::Protocol::Unspecified => Ok(p),
-        _ => Err(store::corrupt("protocol", m.protocol)),
-    }
+pub(crate) fn protocol_of(m: &store::MeasurementRow) -> Result<SystemProtocol, Status> {
+    admin::Protocol::try_from(m.protocol)
+        .ok()
+        .and_then(SystemProtocol::from_admin)
+        .ok_or_else(|| store::corrupt("protocol", m.protocol))
 }
 
 /// The duchy ids of a computation's participants (authorization facts).

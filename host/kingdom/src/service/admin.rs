@@ -17,7 +17,6 @@ use halo_proto::halo::v1::{
 };
 use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
-use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as MpcProtocol;
 use halo_proto::system::v1alpha::computation_participant::State as ParticipantState;
 use halo_proto::system::v1alpha::requisition::State as RequisitionState;
 use prost::Message as _;
@@ -26,6 +25,7 @@ use sqlx::SqliteConnection;
 use tonic::{Request, Response, Status};
 
 use halo_authz::{Facts, Rpc};
+use halo_protocol::SystemProtocol;
 
 use crate::core::{Core, is_terminal, protocol_of, state_name};
 use crate::names::{self, CertificateKey, MeasurementKey};
@@ -44,31 +44,27 @@ pub(crate) struct CertificatesService {
 }
 
 /// The protocol of a new measurement, from the explicit field and/or the config override.
-fn resolve_protocol(protocol: i32, config: Option<&MpcProtocolConfig>) -> Result<Protocol, Status> {
+fn resolve_protocol(
+    protocol: i32,
+    config: Option<&MpcProtocolConfig>,
+) -> Result<SystemProtocol, Status> {
     let requested = Protocol::try_from(protocol)
         .map_err(|_| Status::invalid_argument(format!("unknown protocol {protocol}")))?;
-    let from_config = match config.and_then(|c| c.protocol.as_ref()) {
-        None => None,
-        Some(MpcProtocol::LiquidLegionsV2(_)) => Some(Protocol::LiquidLegionsV2),
-        Some(MpcProtocol::ReachOnlyLiquidLegionsV2(_)) => Some(Protocol::ReachOnlyLiquidLegionsV2),
-        Some(MpcProtocol::HonestMajorityShareShuffle(_)) => {
-            Some(Protocol::HonestMajorityShareShuffle)
-        }
-        Some(MpcProtocol::TrusTee(_)) => {
-            return Err(Status::invalid_argument("TrusTEE is not supported"));
-        }
-    };
-    match (requested, from_config) {
-        (Protocol::Unspecified, None) => Err(Status::invalid_argument(
+    let from_config = config
+        .and_then(|c| c.protocol.as_ref())
+        .map(SystemProtocol::of_mpc_config)
+        .transpose()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    match (SystemProtocol::from_admin(requested), from_config) {
+        (None, None) => Err(Status::invalid_argument(
             "protocol is required (or a protocol_config naming one)",
         )),
-        (Protocol::Unspecified, Some(p)) => Ok(p),
-        (p, None) => Ok(p),
-        (p, Some(q)) if p == q => Ok(p),
-        (p, Some(q)) => Err(Status::invalid_argument(format!(
+        (Some(p), None) | (None, Some(p)) => Ok(p),
+        (Some(p), Some(q)) if p == q => Ok(p),
+        (Some(p), Some(q)) => Err(Status::invalid_argument(format!(
             "protocol {} does not match protocol_config ({})",
-            p.as_str_name(),
-            q.as_str_name()
+            p.admin().as_str_name(),
+            q.admin().as_str_name()
         ))),
     }
 }
@@ -116,11 +112,13 @@ impl Measurements for MeasurementsService {
         let protocol_config = match req.protocol_config {
             Some(c) if c.protocol.is_some() => c,
             _ => match protocol {
-                Protocol::LiquidLegionsV2 => directory.defaults.liquid_legions_v2(),
-                Protocol::ReachOnlyLiquidLegionsV2 => {
+                SystemProtocol::LiquidLegionsV2 => directory.defaults.liquid_legions_v2(),
+                SystemProtocol::ReachOnlyLiquidLegionsV2 => {
                     directory.defaults.reach_only_liquid_legions_v2()
                 }
-                _ => directory.defaults.honest_majority_share_shuffle(),
+                SystemProtocol::HonestMajorityShareShuffle => {
+                    directory.defaults.honest_majority_share_shuffle()
+                }
             },
         };
         if req.measurement_spec.is_empty() {
@@ -155,23 +153,14 @@ impl Measurements for MeasurementsService {
                 nonce_hash: entry.nonce_hash,
             });
         }
-        let (participants, aggregator): (Vec<String>, String) = match protocol {
-            Protocol::HonestMajorityShareShuffle => {
-                let h = &directory.hmss;
-                (
-                    vec![
-                        h.first_non_aggregator.clone(),
-                        h.second_non_aggregator.clone(),
-                        h.aggregator.clone(),
-                    ],
-                    h.aggregator.clone(),
-                )
-            }
-            _ => (
-                directory.duchy_ids().to_vec(),
-                directory.llv2_aggregator.clone(),
-            ),
+        let system = protocol;
+        let Some(roles) = directory.roles.duchies(system) else {
+            return Err(Status::failed_precondition(format!(
+                "this kingdom has no duchies configured for {system} (roles file)"
+            )));
         };
+        let participants = roles.participants();
+        let aggregator = roles.aggregator.clone();
 
         let mut tx = self.core.db.write().await?;
         if !req.request_id.is_empty()
@@ -193,7 +182,7 @@ impl Measurements for MeasurementsService {
         .bind(measurement_id)
         .bind(&mc)
         .bind(&req.request_id)
-        .bind(protocol as i32)
+        .bind(protocol.admin() as i32)
         .bind(&req.measurement_spec)
         .bind(protocol_config.encode_to_vec())
         .bind(&aggregator)
@@ -220,14 +209,14 @@ impl Measurements for MeasurementsService {
         for (ordinal, r) in new_requisitions.iter().enumerate() {
             let requisition_id =
                 fresh_id(tx.conn(), "requisitions", "external_requisition_id").await?;
-            let fulfilling_duchy = match protocol {
-                Protocol::HonestMajorityShareShuffle => {
-                    let non_aggregators = directory.hmss.non_aggregators();
-                    // requisition_id > 0, so the index is 0 or 1.
-                    let index = usize::from(requisition_id % 2 == 1);
-                    Some(non_aggregators[index].to_owned())
+            let fulfilling_duchy = match protocol.assigns_fulfilling_duchy() {
+                true => {
+                    // Spread requisitions over the non-aggregators by id.
+                    let n = roles.non_aggregators.len().max(1) as i64;
+                    let index = usize::try_from(requisition_id.rem_euclid(n)).unwrap_or(0);
+                    roles.non_aggregators.get(index).cloned()
                 }
-                _ => None,
+                false => None,
             };
             sqlx::query(
                 "INSERT INTO requisitions (external_requisition_id, external_computation_id, \
@@ -258,7 +247,7 @@ impl Measurements for MeasurementsService {
         tracing::info!(
             measurement = %names::measurement_name(&mc, measurement_id),
             computation = %names::computation_name(computation_id),
-            protocol = protocol.as_str_name(),
+            protocol = protocol.admin().as_str_name(),
             "created measurement"
         );
         Ok(Response::new(self.core.measurement_view(&row)))
@@ -476,11 +465,9 @@ impl DataProviderRequisitions for DataProviderRequisitionsService {
                     e.insert((self.core.computation_view(&data)?, protocol))
                 }
             };
-            let fulfilling_duchy = match protocol {
-                Protocol::HonestMajorityShareShuffle => {
-                    row.fulfilling_duchy_id.clone().unwrap_or_default()
-                }
-                _ => String::new(),
+            let fulfilling_duchy = match protocol.assigns_fulfilling_duchy() {
+                true => row.fulfilling_duchy_id.clone().unwrap_or_default(),
+                false => String::new(),
             };
             out.push(DataProviderRequisition {
                 name: names::data_provider_requisition_name(&dp, row.external_requisition_id),
