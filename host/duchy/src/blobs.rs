@@ -347,7 +347,7 @@ where
 // ---- blob keys --------------------------------------------------------------------------
 //
 // A blob key is a relative path under `{data_dir}/blobs`. Keys are made only here, from ids
-// the host validated (`names::valid_id`: 1..=64 of `[A-Za-z0-9_-]`) and numbers; no string
+// the host validated (`names::valid_id`: an id segment, never `.`-led) and numbers; no string
 // from a plugin, a peer or a data provider becomes part of a path any other way, and
 // `Store::blob_path` refuses any key that is not of this shape.
 

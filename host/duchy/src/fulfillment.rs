@@ -18,7 +18,7 @@ use crate::blobs::receive_body;
 use crate::core::Core;
 use crate::keyed_lock::{KeyedLock, KeyedLocks};
 use crate::names;
-use crate::protocol::{PayloadKind, payload_bound};
+use halo_protocol::{DeclaredSizeError, SystemProtocol, requisition_payload_bound};
 
 pub struct FulfillmentService {
     core: Arc<Core>,
@@ -116,42 +116,30 @@ pub fn fulfill_body_chunk(m: api::FulfillRequisitionRequest) -> Option<Vec<u8>> 
     }
 }
 
-/// The most bytes the body of this fulfilment may have ([`payload_bound`]); a declared HMSS
-/// `register_count` above the configured maximum is RESOURCE_EXHAUSTED before any byte of the
-/// body is read.
+/// The most bytes the body of this fulfilment may have ([`requisition_payload_bound`]); a
+/// declared register count above the configured maximum is RESOURCE_EXHAUSTED before any byte
+/// of the body is read.
 fn requisition_bound(
     core: &Core,
     computation: &sys::Computation,
     header: &api::fulfill_requisition_request::Header,
 ) -> Result<u64, Status> {
-    let limits = core.payload_limits();
-    let register_count = match &header.protocol {
-        Some(api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(h)) => {
-            let n = u64::try_from(h.register_count).map_err(|_| {
-                Status::invalid_argument(format!("negative register_count {}", h.register_count))
-            })?;
-            if n > limits.max_register_count {
-                return Err(Status::resource_exhausted(format!(
-                    "register_count {n} is above this duchy's maximum of {}",
-                    limits.max_register_count
-                )));
-            }
-            (n > 0).then_some(n)
-        }
-        None => None,
-    };
-    Ok(payload_bound(
+    requisition_payload_bound(
         computation,
-        PayloadKind::Requisition { register_count },
-        &limits,
-    ))
+        header.protocol.as_ref(),
+        &core.payload_limits(),
+    )
+    .map_err(|e| match e {
+        DeclaredSizeError::Negative(_) => Status::invalid_argument(e.to_string()),
+        DeclaredSizeError::AboveMaximum { .. } => Status::resource_exhausted(e.to_string()),
+    })
 }
 
-/// `{dp}` of `dataProviders/{dp}` or `dataProviders/{dp}/...`.
-fn data_provider_of(name: &str) -> Option<&str> {
-    let rest = name.strip_prefix("dataProviders/")?;
-    let id = rest.split('/').next()?;
-    (!id.is_empty()).then_some(id)
+/// The data provider owning certificate `name` (`""` if it is not a data provider's).
+fn certificate_data_provider(name: &str) -> &str {
+    names::CertificateName::parse(name)
+        .filter(|c| c.kind == names::OwnerKind::DataProvider)
+        .map_or("", |c| c.owner)
 }
 
 /// The header as stored and compared: everything but the etag (a retry may carry a fresh
@@ -327,16 +315,12 @@ impl RequisitionFulfillment for FulfillmentService {
         )?;
         let (dp, rid) = (data_provider.as_str(), requisition.as_str());
         let rpc = Rpc::FulfillRequisition;
-        // The certificate that will vouch for the data provider's share seed must be its own
-        // (the peer duchy checks the seed's signature against it, halo-system §8.2).
-        let certificate = match &header.protocol {
-            Some(
-                api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(h),
-            ) if !h.data_provider_certificate.is_empty() => {
-                Some(h.data_provider_certificate.as_str())
-            }
-            _ => None,
-        };
+        // A certificate the header names to vouch for the data must be the caller's own (the
+        // protocol checks what it signs, and that it is the requisition's data provider's).
+        let certificate = header
+            .protocol
+            .as_ref()
+            .and_then(SystemProtocol::vouching_certificate);
         let resource = match certificate {
             Some(c) => format!("{} (certificate {c:?})", header.name),
             None => header.name.clone(),
@@ -346,7 +330,7 @@ impl RequisitionFulfillment for FulfillmentService {
             &resource,
             &Facts {
                 named: Some(dp),
-                certificate_owner: Some(certificate.map(|c| data_provider_of(c).unwrap_or(""))),
+                certificate_owner: Some(certificate.map(certificate_data_provider)),
                 ..Facts::default()
             },
         )?;
@@ -380,7 +364,7 @@ impl RequisitionFulfillment for FulfillmentService {
             .requisitions
             .iter()
             .find(|r| r.name == system_name)
-            .and_then(|r| data_provider_of(&r.data_provider))
+            .and_then(|r| names::parse_data_provider(&r.data_provider))
             .unwrap_or("");
         rpc.check_resource(
             &caller,

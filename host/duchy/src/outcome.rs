@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use halo_proto::system::v1alpha::computation_participant::{RequisitionParams, requisition_params};
+use halo_proto::system::v1alpha::computation_participant::RequisitionParams;
 use prost::Message;
 
 use crate::names;
@@ -301,27 +301,12 @@ fn check_requisition_params(
             format!("requisition params are not a RequisitionParams message: {e}"),
         )
     })?;
-    use requisition_params::Protocol as P;
-    let matches = matches!(
-        (&params.protocol, protocol),
-        (Some(P::LiquidLegionsV2(_)), SystemProtocol::LiquidLegionsV2)
-            | (
-                Some(P::ReachOnlyLiquidLegionsV2(_)),
-                SystemProtocol::ReachOnlyLiquidLegionsV2
-            )
-            | (
-                Some(P::HonestMajorityShareShuffle(_)),
-                SystemProtocol::HonestMajorityShareShuffle
-            )
-    );
-    if !matches {
-        let found = match &params.protocol {
-            None => "none",
-            Some(P::LiquidLegionsV2(_)) => "liquid_legions_v2",
-            Some(P::ReachOnlyLiquidLegionsV2(_)) => "reach_only_liquid_legions_v2",
-            Some(P::HonestMajorityShareShuffle(_)) => "honest_majority_share_shuffle",
-            Some(P::TrusTee(_)) => "trus_tee",
-        };
+    let ours = params
+        .protocol
+        .as_ref()
+        .map(SystemProtocol::of_requisition_params);
+    if ours != Some(Ok(protocol)) {
+        let found = SystemProtocol::requisition_params_name(params.protocol.as_ref());
         return Err(invalid(
             pin,
             format!("requisition params are for protocol {found}, the computation runs {protocol}"),
@@ -526,7 +511,7 @@ mod tests {
         let why = cause(validate_outcome(&c, &o));
         assert!(why.contains("not a RequisitionParams message"), "{why}");
         let llv2 = RequisitionParams {
-            protocol: Some(requisition_params::Protocol::LiquidLegionsV2(
+            protocol: Some(halo_proto::system::v1alpha::computation_participant::requisition_params::Protocol::LiquidLegionsV2(
                 Default::default(),
             )),
             ..Default::default()
@@ -538,7 +523,7 @@ mod tests {
         let why = cause(validate_outcome(&c, &o));
         assert!(why.contains("protocol none"), "{why}");
         let hmss = RequisitionParams {
-            protocol: Some(requisition_params::Protocol::HonestMajorityShareShuffle(
+            protocol: Some(halo_proto::system::v1alpha::computation_participant::requisition_params::Protocol::HonestMajorityShareShuffle(
                 Default::default(),
             )),
             ..Default::default()

@@ -70,10 +70,22 @@ proptest! {
     }
 
     #[test]
-    fn ids_with_separators_or_dots_are_refused(prefix in id(), bad in "[/\\\\.\\x00 ]", suffix in id()) {
+    fn ids_with_separators_are_refused(prefix in id(), bad in "[/\\\\\\x00 ]", suffix in id()) {
         let id = format!("{prefix}{bad}{suffix}");
         prop_assert!(!valid_id(&id));
         let name = format!("computations/{id}");
+        prop_assert_eq!(parse_computation(&name), None);
+    }
+
+    /// Dots inside an id are fine (`us-east.2`, `eu.1`: the grammar the Kingdom and the
+    /// identity layer use); a leading dot (so `.` and `..`) never is.
+    #[test]
+    fn inner_dots_are_ids_leading_dots_are_not(prefix in id(), suffix in id()) {
+        let dotted = format!("{prefix}.{suffix}");
+        prop_assert_eq!(valid_id(&dotted), dotted.len() <= 64);
+        let leading = format!(".{suffix}");
+        prop_assert!(!valid_id(&leading));
+        let name = format!("computations/{leading}");
         prop_assert_eq!(parse_computation(&name), None);
     }
 }

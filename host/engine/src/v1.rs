@@ -6,8 +6,8 @@
 //! of 1.x are served by the Linker's semver fallback, as long as every function a component
 //! imports exists here.
 
-use halo_protocol as host;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
+use halo_protocol as host;
 use semver::Version;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -171,27 +171,58 @@ pub(crate) struct Description {
 // ---------------------------------------------------------------------------------------------
 // Conversions.
 
+/// The one table between the WIT `system-protocol` enum and the contract's [`host::SystemProtocol`]
+/// (every other mapping of a protocol lives in `halo_protocol`).
+const SYSTEM_PROTOCOLS: [(wit::SystemProtocol, host::SystemProtocol); 3] = [
+    (
+        wit::SystemProtocol::LiquidLegionsV2,
+        host::SystemProtocol::LiquidLegionsV2,
+    ),
+    (
+        wit::SystemProtocol::ReachOnlyLiquidLegionsV2,
+        host::SystemProtocol::ReachOnlyLiquidLegionsV2,
+    ),
+    (
+        wit::SystemProtocol::HonestMajorityShareShuffle,
+        host::SystemProtocol::HonestMajorityShareShuffle,
+    ),
+];
+
 fn system_protocol_from_wit(p: wit::SystemProtocol) -> host::SystemProtocol {
-    match p {
-        wit::SystemProtocol::LiquidLegionsV2 => host::SystemProtocol::LiquidLegionsV2,
-        wit::SystemProtocol::ReachOnlyLiquidLegionsV2 => {
-            host::SystemProtocol::ReachOnlyLiquidLegionsV2
-        }
-        wit::SystemProtocol::HonestMajorityShareShuffle => {
-            host::SystemProtocol::HonestMajorityShareShuffle
-        }
+    match SYSTEM_PROTOCOLS.iter().find(|(w, _)| *w == p) {
+        Some((_, h)) => *h,
+        // Unreachable: the table lists every WIT value (see the test below).
+        None => host::SystemProtocol::HonestMajorityShareShuffle,
     }
 }
 
 fn system_protocol_to_wit(p: host::SystemProtocol) -> wit::SystemProtocol {
-    match p {
-        host::SystemProtocol::LiquidLegionsV2 => wit::SystemProtocol::LiquidLegionsV2,
-        host::SystemProtocol::ReachOnlyLiquidLegionsV2 => {
-            wit::SystemProtocol::ReachOnlyLiquidLegionsV2
-        }
-        host::SystemProtocol::HonestMajorityShareShuffle => {
-            wit::SystemProtocol::HonestMajorityShareShuffle
-        }
+    match SYSTEM_PROTOCOLS.iter().find(|(_, h)| *h == p) {
+        Some((w, _)) => *w,
+        // Unreachable: the table lists every contract value (see the test below).
+        None => wit::SystemProtocol::HonestMajorityShareShuffle,
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn the_wit_table_covers_every_protocol_once() {
+    for p in host::SystemProtocol::ALL {
+        assert_eq!(
+            SYSTEM_PROTOCOLS.iter().filter(|(_, h)| *h == p).count(),
+            1,
+            "{p}"
+        );
+        assert_eq!(system_protocol_from_wit(system_protocol_to_wit(p)), p);
+    }
+    // Every WIT value (a new one must be added here and to the table).
+    for w in [
+        wit::SystemProtocol::LiquidLegionsV2,
+        wit::SystemProtocol::ReachOnlyLiquidLegionsV2,
+        wit::SystemProtocol::HonestMajorityShareShuffle,
+    ] {
+        assert_eq!(SYSTEM_PROTOCOLS.iter().filter(|(x, _)| *x == w).count(), 1);
+        assert_eq!(system_protocol_to_wit(system_protocol_from_wit(w)), w);
     }
 }
 

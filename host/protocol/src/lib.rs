@@ -7,6 +7,7 @@
 //! effects (Kingdom calls, sends to peers) and persists opaque plugin state.
 
 pub mod names;
+pub mod roles;
 mod system_api;
 
 pub use system_api::UnsupportedProtocol;

@@ -183,6 +183,18 @@ impl SystemProtocol {
         }
     }
 
+    /// The certificate a fulfilment header names to vouch for what the data provider sent
+    /// (HMSS: the one its share seed is signed with), if any. The host checks that the caller
+    /// owns it (whoever names a certificate must be its owner); the protocol checks the
+    /// signature, and that the certificate is the requisition's data provider's.
+    pub fn vouching_certificate(p: &FulfillHeaderProtocol) -> Option<&str> {
+        match p {
+            FulfillHeaderProtocol::HonestMajorityShareShuffle(h) => {
+                Some(h.data_provider_certificate.as_str()).filter(|c| !c.is_empty())
+            }
+        }
+    }
+
     // ---- the Kingdom's protocol-dependent decisions -----------------------------------------
 
     /// Whether the Kingdom assigns each requisition to one fulfilling duchy when the
@@ -275,6 +287,25 @@ mod tests {
             "trus_tee"
         );
         assert_eq!(SystemProtocol::requisition_params_name(None), "none");
+        use halo_proto::api::v2alpha::fulfill_requisition_request::header as h;
+        let header = |c: &str| {
+            FulfillHeaderProtocol::HonestMajorityShareShuffle(h::HonestMajorityShareShuffle {
+                data_provider_certificate: c.into(),
+                register_count: 12,
+                ..Default::default()
+            })
+        };
+        let named = header("dataProviders/e/certificates/1");
+        assert_eq!(
+            SystemProtocol::vouching_certificate(&named),
+            Some("dataProviders/e/certificates/1")
+        );
+        assert_eq!(SystemProtocol::vouching_certificate(&header("")), None);
+        assert_eq!(SystemProtocol::declared_register_count(&named), 12);
+        assert_eq!(
+            SystemProtocol::of_fulfillment_header(&named),
+            SystemProtocol::HonestMajorityShareShuffle
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use halo_identity::{Identity, Principal};
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as MpcProtocol;
+use halo_protocol::SystemProtocol;
 use prost::Message;
 use rand::CryptoRng;
 use sha2::{Digest, Sha256};
@@ -199,11 +200,9 @@ pub struct HmssRequisition {
 }
 
 fn protocol_name(p: Option<&MpcProtocol>) -> &'static str {
-    match p {
-        Some(MpcProtocol::LiquidLegionsV2(_)) => "Liquid Legions v2",
-        Some(MpcProtocol::ReachOnlyLiquidLegionsV2(_)) => "reach-only Liquid Legions v2",
-        Some(MpcProtocol::HonestMajorityShareShuffle(_)) => "Honest Majority Share Shuffle",
-        Some(MpcProtocol::TrusTee(_)) => "TrusTEE",
+    match p.map(SystemProtocol::of_mpc_config) {
+        Some(Ok(p)) => p.display_name(),
+        Some(Err(halo_protocol::UnsupportedProtocol(name))) => name,
         None => "no protocol",
     }
 }
@@ -218,7 +217,9 @@ pub fn hmss_requisition(r: &admin::DataProviderRequisition) -> Result<HmssRequis
         .mpc_protocol_config
         .as_ref()
         .and_then(|m| m.protocol.as_ref());
-    if !matches!(protocol, Some(MpcProtocol::HonestMajorityShareShuffle(_))) {
+    if protocol.map(SystemProtocol::of_mpc_config)
+        != Some(Ok(SystemProtocol::HonestMajorityShareShuffle))
+    {
         bail!(
             "requisition {} ({}) uses {}; this data-provider simulator fulfils only \
              Honest Majority Share Shuffle requisitions",

@@ -2,6 +2,7 @@
 //! [`create_hmss_measurement`] and [`HmssMeasurement::result`] are the whole HMSS consumer
 //! (used by `halo mc`, `halo demo` and the tests).
 
+use halo_protocol::SystemProtocol;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -343,7 +344,7 @@ pub async fn create_hmss_measurement_until<R: CryptoRng>(
     let spec = request.spec(&public_key)?;
     let new = new_measurement(
         mc,
-        admin::Protocol::HonestMajorityShareShuffle,
+        SystemProtocol::HonestMajorityShareShuffle.admin(),
         spec.clone(),
         data_providers,
         Some(request.protocol_config()),

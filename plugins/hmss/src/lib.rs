@@ -624,7 +624,8 @@ fn shuffle_phase_with<R: Register>(
                 s.requisition_id
             ))
         })?;
-        let seed = verified_seed(s, &open(&sk, SEED_INFO, &s.secret_seed_ciphertext)?)?;
+        let owner = requisition_owner(ctx, &s.requisition_id)?;
+        let seed = verified_seed(s, &owner, &open(&sk, SEED_INFO, &s.secret_seed_ciphertext)?)?;
         let acc = x.get_or_insert_with(|| vec![R::default(); n]);
         check_len(acc.len(), n, &s.requisition_id)?;
         add_share_from_keystream(acc, keystream(&seed, &error), p.q).map_err(core_err)?;
@@ -673,19 +674,43 @@ fn identity_err(what: String) -> impl FnOnce(IdentityError) -> StageError {
     }
 }
 
+/// The data provider (`dataProviders/{dp}`) the Kingdom recorded for requisition `id` of this
+/// computation.
+fn requisition_owner(ctx: &ComputationContext, id: &str) -> Result<String, StageError> {
+    let name = format!("computations/{}/requisitions/{id}", ctx.global_id);
+    ctx.computation()?
+        .requisitions
+        .into_iter()
+        .find(|r| r.name == name)
+        .map(|r| r.data_provider)
+        .filter(|dp| !dp.is_empty())
+        .ok_or_else(|| {
+            StageError::invalid_input(format!(
+                "requisition {id} is not a requisition of this computation"
+            ))
+        })
+}
+
 /// The share seed of a peer-relayed requisition (halo-system §8.2): the opened plaintext is a
 /// `SignedMessage` whose message is a `RandomSeed`, signed with the certificate the data
-/// provider named (checked by the host against its trusted root).
-fn verified_seed(s: &SecretSeed, plaintext: &[u8]) -> Result<Seed, StageError> {
+/// provider named. The certificate must be the requisition's own data provider's
+/// (`{owner}/certificates/...`: the host's `verify` checks it chains to that owner's trusted
+/// root, so a seed signed by any other principal is refused, whoever relayed it).
+fn verified_seed(s: &SecretSeed, owner: &str, plaintext: &[u8]) -> Result<Seed, StageError> {
     let id = &s.requisition_id;
     let signed = SignedMessage::decode(plaintext).map_err(|e| {
         StageError::invalid_input(format!(
             "requisition {id}: the sealed seed is not a SignedMessage: {e}"
         ))
     })?;
-    if !s.data_provider_certificate.starts_with("dataProviders/") {
+    let owns = owner.starts_with("dataProviders/")
+        && s.data_provider_certificate
+            .strip_prefix(owner)
+            .is_some_and(|rest| rest.starts_with("/certificates/"));
+    if !owns {
         return Err(StageError::invalid_input(format!(
-            "requisition {id}: data_provider_certificate {:?} is not a data provider's certificate",
+            "requisition {id}: data_provider_certificate {:?} is not a certificate of the \
+             requisition's data provider {owner}",
             s.data_provider_certificate
         )));
     }

@@ -97,7 +97,14 @@ fn ctx(
 ) -> ComputationContext {
     let computation = Computation {
         measurement_spec: spec.encode_to_vec(),
-        requisitions: vec![Requisition::default(); 3],
+        // Requisition r{i} belongs to data provider r{i} (whose certificate is `cert("r{i}")`).
+        requisitions: (1..=3)
+            .map(|i| Requisition {
+                name: format!("computations/c1/requisitions/r{i}"),
+                data_provider: format!("dataProviders/r{i}"),
+                ..Default::default()
+            })
+            .collect(),
         mpc_protocol_config: Some(MpcProtocolConfig {
             protocol: Some(MpcProtocol::HonestMajorityShareShuffle(HmssConfig {
                 reach_and_frequency_ring_modulus: Q as i32,
@@ -358,25 +365,43 @@ fn seed_signatures_are_checked() {
         register_count: 10,
         data_provider_certificate: cert("r1"),
     };
-    assert_eq!(verified_seed(&s, &signed_seed("r1", &seed)).unwrap(), seed);
+    let owner = "dataProviders/r1";
+    assert_eq!(
+        verified_seed(&s, owner, &signed_seed("r1", &seed)).unwrap(),
+        seed
+    );
     // Signed by another data provider than the one named.
-    match verified_seed(&s, &signed_seed("r2", &seed)) {
+    match verified_seed(&s, owner, &signed_seed("r2", &seed)) {
         Err(StageError::InvalidInput(m)) => assert!(m.contains("signature"), "{m}"),
         other => panic!("{other:?}"),
     }
     // Not a SignedMessage at all (e.g. a raw seed).
     assert!(matches!(
-        verified_seed(&s, &[0xffu8; 48]),
+        verified_seed(&s, owner, &[0xffu8; 48]),
         Err(StageError::InvalidInput(_))
     ));
     s.data_provider_certificate = "duchies/worker1/certificates/test".into();
     assert!(matches!(
-        verified_seed(&s, &signed_seed("r1", &seed)),
+        verified_seed(&s, owner, &signed_seed("r1", &seed)),
+        Err(StageError::InvalidInput(_))
+    ));
+    // Another data provider's certificate, with a seed that data provider really signed (what
+    // a relaying duchy or a data provider vouching with someone else's key would send): the
+    // signature is valid, the owner is not the requisition's.
+    s.data_provider_certificate = cert("r2");
+    match verified_seed(&s, owner, &signed_seed("r2", &seed)) {
+        Err(StageError::InvalidInput(m)) => assert!(m.contains("dataProviders/r1"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // A name that only starts like the owner's is not the owner's.
+    s.data_provider_certificate = "dataProviders/r1x/certificates/test".into();
+    assert!(matches!(
+        verified_seed(&s, owner, &signed_seed("r1", &seed)),
         Err(StageError::InvalidInput(_))
     ));
     s.data_provider_certificate = "dataProviders/unreachable/certificates/x".into();
     assert!(matches!(
-        verified_seed(&s, &signed_seed("r1", &seed)),
+        verified_seed(&s, "dataProviders/unreachable", &signed_seed("r1", &seed)),
         Err(StageError::Transient(_))
     ));
 }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use halo_authz::{Facts, Rpc};
 use halo_identity::Principal;
-use halo_proto::halo::v1::Protocol;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
 use halo_proto::system::v1alpha::computation_log_entry::{ErrorDetails, error_details};
 use halo_proto::system::v1alpha::computation_participant::Failure;
@@ -16,6 +15,7 @@ use halo_proto::system::v1alpha::{
     FailComputationParticipantRequest, GetComputationParticipantRequest,
     SetParticipantRequisitionParamsRequest,
 };
+use halo_protocol::SystemProtocol;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -121,20 +121,9 @@ async fn finish(
     Ok(Response::new(view))
 }
 
-fn params_match(protocol: Protocol, params: &ParamsProtocol) -> bool {
-    matches!(
-        (protocol, params),
-        (
-            Protocol::LiquidLegionsV2,
-            ParamsProtocol::LiquidLegionsV2(_)
-        ) | (
-            Protocol::ReachOnlyLiquidLegionsV2,
-            ParamsProtocol::ReachOnlyLiquidLegionsV2(_)
-        ) | (
-            Protocol::HonestMajorityShareShuffle,
-            ParamsProtocol::HonestMajorityShareShuffle(_)
-        )
-    )
+/// Whether a `RequisitionParams` oneof is of the computation's protocol.
+fn params_match(protocol: SystemProtocol, params: &ParamsProtocol) -> bool {
+    SystemProtocol::of_requisition_params(params) == Ok(protocol)
 }
 
 /// The measurement's failure message (what the consumer reads): which duchy failed, at which
@@ -226,16 +215,13 @@ impl ComputationParticipants for ComputationParticipantsService {
         if !params_match(protocol, params_protocol) {
             return Err(Status::invalid_argument(format!(
                 "requisition_params.protocol does not match the computation's protocol {}",
-                protocol.as_str_name()
+                protocol.admin().as_str_name()
             )));
         }
         require_computation_state(&data, ComputationState::PendingRequisitionParams)?;
         require_participant_state(&data, &duchy, ParticipantState::Created)?;
 
-        let next = match protocol {
-            Protocol::HonestMajorityShareShuffle => ParticipantState::Ready,
-            _ => ParticipantState::RequisitionParamsSet,
-        };
+        let next = protocol.participant_state_after_params();
         // Output-only field; derived from the configured certificate on read.
         params.duchy_certificate_der.clear();
         store::set_participant_state(&mut tx, id, &duchy, next as i32).await?;

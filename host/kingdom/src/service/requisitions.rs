@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use halo_proto::halo::v1::Protocol;
 use halo_proto::system::v1alpha::computation::State as ComputationState;
 use halo_proto::system::v1alpha::requisition::State as RequisitionState;
 use halo_proto::system::v1alpha::requisitions_server::Requisitions;
@@ -54,14 +53,11 @@ impl Requisitions for RequisitionsService {
             .ok_or_else(not_found)?;
         let protocol = protocol_of(&data.measurement)?;
         let participants = participant_ids(&data);
-        // HMSS requisitions are assigned to one non-aggregator (an unassigned one matches
-        // no duchy); LLv2 / RoLLv2 ones to none.
-        let assigned = match protocol {
-            Protocol::HonestMajorityShareShuffle => {
-                Some(requisition.fulfilling_duchy_id.as_deref().unwrap_or(""))
-            }
-            _ => None,
-        };
+        // Requisitions of a protocol that assigns them (HMSS) belong to one duchy (an
+        // unassigned one matches no duchy); those of the others (LLv2 / RoLLv2) to none.
+        let assigned = protocol
+            .assigns_fulfilling_duchy()
+            .then(|| requisition.fulfilling_duchy_id.as_deref().unwrap_or(""));
         rpc.check_resource(
             &caller,
             &req.name,
@@ -129,10 +125,7 @@ impl Requisitions for RequisitionsService {
                 || r.state == RequisitionState::Fulfilled as i32
         });
         if all_fulfilled {
-            let next = match protocol {
-                Protocol::HonestMajorityShareShuffle => ComputationState::PendingComputation,
-                _ => ComputationState::PendingParticipantConfirmation,
-            };
+            let next = protocol.state_after_fulfillment();
             store::set_measurement_state(&mut tx, id, next as i32).await?;
         }
         let rows = store::requisitions(tx.conn(), id).await?;
