@@ -144,6 +144,10 @@ impl Runtime {
     /// SHA-256 and the engine's compatibility hash), checks which WIT major it targets,
     /// builds its `InstancePre`, calls `describe()` once in a fresh Store and validates the
     /// stage table.
+    ///
+    /// **Blocking**: compiling takes from tens of milliseconds to seconds of CPU, and
+    /// `describe()` runs guest code. Never call it on an async worker thread: use
+    /// `tokio::task::spawn_blocking` or a dedicated thread (`halo_registry` does both).
     #[instrument(skip_all, fields(bytes = bytes.len()))]
     pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
         let digest = hex::encode(Sha256::digest(bytes));
@@ -191,7 +195,7 @@ impl Runtime {
         Ok(plugin)
     }
 
-    /// [`Runtime::load`] from a file.
+    /// [`Runtime::load`] from a file. **Blocking**, like [`Runtime::load`].
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedPlugin>, LoadError> {
         let bytes = fs::read(path).map_err(|source| LoadError::Io {
             path: path.to_owned(),
@@ -203,6 +207,9 @@ impl Runtime {
     /// Loads a plugin from the AOT cache by digest alone (to resume computations pinned to a
     /// version whose `.wasm` was removed). `Ok(None)` when there is no cache directory or no
     /// artifact for this digest under the current engine.
+    ///
+    /// **Blocking**: maps and checks the artifact and calls `describe()`; keep it off async
+    /// worker threads, like [`Runtime::load`].
     #[instrument(skip(self))]
     pub fn load_cached(&self, digest: &str) -> Result<Option<Arc<LoadedPlugin>>, LoadError> {
         if digest.len() != 64

@@ -19,6 +19,13 @@
 //!   whose file disappears stop being offered to new computations but stay loaded for the
 //!   computations that pinned them (and are reloaded from the AOT cache after a restart).
 //! * A broken or unsupported component is reported and never replaces a working one.
+//! * Loading is long blocking work (compiling or deserialising a component, then calling its
+//!   `describe`). It never runs on an async worker thread: the watcher has its own thread,
+//!   [`PluginRegistry::open_async`] uses tokio's blocking pool, and the synchronous entry points
+//!   that may load ([`PluginRegistry::open`], [`PluginRegistry::rescan`], and `pinned` when a
+//!   pinned version must come back from the AOT cache) hand their worker's other tasks to
+//!   another thread first ([`tokio::task::block_in_place`]) when called on a multi-threaded
+//!   runtime. On a current-thread runtime they can only block it: use `open_async` there.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -148,9 +155,41 @@ fn parse_file_name(path: &Path) -> Option<(String, semver::Version)> {
     halo_signing::parse_component_file_name(path.file_name()?.to_str()?)
 }
 
+/// Runs `f`, long blocking work, without holding up an async worker: on a tokio multi-thread
+/// runtime the calling worker first hands its other tasks to another thread
+/// ([`tokio::task::block_in_place`]); outside a runtime, on a blocking-pool thread or on a
+/// current-thread runtime (where nothing can take over) `f` just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 impl PluginRegistry {
     /// Opens the registry and loads what the directory holds now.
+    ///
+    /// **Blocking**: compiles (or deserialises from the AOT cache) every component and calls
+    /// its `describe`, which can take seconds. Async code should call
+    /// [`PluginRegistry::open_async`]; called from a multi-threaded runtime this still keeps
+    /// the worker's other tasks running (see [`tokio::task::block_in_place`]).
     pub fn open(runtime: Runtime, config: RegistryConfig) -> Result<Arc<PluginRegistry>> {
+        blocking(|| Self::open_now(runtime, config))
+    }
+
+    /// [`PluginRegistry::open`] on tokio's blocking pool: the async caller only awaits.
+    pub async fn open_async(
+        runtime: Runtime,
+        config: RegistryConfig,
+    ) -> Result<Arc<PluginRegistry>> {
+        tokio::task::spawn_blocking(move || Self::open_now(runtime, config))
+            .await
+            .context("the plugin registry's loading thread failed")?
+    }
+
+    fn open_now(runtime: Runtime, config: RegistryConfig) -> Result<Arc<PluginRegistry>> {
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("creating plugin directory {}", config.dir.display()))?;
         let reg = Arc::new(PluginRegistry {
@@ -159,7 +198,7 @@ impl PluginRegistry {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             scan_lock: Mutex::new(()),
         });
-        reg.rescan();
+        reg.rescan_now();
         Ok(reg)
     }
 
@@ -172,7 +211,22 @@ impl PluginRegistry {
     }
 
     /// Re-reads the directory: loads new and changed files, withdraws removed ones.
+    ///
+    /// **Blocking** (loads components, like [`PluginRegistry::open`]); async code should call
+    /// [`PluginRegistry::rescan_async`].
     pub fn rescan(&self) -> ScanReport {
+        blocking(|| self.rescan_now())
+    }
+
+    /// [`PluginRegistry::rescan`] on tokio's blocking pool.
+    pub async fn rescan_async(self: &Arc<Self>) -> Result<ScanReport> {
+        let reg = self.clone();
+        tokio::task::spawn_blocking(move || reg.rescan_now())
+            .await
+            .context("the plugin registry's loading thread failed")
+    }
+
+    fn rescan_now(&self) -> ScanReport {
         let _guard = match self.scan_lock.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -445,7 +499,7 @@ impl PluginRegistry {
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                     let Some(reg) = reg.upgrade() else { return };
-                    reg.rescan();
+                    reg.rescan_now();
                 }
             })
             .context("spawning the plugin watcher thread")?;
@@ -512,8 +566,9 @@ impl ProtocolRegistry for PluginRegistry {
             return Some(p.clone() as Arc<dyn Protocol>);
         }
         // Not loaded in this process (e.g. its file was removed before a restart): the AOT
-        // cache still has it.
-        match self.runtime.load_cached(&pin.digest) {
+        // cache still has it. Deserialising and `describe` block; this is a synchronous trait
+        // method called from async code, so keep the worker's other tasks running meanwhile.
+        match blocking(|| self.runtime.load_cached(&pin.digest)) {
             Ok(Some(p)) if p.pin() == *pin => {
                 let p2 = p.clone();
                 self.snapshot.rcu(|s| {
@@ -537,8 +592,57 @@ impl ProtocolRegistry for PluginRegistry {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn blocking_work_hands_the_only_worker_over() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            // On the only worker: announces itself, then blocks until the sender task runs.
+            let waiter = tokio::spawn(async move {
+                blocking(move || {
+                    let _ = started_tx.send(());
+                    rx.recv_timeout(Duration::from_secs(120))
+                })
+            });
+            started_rx.await.unwrap();
+            // Queued behind the blocked waiter: runs only if the worker was handed over.
+            let sender = tokio::spawn(async move { tx.send(()).unwrap() });
+            assert!(
+                waiter.await.unwrap().is_ok(),
+                "the sender never ran: blocking work held the only worker"
+            );
+            sender.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn blocking_work_runs_where_no_worker_can_take_over() {
+        // No runtime, a current-thread runtime, a blocking-pool thread: it just runs.
+        assert_eq!(blocking(|| 1), 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(async { blocking(|| 2) }), 2);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let v = rt.block_on(async {
+            tokio::task::spawn_blocking(|| blocking(|| 3))
+                .await
+                .unwrap()
+        });
+        assert_eq!(v, 3);
+    }
 
     #[test]
     fn file_names() {

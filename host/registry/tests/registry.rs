@@ -314,3 +314,67 @@ fn with_optional_signatures_removing_one_keeps_the_plugin_but_a_wrong_one_withdr
     assert_eq!(selected_version(&reg), None);
     assert_eq!(reg.pinned(&pin).map(|p| p.pin()), Some(pin));
 }
+
+/// Opens the registry from a task on a runtime with one worker, while the one component's
+/// bytes arrive through a FIFO that another task on that worker feeds. If loading (reading,
+/// compiling, `describe`) ran on the worker, the feeder could never run and the open would
+/// never finish.
+fn open_while_the_only_worker_feeds_the_component(use_async: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("test-sum-1.0.0.wasm");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(halo_plugin_build::TEST_SUM_V1_0).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = runtime(cache.path());
+    let config = RegistryConfig::new(dir.path());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let reg = if use_async {
+            PluginRegistry::open_async(runtime, config).await
+        } else {
+            PluginRegistry::open(runtime, config)
+        };
+        let _ = done_tx.send(reg);
+    });
+    let feeder_fifo = fifo.clone();
+    let feeder_bytes = bytes.clone();
+    let feeder = rt.spawn(async move {
+        use tokio::io::AsyncWriteExt as _;
+        // Opening a FIFO for writing fails until its reader has opened it.
+        let mut tx = loop {
+            match tokio::net::unix::pipe::OpenOptions::new().open_sender(&feeder_fifo) {
+                Ok(tx) => break tx,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        tx.write_all(&feeder_bytes).await.unwrap();
+    });
+    // Waited for on this (non-runtime) thread: a held-up worker cannot drive tokio's timers.
+    let Ok(reg) = done_rx.recv_timeout(Duration::from_secs(120)) else {
+        // Unblock the stuck worker (so the runtime can shut down), then fail.
+        let _ = std::fs::write(&fifo, &bytes);
+        panic!("opening the registry held up the only async worker");
+    };
+    let reg = reg.unwrap();
+    rt.block_on(feeder).unwrap();
+    assert_eq!(selected_version(&reg).as_deref(), Some("1.0.0"));
+}
+
+#[test]
+fn open_async_loads_components_off_the_async_workers() {
+    open_while_the_only_worker_feeds_the_component(true);
+}
+
+#[test]
+fn open_called_from_async_code_does_not_hold_up_the_worker() {
+    open_while_the_only_worker_feeds_the_component(false);
+}
