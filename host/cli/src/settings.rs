@@ -55,7 +55,70 @@ fn merge(base: &mut toml::Table, top: toml::Table) {
 }
 
 fn table<T: Serialize>(t: &T) -> Result<toml::Table> {
-    toml::Table::try_from(t).context("serializing configuration")
+    toml::Table::try_from(t).map_err(|e| {
+        anyhow!(
+            "configuration: {e} (integers are at most {}; see --help for each key's range)",
+            i64::MAX
+        )
+    })
+}
+
+/// Keys that are alternatives to each other: a layer that sets a key of one alternative
+/// clears the keys of the others from the layers below it (a flag `--certificate` replaces a
+/// file's `pki_dir`; `--roles-file` replaces a file's `[roles]` table).
+const ALTERNATIVES: &[&[&[&str]]] = &[
+    &[
+        &["identity", "pki_dir"],
+        &["identity", "certificate"],
+        &["identity", "key"],
+        &["identity", "trust_bundle"],
+    ],
+    &[&["roles_file"], &["roles"]],
+];
+
+fn is_set(t: &toml::Table, path: &[&str]) -> bool {
+    match path {
+        [] => false,
+        [last] => t.contains_key(*last),
+        [first, rest @ ..] => t
+            .get(*first)
+            .and_then(|v| v.as_table())
+            .is_some_and(|t| is_set(t, rest)),
+    }
+}
+
+fn remove(t: &mut toml::Table, path: &[&str]) {
+    match path {
+        [] => {}
+        [last] => {
+            t.remove(*last);
+        }
+        [first, rest @ ..] => {
+            if let Some(inner) = t.get_mut(*first).and_then(|v| v.as_table_mut()) {
+                remove(inner, rest);
+            }
+        }
+    }
+}
+
+/// Clears from `lower` every alternative `upper` replaces. In the identity group the three
+/// files go together: setting any of them replaces `pki_dir`, and `pki_dir` replaces them.
+fn clear_alternatives(lower: &mut toml::Table, upper: &toml::Table) {
+    for group in ALTERNATIVES {
+        let (first, others) = match group.split_first() {
+            Some(x) => x,
+            None => continue,
+        };
+        // The group is {first} vs {others...} (roles: roles_file vs roles).
+        if is_set(upper, first) {
+            for p in others.iter() {
+                remove(lower, p);
+            }
+        }
+        if others.iter().any(|p| is_set(upper, p)) {
+            remove(lower, first);
+        }
+    }
 }
 
 /// Reads a config file layer: unknown keys are refused naming them (and where they are).
@@ -82,10 +145,18 @@ pub fn load_file<T: Layered>(path: &Path) -> Result<T> {
 pub fn effective<T: Layered>(file: Option<&Path>, mut flags: T) -> Result<T> {
     let mut t = table(&T::defaults())?;
     if let Some(path) = file {
-        merge(&mut t, table(&load_file::<T>(path)?)?);
+        let layer = table(&load_file::<T>(path)?)?;
+        clear_alternatives(&mut t, &layer);
+        merge(&mut t, layer);
     }
     flags.fold_flags();
-    merge(&mut t, table(&flags)?);
+    // Relative paths from flags and the environment are relative to the working directory;
+    // made absolute here, so `--print-config` output means the same from anywhere.
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    flags.resolve_paths(&cwd);
+    let layer = table(&flags)?;
+    clear_alternatives(&mut t, &layer);
+    merge(&mut t, layer);
     t.try_into()
         .map_err(|e: toml::de::Error| anyhow!("configuration: {}", e.to_string().trim()))
 }
@@ -103,9 +174,28 @@ fn rebase(p: &mut Option<PathBuf>, base: &Path) {
     }
 }
 
+/// `v` (or `default`), refused outside `lo..=hi` naming the key.
+fn within<T: PartialOrd + Copy + std::fmt::Display>(
+    v: Option<T>,
+    default: T,
+    key: &str,
+    lo: T,
+    hi: T,
+) -> Result<T> {
+    let v = v.unwrap_or(default);
+    if v < lo || v > hi {
+        bail!("configuration key `{key}` = {v} is out of range ({lo} to {hi})");
+    }
+    Ok(v)
+}
+
+const DAY_SECS: u64 = 86_400;
+
 fn need<'a, T>(v: &'a Option<T>, key: &str, flag: &str, env: &str) -> Result<&'a T> {
     v.as_ref().ok_or_else(|| {
-        anyhow!("missing configuration key `{key}` (set it in the --config file, with {flag} or {env})")
+        anyhow!(
+            "missing configuration key `{key}` (set it in the --config file, with {flag} or {env})"
+        )
     })
 }
 
@@ -475,7 +565,11 @@ impl DuchySettings {
         let kingdom = need(&self.kingdom, "kingdom", "--kingdom", "HALO_KINGDOM")?.clone();
         let roles = roles(&self.roles, &self.roles_file)?;
         roles.validate(None)?;
-        if roles.protocols().iter().all(|p| roles.role_of(*p, &id).is_none()) {
+        if roles
+            .protocols()
+            .iter()
+            .all(|p| roles.role_of(*p, &id).is_none())
+        {
             tracing::warn!(duchy = %id, "this duchy has no role in any configured protocol: it will take part in nothing");
         }
         let (identity, trust, _) = self.identity.load(&Principal::Duchy(id.clone()))?;
@@ -484,25 +578,78 @@ impl DuchySettings {
             if !halo_protocol::names::valid_id_segment(peer) {
                 bail!("[peers]: invalid duchy id {peer:?}");
             }
+            if *peer == id {
+                bail!("[peers]: {peer:?} is this duchy");
+            }
+            check_https_url(url).with_context(|| format!("[peers] {peer:?}"))?;
             peers.set(peer, url);
         }
-        let (registry, watch) = self.plugins.open(&data_dir)?;
+        check_https_url(&kingdom).context("kingdom")?;
+        for protocol in roles.protocols() {
+            let Some(duchies) = roles.duchies(protocol) else {
+                continue;
+            };
+            let participants = duchies.participants();
+            if !participants.contains(&id) {
+                continue;
+            }
+            for other in participants.iter().filter(|d| **d != id) {
+                if !self.peers.contains_key(other) {
+                    tracing::warn!(duchy = %id, peer = %other, %protocol, "no [peers] URL for a duchy this one computes with: sends to it will wait until one is configured");
+                }
+            }
+        }
         let m = &self.mill;
         let d = halo_duchy::MillConfig::default();
-        let secs = |v: Option<u64>, d: Duration| v.map_or(d, |s| Duration::from_secs(s.max(1)));
+        let secs = |v: Option<u64>, d: Duration, key: &str, lo: u64, hi: u64| {
+            within(v, d.as_secs(), key, lo, hi).map(Duration::from_secs)
+        };
         let mill = halo_duchy::MillConfig {
-            workers: m.workers.unwrap_or(d.workers).max(1),
-            lease: secs(m.lease_secs, d.lease),
-            max_attempts: m.max_attempts.unwrap_or(d.max_attempts),
-            retry_max: secs(m.retry_max_secs, d.retry_max),
-            computation_deadline: secs(m.computation_deadline_secs, d.computation_deadline),
-            chunk_size: m.chunk_bytes.unwrap_or(d.chunk_size),
+            workers: within(m.workers, d.workers, "mill.workers", 1, 1024)?,
+            lease: secs(m.lease_secs, d.lease, "mill.lease_secs", 1, DAY_SECS)?,
+            max_attempts: within(
+                m.max_attempts,
+                d.max_attempts,
+                "mill.max_attempts",
+                1,
+                10_000,
+            )?,
+            retry_max: secs(
+                m.retry_max_secs,
+                d.retry_max,
+                "mill.retry_max_secs",
+                1,
+                DAY_SECS,
+            )?,
+            computation_deadline: secs(
+                m.computation_deadline_secs,
+                d.computation_deadline,
+                "mill.computation_deadline_secs",
+                1,
+                3650 * DAY_SECS,
+            )?,
+            chunk_size: within(
+                m.chunk_bytes,
+                d.chunk_size,
+                "mill.chunk_bytes",
+                1 << 10,
+                4 << 20,
+            )?,
             max_plugin_output_bytes: m
                 .max_plugin_output_bytes
                 .unwrap_or(d.max_plugin_output_bytes),
             max_plugin_state_bytes: m.max_plugin_state_bytes.unwrap_or(d.max_plugin_state_bytes),
             ..d
         };
+        let shutdown_grace = Duration::from_secs(within(
+            self.shutdown_grace_secs,
+            DEFAULT_SHUTDOWN_GRACE_SECS,
+            "shutdown_grace_secs",
+            0,
+            DAY_SECS,
+        )?);
+        // Last: compiling the plugins is the slow part, after every cheap check.
+        let (registry, watch) = self.plugins.open(&data_dir)?;
         let l = &self.limits;
         let config = halo_duchy::DuchyConfig {
             id,
@@ -540,9 +687,7 @@ impl DuchySettings {
             registry,
             watch,
             metrics_listen: self.metrics_listen,
-            shutdown_grace: Duration::from_secs(
-                self.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
-            ),
+            shutdown_grace,
         })
     }
 }
@@ -558,8 +703,20 @@ impl PluginSettings {
     )> {
         let dir = need(&self.dir, "plugins.dir", "--plugins", "HALO_PLUGINS")?;
         let engine = halo_engine::EngineConfig {
-            max_memory_bytes: self.max_memory_mib.unwrap_or(4096) << 20,
-            stage_deadline: Duration::from_secs(self.stage_deadline_secs.unwrap_or(600)),
+            max_memory_bytes: within(
+                self.max_memory_mib,
+                4096,
+                "plugins.max_memory_mib",
+                16,
+                1 << 20,
+            )? << 20,
+            stage_deadline: Duration::from_secs(within(
+                self.stage_deadline_secs,
+                600,
+                "plugins.stage_deadline_secs",
+                1,
+                DAY_SECS,
+            )?),
             cache_dir: Some(
                 self.cache_dir
                     .clone()
@@ -575,7 +732,9 @@ impl PluginSettings {
         }
         if self.require_signatures == Some(true) {
             if config.trusted.is_empty() {
-                bail!("plugins.require_signatures needs plugins.trusted_keys with at least one key");
+                bail!(
+                    "plugins.require_signatures needs plugins.trusted_keys with at least one key"
+                );
             }
             config.policy = halo_signing::SignaturePolicy::Required;
         }
@@ -589,6 +748,18 @@ impl PluginSettings {
         let watch = registry.watch()?;
         Ok((registry, watch))
     }
+}
+
+/// An `https://host[:port]` URL (every connection is mutual TLS; anything else would be
+/// refused at the first call, long after start-up).
+fn check_https_url(url: &str) -> Result<()> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| anyhow!("{url:?} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none_or(str::is_empty) {
+        bail!("{url:?} is not an https://host[:port] URL (every connection uses mutual TLS)");
+    }
+    Ok(())
 }
 
 // ---- halo kingdom ------------------------------------------------------------------------
@@ -673,7 +844,7 @@ impl Layered for KingdomSettings {
         KingdomSettings {
             shutdown_grace_secs: Some(DEFAULT_SHUTDOWN_GRACE_SECS),
             stream_poll_interval_ms: Some(
-                halo_kingdom::DEFAULT_STREAM_POLL_INTERVAL.as_millis() as u64,
+                halo_kingdom::DEFAULT_STREAM_POLL_INTERVAL.as_millis() as u64
             ),
             stream_max_duration_secs: Some(halo_kingdom::DEFAULT_STREAM_MAX_DURATION.as_secs()),
             server: ServerSettings::defaults(halo_limits::KINGDOM_MAX_MESSAGE_BYTES),
@@ -742,16 +913,41 @@ impl KingdomSettings {
                 _ => None,
             }),
         };
+        for key in self.certificates.keys() {
+            let known = match Principal::parse(key) {
+                Ok(Principal::Duchy(d)) => duchies.contains(&d),
+                Ok(Principal::DataProvider(d)) => data_providers.contains(&d),
+                _ => false,
+            };
+            if !known {
+                bail!(
+                    "[certificates]: {key:?} is not a configured duchy or data provider \
+                     (keys are \"duchies/ID\" or \"dataProviders/ID\")"
+                );
+            }
+        }
         let certificate_der = |p: Principal| -> Result<Vec<u8>> {
             if let Some(path) = self.certificates.get(&p.resource_name()) {
-                let pem = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading the certificate of {p} ({})", path.display()))?;
+                let pem = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading the certificate of {p} ({})", path.display())
+                })?;
                 let id = Identity {
                     principal: p.clone(),
                     cert_pem: pem,
                     key_pem: String::new(),
                     root_pem: String::new(),
                 };
+                // It must be that principal's leaf: issued by its own root, valid, not a CA.
+                let chain = id.chain_der()?;
+                let owner = trust.identify(Some(&chain)).map_err(|s| {
+                    anyhow!("[certificates] {p} ({}): {}", path.display(), s.message())
+                })?;
+                if owner != p {
+                    bail!(
+                        "[certificates] {p} ({}): the certificate identifies {owner}",
+                        path.display()
+                    );
+                }
                 return Ok(id.certificate_der()?);
             }
             let pki = pki.as_ref().ok_or_else(|| {
@@ -795,12 +991,14 @@ impl KingdomSettings {
             data_providers,
             measurement_consumers,
             roles,
-            stream_poll_interval: self
-                .stream_poll_interval_ms
-                .map_or(halo_kingdom::DEFAULT_STREAM_POLL_INTERVAL, Duration::from_millis),
-            stream_max_duration: self
-                .stream_max_duration_secs
-                .map_or(halo_kingdom::DEFAULT_STREAM_MAX_DURATION, Duration::from_secs),
+            stream_poll_interval: self.stream_poll_interval_ms.map_or(
+                halo_kingdom::DEFAULT_STREAM_POLL_INTERVAL,
+                Duration::from_millis,
+            ),
+            stream_max_duration: self.stream_max_duration_secs.map_or(
+                halo_kingdom::DEFAULT_STREAM_MAX_DURATION,
+                Duration::from_secs,
+            ),
             default_protocol_config: self.protocols.clone().unwrap_or_default(),
             tls_limits: self.server.tls(),
             limits: halo_kingdom::KingdomLimits {
@@ -822,9 +1020,13 @@ impl KingdomSettings {
         Ok(KingdomPlan {
             config,
             metrics_listen: self.metrics_listen,
-            shutdown_grace: Duration::from_secs(
-                self.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
-            ),
+            shutdown_grace: Duration::from_secs(within(
+                self.shutdown_grace_secs,
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                "shutdown_grace_secs",
+                0,
+                DAY_SECS,
+            )?),
         })
     }
 }

@@ -15,7 +15,6 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use clap::Parser;
 
@@ -97,13 +96,21 @@ fn operator_files(root: &Path) -> PathBuf {
         "--measurement-consumers",
         "mc1",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ops = root.join("ops");
     fs::create_dir_all(ops.join("roots")).unwrap();
     fs::create_dir_all(ops.join("certs")).unwrap();
     let mut bundle = String::from("[roots]\n");
     let mut principals: Vec<(String, String)> = vec![("kingdom".into(), "kingdom".into())];
-    principals.extend(DUCHIES.iter().map(|d| (format!("duchies/{d}"), format!("duchy-{d}"))));
+    principals.extend(
+        DUCHIES
+            .iter()
+            .map(|d| (format!("duchies/{d}"), format!("duchy-{d}"))),
+    );
     principals.extend(
         PROVIDERS
             .iter()
@@ -291,8 +298,23 @@ async fn four_named_duchies_from_toml_with_file_identities_measure_exactly() {
     let mut providers = Vec::new();
     for e in PROVIDERS {
         let mut argv: Vec<String> = [
-            "edp", "--pki", pki, "--kingdom", &kingdom, "--id", e, "--seed", "7", "--providers",
-            "2", "--registers", &registers, "--max-frequency", "4", "--wait-secs", timeout,
+            "edp",
+            "--pki",
+            pki,
+            "--kingdom",
+            &kingdom,
+            "--id",
+            e,
+            "--seed",
+            "7",
+            "--providers",
+            "2",
+            "--registers",
+            &registers,
+            "--max-frequency",
+            "4",
+            "--wait-secs",
+            timeout,
         ]
         .map(String::from)
         .to_vec();
@@ -366,7 +388,10 @@ async fn four_named_duchies_from_toml_with_file_identities_measure_exactly() {
             .lines()
             .find(|l| l.contains("computation recorded"))
             .unwrap_or_else(|| panic!("{d} recorded no computation:\n{log}"));
-        assert!(recorded.contains(&format!("role={role}")), "{d}: {recorded}");
+        assert!(
+            recorded.contains(&format!("role={role}")),
+            "{d}: {recorded}"
+        );
     }
 }
 
@@ -375,30 +400,63 @@ fn print_config_round_trips_and_unknown_keys_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dep = Deployment::new(tmp.path());
     let duchy = tmp.path().join("eu-west.toml");
-    let printed = halo(&["duchy", "--config", duchy.to_str().unwrap(), "--print-config"]);
-    assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
+    let printed = halo(&[
+        "duchy",
+        "--config",
+        duchy.to_str().unwrap(),
+        "--print-config",
+    ]);
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
     let printed = String::from_utf8(printed.stdout).unwrap();
     // Paths are absolute, defaults are filled in, the file's values are there.
     assert!(printed.contains("id = \"eu-west\""), "{printed}");
     assert!(printed.contains("lease_secs = 10"), "{printed}");
     assert!(printed.contains("max_attempts = 10"), "{printed}");
-    assert!(printed.contains(&format!("{}", tmp.path().join("ops/eu-west/tls.key").display())));
+    assert!(printed.contains(&format!(
+        "{}",
+        tmp.path().join("ops/eu-west/tls.key").display()
+    )));
     let again = tmp.path().join("printed.toml");
     fs::write(&again, &printed).unwrap();
-    let reprinted = halo(&["duchy", "--config", again.to_str().unwrap(), "--print-config"]);
+    let reprinted = halo(&[
+        "duchy",
+        "--config",
+        again.to_str().unwrap(),
+        "--print-config",
+    ]);
     assert!(reprinted.status.success());
     assert_eq!(String::from_utf8(reprinted.stdout).unwrap(), printed);
 
     // The example files of deploy/examples parse and print.
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
     for (cmd, file) in [("duchy", "duchy.toml"), ("kingdom", "kingdom.toml")] {
-        let out = halo(&[cmd, "--config", examples.join(file).to_str().unwrap(), "--print-config"]);
-        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = halo(&[
+            cmd,
+            "--config",
+            examples.join(file).to_str().unwrap(),
+            "--print-config",
+        ]);
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // Environment and flags override the file, flags win over the environment.
     let out = Command::new(HALO)
-        .args(["duchy", "--config", duchy.to_str().unwrap(), "--print-config", "--workers", "7"])
+        .args([
+            "duchy",
+            "--config",
+            duchy.to_str().unwrap(),
+            "--print-config",
+            "--workers",
+            "7",
+        ])
         .env("HALO_WORKERS", "5")
         .env("HALO_LEASE_SECS", "33")
         .output()
@@ -411,7 +469,10 @@ fn print_config_round_trips_and_unknown_keys_are_refused() {
     let base = dep.duchy_toml("eu-west");
     for (body, key) in [
         (format!("colour = \"blue\"\n{base}"), "colour"),
-        (base.replacen("[mill]\n", "[mill]\nwrkers = 3\n", 1), "wrkers"),
+        (
+            base.replacen("[mill]\n", "[mill]\nwrkers = 3\n", 1),
+            "wrkers",
+        ),
         (
             base.replacen("[identity]\n", "[identity]\npassword = \"x\"\n", 1),
             "password",
@@ -419,15 +480,34 @@ fn print_config_round_trips_and_unknown_keys_are_refused() {
     ] {
         let path = tmp.path().join("bad.toml");
         fs::write(&path, body).unwrap();
-        let out = halo(&["duchy", "--config", path.to_str().unwrap(), "--print-config"]);
+        let out = halo(&[
+            "duchy",
+            "--config",
+            path.to_str().unwrap(),
+            "--print-config",
+        ]);
         assert_eq!(out.status.code(), Some(64), "{key}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(key) && err.contains("unknown field"), "{key}: {err}");
+        assert!(
+            err.contains(key) && err.contains("unknown field"),
+            "{key}: {err}"
+        );
     }
     let path = tmp.path().join("bad-kingdom.toml");
-    fs::write(&path, format!("{}\n[roles.hmss]\naggregator = \"agg\"\n", dep.kingdom_toml()))
-        .unwrap();
-    let out = halo(&["kingdom", "--config", path.to_str().unwrap(), "--print-config"]);
+    fs::write(
+        &path,
+        format!(
+            "{}\n[roles.hmss]\naggregator = \"agg\"\n",
+            dep.kingdom_toml()
+        ),
+    )
+    .unwrap();
+    let out = halo(&[
+        "kingdom",
+        "--config",
+        path.to_str().unwrap(),
+        "--print-config",
+    ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("hmss"));
 }
@@ -439,9 +519,7 @@ fn misconfigured_identities_and_roles_are_refused_at_start() {
     let run = |name: &str, text: String, cmd: &str| -> String {
         let path = tmp.path().join(name);
         fs::write(&path, text).unwrap();
-        let start = Instant::now();
         let out = halo(&[cmd, "--config", path.to_str().unwrap()]);
-        assert!(start.elapsed() < Duration::from_secs(120));
         assert!(!out.status.success(), "{name} started");
         assert_eq!(out.status.code(), Some(64), "{name}");
         String::from_utf8_lossy(&out.stderr).into_owned()
@@ -454,7 +532,10 @@ fn misconfigured_identities_and_roles_are_refused_at_start() {
             .replace("ops/eu-west/tls.key", "ops/agg/tls.key"),
         "duchy",
     );
-    assert!(err.contains("duchies/agg") && err.contains("not duchies/eu-west"), "{err}");
+    assert!(
+        err.contains("duchies/agg") && err.contains("not duchies/eu-west"),
+        "{err}"
+    );
     // A trust bundle that names a file that is not there.
     fs::write(
         tmp.path().join("ops/bad-trust.toml"),
@@ -463,14 +544,16 @@ fn misconfigured_identities_and_roles_are_refused_at_start() {
     .unwrap();
     let err = run(
         "bad-trust.toml",
-        dep.duchy_toml("eu-west").replace("ops/trust.toml", "ops/bad-trust.toml"),
+        dep.duchy_toml("eu-west")
+            .replace("ops/trust.toml", "ops/bad-trust.toml"),
         "duchy",
     );
     assert!(err.contains("nope.pem"), "{err}");
     // Half of the identity files.
     let err = run(
         "half.toml",
-        dep.duchy_toml("eu-west").replace("key = \"ops/eu-west/tls.key\"\n", ""),
+        dep.duchy_toml("eu-west")
+            .replace("key = \"ops/eu-west/tls.key\"\n", ""),
         "duchy",
     );
     assert!(err.contains("certificate, key and trust_bundle"), "{err}");
@@ -485,14 +568,125 @@ fn misconfigured_identities_and_roles_are_refused_at_start() {
         dep.kingdom_toml().replace("roles.toml", "roles-bad.toml"),
         "kingdom",
     );
-    assert!(err.contains("us-west") && err.contains("not a configured duchy"), "{err}");
+    assert!(
+        err.contains("us-west") && err.contains("not a configured duchy"),
+        "{err}"
+    );
     // A duchy certificate missing from [certificates].
     let err = run(
         "kingdom-nocert.toml",
-        dep.kingdom_toml().replace("\"duchies/spare.4\" = \"ops/certs/spare.4.crt\"\n", ""),
+        dep.kingdom_toml()
+            .replace("\"duchies/spare.4\" = \"ops/certs/spare.4.crt\"\n", ""),
         "kingdom",
     );
     assert!(err.contains("duchies/spare.4"), "{err}");
+    // [certificates]: a key that names no configured principal, and another duchy's leaf.
+    let err = run(
+        "kingdom-typo.toml",
+        dep.kingdom_toml().replace(
+            "[certificates]\n",
+            "[certificates]\n\"duchies/eu-wset\" = \"ops/certs/eu-west.crt\"\n",
+        ),
+        "kingdom",
+    );
+    assert!(
+        err.contains("duchies/eu-wset") && err.contains("not a configured"),
+        "{err}"
+    );
+    let err = run(
+        "kingdom-swapped.toml",
+        dep.kingdom_toml().replace(
+            "\"duchies/eu-west\" = \"ops/certs/eu-west.crt\"",
+            "\"duchies/eu-west\" = \"ops/certs/agg.crt\"",
+        ),
+        "kingdom",
+    );
+    assert!(err.contains("identifies duchies/agg"), "{err}");
+    // A peer that is not an https URL, a value out of range.
+    let err = run(
+        "plain-peer.toml",
+        dep.duchy_toml("eu-west")
+            .replacen("\"https://", "\"http://", 1),
+        "duchy",
+    );
+    assert!(err.contains("not an https://"), "{err}");
+    let err = run(
+        "forever.toml",
+        dep.duchy_toml("eu-west")
+            .replace("lease_secs = 10", "lease_secs = 9223372036854775807"),
+        "duchy",
+    );
+    assert!(
+        err.contains("mill.lease_secs") && err.contains("out of range"),
+        "{err}"
+    );
+}
+
+#[test]
+fn flags_replace_the_files_alternatives_and_flag_paths_are_absolute() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _dep = Deployment::new(tmp.path());
+    let duchy = tmp.path().join("eu-west.toml");
+    // The file gives certificate/key/trust_bundle; a --pki flag replaces all three.
+    let out = Command::new(HALO)
+        .current_dir(tmp.path())
+        .args([
+            "duchy",
+            "--config",
+            duchy.to_str().unwrap(),
+            "--print-config",
+        ])
+        .args([
+            "--pki",
+            "devpki",
+            "--data-dir",
+            "elsewhere",
+            "--roles-file",
+            "r.toml",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let parsed: toml::Table = toml::from_str(&text).unwrap();
+    let identity = parsed["identity"].as_table().unwrap();
+    assert_eq!(identity.len(), 1, "{text}");
+    let abs = |p: &str| {
+        tmp.path()
+            .canonicalize()
+            .unwrap()
+            .join(p)
+            .display()
+            .to_string()
+    };
+    assert_eq!(identity["pki_dir"].as_str().unwrap(), abs("devpki"));
+    assert_eq!(parsed["data_dir"].as_str().unwrap(), abs("elsewhere"));
+    assert_eq!(parsed["roles_file"].as_str().unwrap(), abs("r.toml"));
+    // And the other way: a file with pki_dir, flags with the three files.
+    let dev = tmp.path().join("dev.toml");
+    std::fs::write(&dev, "[identity]\npki_dir = \"devpki\"\n").unwrap();
+    let out = Command::new(HALO)
+        .current_dir(tmp.path())
+        .args(["duchy", "--config", dev.to_str().unwrap(), "--print-config"])
+        .args([
+            "--certificate",
+            "c.pem",
+            "--key",
+            "k.pem",
+            "--trust-bundle",
+            "t.toml",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains("pki_dir") && text.contains("trust_bundle"),
+        "{text}"
+    );
 }
 
 /// A duchy whose roles file disagrees with the Kingdom's (here: the HMSS non-aggregators

@@ -41,6 +41,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// `d` in milliseconds, saturating (a configured "forever" such as `u64::MAX` seconds must not
+/// wrap into the past).
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// One local computation.
 #[derive(Clone, Debug)]
 pub struct ComputationRow {
@@ -113,6 +119,21 @@ pub struct InputRow {
     pub blob: String,
     pub size: i64,
     pub sha256: String,
+}
+
+/// One executed stage (see [`Store::record_stage_run`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageRun {
+    pub stage: i32,
+    /// The stage's name in the pinned plugin's stage table.
+    pub stage_name: String,
+    /// The claim's attempt that ran it.
+    pub attempt: u32,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    /// The measured run time.
+    pub seconds: f64,
 }
 
 /// Who holds a claim: the stage is applied only while this still matches.
@@ -528,7 +549,7 @@ impl Store {
         lease: Duration,
     ) -> Result<Option<(ComputationRow, Option<String>)>> {
         let now = now_ms();
-        let expiry = now + lease.as_millis() as i64;
+        let expiry = now.saturating_add(millis(lease));
         let mut tx = self.pool.begin().await?;
         let Some(candidate) = sqlx::query(
             "SELECT global_id, lease_owner FROM computations WHERE queued = 1 AND terminal IS NULL \
@@ -575,7 +596,7 @@ impl Store {
             "UPDATE computations SET lease_expiry_ms = ? WHERE global_id = ? AND lease_owner = ? \
              AND stage = ? AND attempt = ? AND terminal IS NULL AND lease_expiry_ms > ?",
         )
-        .bind(now + lease.as_millis() as i64)
+        .bind(now.saturating_add(millis(lease)))
         .bind(global_id)
         .bind(&claim.owner)
         .bind(claim.stage as i64)
@@ -672,7 +693,7 @@ impl Store {
              version = version + 1, attempt = attempt - ?, waits = waits + ? \
              WHERE global_id = ? AND lease_owner = ? AND attempt = ? AND stage = ? AND terminal IS NULL",
         )
-        .bind(now + delay.as_millis() as i64)
+        .bind(now.saturating_add(millis(delay)))
         .bind(now)
         .bind(waiting as i64)
         .bind(waiting as i64)
@@ -867,7 +888,7 @@ impl Store {
         sqlx::query(
             "UPDATE failures SET next_try_ms = ?, tries = tries + 1 WHERE global_id = ? AND acked_ms IS NULL",
         )
-        .bind(now_ms() + delay.as_millis() as i64)
+        .bind(now_ms().saturating_add(millis(delay)))
         .bind(global_id)
         .execute(&self.pool)
         .await?;
@@ -1136,6 +1157,69 @@ impl Store {
                     r.try_get("event")?,
                     r.try_get("detail")?,
                 ))
+            })
+            .collect()
+    }
+
+    // ---- stage runs ---------------------------------------------------------------------
+
+    /// Records that the stage `claim` holds ran for `elapsed` and its outcome was saved: a
+    /// structured `stage_runs` row (the source of stage timings) and the human `executed`
+    /// audit entry, in one transaction.
+    pub async fn record_stage_run(
+        &self,
+        global_id: &str,
+        claim: &Claim,
+        stage_name: &str,
+        elapsed: Duration,
+    ) -> Result<()> {
+        let finished = now_ms();
+        let started = finished.saturating_sub(i64::try_from(elapsed.as_millis()).unwrap_or(0));
+        let secs = elapsed.as_secs_f64();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO stage_runs (global_id, stage, stage_name, attempt, started_ms, \
+             finished_ms, seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(global_id)
+        .bind(claim.stage as i64)
+        .bind(stage_name)
+        .bind(claim.attempt as i64)
+        .bind(started)
+        .bind(finished)
+        .bind(secs)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(
+            &mut tx,
+            global_id,
+            "executed",
+            &format!("{stage_name} in {secs:.3}s"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every recorded stage run of a computation, in execution order.
+    pub async fn stage_runs(&self, global_id: &str) -> Result<Vec<StageRun>> {
+        let rows = sqlx::query(
+            "SELECT stage, stage_name, attempt, started_ms, finished_ms, seconds FROM stage_runs \
+             WHERE global_id = ? ORDER BY id",
+        )
+        .bind(global_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StageRun {
+                    stage: r.try_get::<i64, _>("stage")? as i32,
+                    stage_name: r.try_get("stage_name")?,
+                    attempt: r.try_get::<i64, _>("attempt")?.max(0) as u32,
+                    started_ms: r.try_get("started_ms")?,
+                    finished_ms: r.try_get("finished_ms")?,
+                    seconds: r.try_get("seconds")?,
+                })
             })
             .collect()
     }

@@ -56,9 +56,12 @@ impl TrustStore {
                 any = true;
             }
             if !any {
-                    return Err(IdentityError::ManifestInvalid {
+                return Err(IdentityError::ManifestInvalid {
                     path: path.to_path_buf(),
-                    reason: format!("{} (root of {principal}) holds no certificate", file.display()),
+                    reason: format!(
+                        "{} (root of {principal}) holds no certificate",
+                        file.display()
+                    ),
                 });
             }
         }
@@ -97,7 +100,8 @@ impl Identity {
         key: &Path,
         trust: &TrustStore,
     ) -> Result<Identity, IdentityError> {
-        let cert_pem = std::fs::read_to_string(certificate).map_err(IdentityError::io(certificate))?;
+        let cert_pem =
+            std::fs::read_to_string(certificate).map_err(IdentityError::io(certificate))?;
         let key_pem = std::fs::read_to_string(key).map_err(IdentityError::io(key))?;
         let root_pem = trust.roots_pem_of(&principal);
         if root_pem.is_empty() {
@@ -110,19 +114,32 @@ impl Identity {
             root_pem,
         };
         let chain = identity.chain_der()?;
-        let owner = trust.identify(Some(&chain)).map_err(|s| IdentityError::X509 {
-            context: format!("certificate {}", certificate.display()),
-            message: s.message().to_owned(),
-        })?;
+        let owner = trust
+            .identify(Some(&chain))
+            .map_err(|s| IdentityError::X509 {
+                context: format!("certificate {}", certificate.display()),
+                message: s.message().to_owned(),
+            })?;
         if owner != principal {
             return Err(IdentityError::X509 {
                 context: format!("certificate {}", certificate.display()),
                 message: format!("it identifies {owner}, not {principal}"),
             });
         }
-        rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).map_err(
-            IdentityError::pem(format!("private key {}", key.display())),
-        )?;
+        let key_der = rustls_pki_types::PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+            .map_err(IdentityError::pem(format!("private key {}", key.display())))?;
+        // The key must be the certificate's: a mismatch would otherwise surface only at the
+        // first handshake, as an opaque TLS error.
+        let provider = rustls::crypto::ring::default_provider();
+        rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
+            IdentityError::X509 {
+                context: format!("private key {}", key.display()),
+                message: format!(
+                    "it does not belong to certificate {}: {e}",
+                    certificate.display()
+                ),
+            }
+        })?;
         Ok(identity)
     }
 }

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use halo_identity::{Identity, TrustStore};
-use halo_protocol::roles::RoleConfig;
 use halo_proto::system::v1alpha::DifferentialPrivacyParams;
 use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
 use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
     self as mpc, liquid_legions_v2 as llv2,
 };
+use halo_protocol::roles::RoleConfig;
 use serde::{Deserialize, Serialize};
 
 /// Default fallback poll interval of `StreamActiveComputations`.
@@ -284,8 +284,16 @@ impl KingdomConfig {
             "no protocol has roles: configure at least one table of the roles file"
         );
         ensure!(
-            !self.stream_poll_interval.is_zero(),
-            "stream_poll_interval must be positive"
+            !self.stream_poll_interval.is_zero()
+                && self.stream_poll_interval <= Duration::from_secs(60),
+            "stream_poll_interval must be between 1 ms and 60 s"
+        );
+        // A zero lifetime would end every stream before its first item (heralds would learn of
+        // nothing); an enormous one overflows the stream's deadline.
+        ensure!(
+            self.stream_max_duration >= Duration::from_secs(1)
+                && self.stream_max_duration <= Duration::from_secs(86_400),
+            "stream_max_duration must be between 1 s and 1 day"
         );
         ensure!(
             self.limits.max_page_size >= 1 && self.limits.default_page_size >= 1,
