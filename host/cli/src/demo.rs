@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use halo_cli::mc::Noise;
 use halo_cli::report;
-use halo_duchy::protocol::{ProtocolRegistry, StageInfo, find_stage};
+use halo_duchy::protocol::{ProtocolRegistry, StageInfo, SystemProtocol, find_stage};
 use halo_duchy::store::Store;
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
@@ -46,11 +46,11 @@ impl DemoProtocol {
         }
     }
 
-    /// The component the duchies load, or why the protocol cannot run.
-    fn plugin_file(self) -> Result<&'static str> {
+    /// The protocol id of the component the duchies load, or why the protocol cannot run.
+    fn plugin_id(self) -> Result<&'static str> {
         match self {
-            DemoProtocol::Hmss => Ok("hmss-1.0.0.wasm"),
-            DemoProtocol::TestSum => Ok("test-sum-1.0.0.wasm"),
+            DemoProtocol::Hmss => Ok("hmss"),
+            DemoProtocol::TestSum => Ok("test-sum"),
             DemoProtocol::Llv2 | DemoProtocol::RoLlv2 => bail!(
                 "--protocol {}: the Liquid Legions v2 plugins are not built yet; use --protocol \
                  hmss (the default) or test-sum",
@@ -66,9 +66,13 @@ pub struct DemoArgs {
     /// protocol that exercises the host). `llv2` and `ro-llv2` are not available yet.
     #[arg(long, value_enum, default_value_t = DemoProtocol::Hmss)]
     protocol: DemoProtocol,
-    /// Plugin directory shared by the three duchies (default: the components built from
-    /// plugins/, copied into <out>/plugins).
-    #[arg(long)]
+    /// Plugin directory shared by the three duchies, used as it is (the protocol's plugin id
+    /// is preferred when several components serve one system protocol). Default: the newest
+    /// component of the protocol from <dir of halo>/plugins, else <dir of
+    /// halo>/../lib/halo/plugins (an installed layout such as the container image's
+    /// /usr/local/bin/halo + /usr/local/lib/halo/plugins), else the components built from the
+    /// source tree this binary was built in, copied into <out>/plugins.
+    #[arg(long, env = "HALO_PLUGINS")]
     plugins: Option<PathBuf>,
     /// Number of data providers.
     #[arg(long, default_value_t = 3)]
@@ -121,8 +125,96 @@ struct Outcome {
     buckets: u32,
 }
 
+/// Where `halo demo` takes its plugin from.
+#[derive(Debug, PartialEq, Eq)]
+enum PluginSource {
+    /// A directory given by `--plugins` / `HALO_PLUGINS`, watched as it is.
+    Dir(PathBuf),
+    /// One component found next to the binary or in the source tree, copied (with its
+    /// `.sig`, if any) into `<out>/plugins`.
+    Copy(PathBuf),
+}
+
+/// Finds the plugin of protocol `id`: the `--plugins` directory if given (it must hold a
+/// component of `id`), else the newest `<id>-<version>.wasm` in `<exe dir>/plugins`, then
+/// `<exe dir>/../lib/halo/plugins`, then `source_tree` (the build directory of the binary's
+/// own source tree). The error names every place looked at.
+fn locate_plugins(
+    flag: Option<&Path>,
+    exe: Option<&Path>,
+    source_tree: &Path,
+    id: &str,
+) -> Result<PluginSource> {
+    if let Some(dir) = flag {
+        return match newest_component(dir, id) {
+            Some(_) => Ok(PluginSource::Dir(dir.to_path_buf())),
+            None => bail!(
+                "--plugins / HALO_PLUGINS {}: no {id}-<version>.wasm there",
+                dir.display()
+            ),
+        };
+    }
+    let mut looked = Vec::new();
+    if let Some(exe_dir) = exe.and_then(Path::parent) {
+        looked.push(exe_dir.join("plugins"));
+        looked.push(exe_dir.join("..").join("lib").join("halo").join("plugins"));
+    }
+    looked.push(source_tree.to_path_buf());
+    for dir in &looked {
+        if let Some(file) = newest_component(dir, id) {
+            return Ok(PluginSource::Copy(file));
+        }
+    }
+    bail!(
+        "no {id} plugin ({id}-<version>.wasm) found; looked in {}. Pass --plugins DIR (or set \
+         HALO_PLUGINS)",
+        looked
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The newest `<id>-<version>.wasm` in `dir`, if any.
+fn newest_component(dir: &Path, id: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let (found, version) = halo_signing::parse_component_file_name(&name)?;
+            (found == id && e.path().is_file()).then(|| (version, e.path()))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, path)| path)
+}
+
+/// The directory the duchies' registry watches: `--plugins` as it is, or `<out>/plugins`
+/// with the located component (and its signature) copied in.
+fn plugin_dir(source: &PluginSource, out: &Path) -> Result<PathBuf> {
+    match source {
+        PluginSource::Dir(d) => Ok(d.clone()),
+        PluginSource::Copy(src) => {
+            let d = out.join("plugins");
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            let name = src
+                .file_name()
+                .ok_or_else(|| anyhow!("{} has no file name", src.display()))?;
+            std::fs::copy(src, d.join(name))
+                .with_context(|| format!("copying {}", src.display()))?;
+            let sig = halo_signing::signature_path(src);
+            if sig.is_file() {
+                let dest = halo_signing::signature_path(&d.join(name));
+                std::fs::copy(&sig, &dest).with_context(|| format!("copying {}", sig.display()))?;
+            }
+            Ok(d)
+        }
+    }
+}
+
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let file = args.protocol.plugin_file()?;
+    let id = args.protocol.plugin_id()?;
     if args.providers == 0 || args.registers == 0 {
         bail!("--providers and --registers must be positive");
     }
@@ -137,29 +229,33 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             temp.path().to_path_buf()
         }
     };
-    let plugin_dir = match &args.plugins {
-        Some(d) => d.clone(),
-        None => {
-            let d = dir.join("plugins");
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-            let src = PathBuf::from(halo_plugin_build::PLUGIN_DIR).join(file);
-            std::fs::copy(&src, d.join(file)).with_context(|| {
-                format!(
-                    "copying {} (built by the halo-plugin-build crate)",
-                    src.display()
-                )
-            })?;
-            d
-        }
+    let exe = std::env::current_exe().ok();
+    let source = locate_plugins(
+        args.plugins.as_deref(),
+        exe.as_deref(),
+        Path::new(halo_plugin_build::PLUGIN_DIR),
+        id,
+    )?;
+    let plugin_from = match &source {
+        PluginSource::Dir(d) | PluginSource::Copy(d) => d.clone(),
     };
+    if !args.json {
+        eprintln!("plugin: {}", plugin_from.display());
+    }
+    let plugin_dir = plugin_dir(&source, &dir)?;
     let runtime = halo_engine::Runtime::new(halo_engine::EngineConfig {
         cache_dir: Some(dir.join("plugin-cache")),
         ..halo_engine::EngineConfig::default()
     })?;
-    let plugins = halo_registry::PluginRegistry::open(
-        runtime,
-        halo_registry::RegistryConfig::new(&plugin_dir),
-    )?;
+    let mut registry_config = halo_registry::RegistryConfig::new(&plugin_dir);
+    for p in [
+        SystemProtocol::HonestMajorityShareShuffle,
+        SystemProtocol::LiquidLegionsV2,
+        SystemProtocol::ReachOnlyLiquidLegionsV2,
+    ] {
+        registry_config.serve.insert(p, id.to_string());
+    }
+    let plugins = halo_registry::PluginRegistry::open_async(runtime, registry_config).await?;
     for (path, why) in plugins.refused() {
         eprintln!("plugin refused: {}: {why}", path.display());
     }
@@ -201,6 +297,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "frequency": report::json(&outcome.frequency),
             "expected_frequency": report::json(&outcome.expected_frequency),
             "wall_seconds": wall,
+            "plugin": plugin_from.display().to_string(),
             "stages": stage_times_json(&stages),
             "registers": args.registers,
             "providers": args.providers,
@@ -304,8 +401,8 @@ fn print_keep_running(cluster: &Cluster, args: &DemoArgs, dir: &Path) {
     }
 }
 
-/// Seconds per executed stage, per duchy in execution order, from the duchies' audit logs
-/// (a stage that ran more than once counts with its last execution).
+/// Seconds per executed stage, per duchy in execution order, from the duchies' recorded
+/// stage runs (a stage that ran more than once counts with its last execution).
 type StageTimes = Vec<(String, Vec<(String, f64)>)>;
 
 async fn stage_times(cluster: &Cluster, gid: &str) -> Result<StageTimes> {
@@ -313,17 +410,9 @@ async fn stage_times(cluster: &Cluster, gid: &str) -> Result<StageTimes> {
     for d in halo_sim::DUCHIES {
         let mut per: Vec<(String, f64)> = Vec::new();
         if let Some(running) = cluster.duchies.get(d) {
-            for (_, event, detail) in running.core.store.audit_log(gid).await? {
-                if event != "executed" {
-                    continue;
-                }
-                // "<STAGE> in <secs>s"
-                if let Some((stage, secs)) = detail.split_once(" in ")
-                    && let Ok(s) = secs.trim_end_matches('s').parse::<f64>()
-                {
-                    per.retain(|(name, _)| name != stage);
-                    per.push((stage.to_string(), s));
-                }
+            for run in running.core.store.stage_runs(gid).await? {
+                per.retain(|(name, _)| *name != run.stage_name);
+                per.push((run.stage_name, run.seconds));
             }
         }
         out.push((d.to_string(), per));
@@ -721,5 +810,130 @@ mod tests {
             );
             assert!(!out.exists(), "{p} created {}", out.display());
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod plugin_lookup_tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"component").unwrap();
+    }
+
+    /// An installed layout: <root>/bin/halo, maybe <root>/bin/plugins, <root>/lib/halo/plugins.
+    struct Layout {
+        root: tempfile::TempDir,
+    }
+
+    impl Layout {
+        fn new() -> Layout {
+            let root = tempfile::tempdir().unwrap();
+            touch(&root.path().join("bin/halo"));
+            Layout { root }
+        }
+        fn exe(&self) -> PathBuf {
+            self.root.path().join("bin/halo")
+        }
+        fn p(&self, rel: &str) -> PathBuf {
+            self.root.path().join(rel)
+        }
+        fn locate(&self, flag: Option<&Path>, id: &str) -> Result<PluginSource> {
+            locate_plugins(flag, Some(&self.exe()), &self.p("src/target/plugins"), id)
+        }
+    }
+
+    #[test]
+    fn next_to_the_binary_then_lib_halo_then_the_source_tree() {
+        let l = Layout::new();
+        touch(&l.p("src/target/plugins/hmss-1.0.0.wasm"));
+        assert_eq!(
+            l.locate(None, "hmss").unwrap(),
+            PluginSource::Copy(l.p("src/target/plugins/hmss-1.0.0.wasm"))
+        );
+        touch(&l.p("lib/halo/plugins/hmss-1.0.0.wasm"));
+        assert_eq!(
+            l.locate(None, "hmss").unwrap(),
+            PluginSource::Copy(l.p("bin/../lib/halo/plugins/hmss-1.0.0.wasm"))
+        );
+        touch(&l.p("bin/plugins/hmss-1.0.0.wasm"));
+        assert_eq!(
+            l.locate(None, "hmss").unwrap(),
+            PluginSource::Copy(l.p("bin/plugins/hmss-1.0.0.wasm"))
+        );
+    }
+
+    #[test]
+    fn the_newest_version_of_the_protocol_is_taken_and_other_protocols_ignored() {
+        let l = Layout::new();
+        for f in [
+            "hmss-1.0.0.wasm",
+            "hmss-1.10.0.wasm",
+            "hmss-1.9.0.wasm",
+            "hmss-x.wasm",
+            "test-sum-9.0.0.wasm",
+        ] {
+            touch(&l.p(&format!("bin/plugins/{f}")));
+        }
+        // A directory with the right name is not a component.
+        std::fs::create_dir_all(l.p("bin/plugins/hmss-2.0.0.wasm")).unwrap();
+        assert_eq!(
+            l.locate(None, "hmss").unwrap(),
+            PluginSource::Copy(l.p("bin/plugins/hmss-1.10.0.wasm"))
+        );
+        assert_eq!(
+            l.locate(None, "test-sum").unwrap(),
+            PluginSource::Copy(l.p("bin/plugins/test-sum-9.0.0.wasm"))
+        );
+    }
+
+    #[test]
+    fn the_flag_wins_and_must_hold_the_protocol() {
+        let l = Layout::new();
+        touch(&l.p("bin/plugins/hmss-1.0.0.wasm"));
+        touch(&l.p("mine/hmss-1.1.0.wasm"));
+        let mine = l.p("mine");
+        assert_eq!(
+            l.locate(Some(&mine), "hmss").unwrap(),
+            PluginSource::Dir(mine.clone())
+        );
+        // No fall-back past an explicit directory that lacks the protocol.
+        let err = format!("{:#}", l.locate(Some(&mine), "test-sum").unwrap_err());
+        assert!(err.contains(&mine.display().to_string()), "{err}");
+        assert!(err.contains("test-sum"), "{err}");
+    }
+
+    #[test]
+    fn nothing_found_names_every_place_looked() {
+        let l = Layout::new();
+        // Other protocols' components do not count.
+        touch(&l.p("bin/plugins/test-sum-1.0.0.wasm"));
+        let err = format!("{:#}", l.locate(None, "hmss").unwrap_err());
+        for place in [
+            l.p("bin/plugins"),
+            l.p("bin/../lib/halo/plugins"),
+            l.p("src/target/plugins"),
+        ] {
+            assert!(err.contains(&place.display().to_string()), "{err}");
+        }
+        assert!(err.contains("--plugins"), "{err}");
+    }
+
+    #[test]
+    fn a_copied_component_brings_its_signature() {
+        let l = Layout::new();
+        let src = l.p("bin/plugins/hmss-1.0.0.wasm");
+        touch(&src);
+        std::fs::write(halo_signing::signature_path(&src), b"sig").unwrap();
+        let out = l.p("out");
+        let dir = plugin_dir(&PluginSource::Copy(src), &out).unwrap();
+        assert_eq!(dir, out.join("plugins"));
+        assert!(dir.join("hmss-1.0.0.wasm").is_file());
+        assert_eq!(
+            std::fs::read(dir.join("hmss-1.0.0.wasm.sig")).unwrap(),
+            b"sig"
+        );
     }
 }

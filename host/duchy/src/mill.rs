@@ -198,7 +198,7 @@ pub async fn run_supervisor(core: Arc<Core>, mut shutdown: watch::Receiver<bool>
 
 async fn fail_overdue(core: &Arc<Core>) -> Result<()> {
     let deadline = core.config.mill.computation_deadline;
-    let before = now_ms() - deadline.as_millis() as i64;
+    let before = now_ms().saturating_sub(crate::store::millis(deadline));
     for row in core.store.overdue(before).await? {
         let name = match core.protocol_for(&row) {
             Ok(p) => stage_name(&p.stages(), row.stage),
@@ -352,7 +352,7 @@ async fn process_claim(
         return settle(core, claim, &row, &name, Trouble::Permanent(msg)).await;
     }
     let deadline = core.config.mill.computation_deadline;
-    if now_ms() - row.created_ms > deadline.as_millis() as i64 {
+    if now_ms().saturating_sub(row.created_ms) > crate::store::millis(deadline) {
         let msg = format!(
             "computation deadline of {}s exceeded in stage {name}",
             deadline.as_secs()
@@ -587,8 +587,9 @@ async fn run_stage(
                     }
                 }
             } else {
+                let ran = std::time::Duration::try_from_secs_f64(elapsed).unwrap_or_default();
                 core.store
-                    .audit(gid, "executed", &format!("{name} in {elapsed:.3}s"))
+                    .record_stage_run(gid, claim, name, ran)
                     .await
                     .map_err(internal)?;
                 halo_crashpoint::point_at("mill.saved", name);

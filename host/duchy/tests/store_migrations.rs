@@ -149,3 +149,67 @@ async fn an_old_store_missing_a_column_is_refused_not_used() {
         "{err:#}"
     );
 }
+
+#[tokio::test]
+async fn stage_runs_are_structured_rows_in_execution_order() {
+    use halo_duchy::store::Claim;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    old_store(dir.path(), BEFORE_MIGRATIONS).await;
+    let store = Store::open(dir.path()).await.unwrap();
+    assert!(store.stage_runs("c1").await.unwrap().is_empty());
+    let claim = |stage, attempt| Claim {
+        owner: "w".into(),
+        stage,
+        attempt,
+    };
+    store
+        .record_stage_run(
+            "c1",
+            &claim(2, 1),
+            "SETUP_PHASE",
+            Duration::from_millis(1500),
+        )
+        .await
+        .unwrap();
+    store
+        .record_stage_run(
+            "c1",
+            &claim(3, 2),
+            "SHUFFLE_PHASE",
+            Duration::from_millis(250),
+        )
+        .await
+        .unwrap();
+    store
+        .record_stage_run("other", &claim(2, 1), "SETUP_PHASE", Duration::ZERO)
+        .await
+        .unwrap();
+    let runs = store.stage_runs("c1").await.unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (runs[0].stage, runs[0].stage_name.as_str(), runs[0].attempt),
+        (2, "SETUP_PHASE", 1)
+    );
+    assert_eq!(runs[0].seconds, 1.5);
+    assert_eq!(runs[0].finished_ms - runs[0].started_ms, 1500);
+    assert_eq!(
+        (runs[1].stage, runs[1].stage_name.as_str(), runs[1].attempt),
+        (3, "SHUFFLE_PHASE", 2)
+    );
+    assert!(runs[1].started_ms >= runs[0].started_ms);
+    // The human audit entry is written with it.
+    let executed: Vec<String> = store
+        .audit_log("c1")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, e, _)| e == "executed")
+        .map(|(_, _, d)| d)
+        .collect();
+    assert_eq!(
+        executed,
+        vec!["SETUP_PHASE in 1.500s", "SHUFFLE_PHASE in 0.250s"]
+    );
+    store.close().await;
+}
