@@ -13,11 +13,11 @@ use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use halo_duchy::outcome::{OutcomeCheck, OutcomeLimits, validate_outcome};
-use halo_duchy::protocol::{
+use halo_protocol::{
     ComputationResult, Outgoing, PluginPin, Protocol as _, Role, StageInfo, StageKind,
     StageOutcome, SystemProtocol,
 };
-use halo_duchy::testing::TestSumProtocol;
+use halo_testkit::TestSumProtocol;
 use halo_proto::system::v1alpha::computation_participant::RequisitionParams;
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
