@@ -38,8 +38,9 @@ impl Principal {
 
     /// Parses a resource name produced by [`Principal::resource_name`].
     ///
-    /// Ids must be non-empty and consist of ASCII letters, digits, `-`, `_` or `.`
-    /// (so that they are also safe in file names, see [`Principal::file_stem`]).
+    /// Ids follow `halo_protocol::names::valid_id_segment` (1–64 ASCII letters, digits, `-`,
+    /// `_` or `.`, not starting with `.`; so they are also safe in file names, see
+    /// [`Principal::file_stem`]).
     pub fn parse(name: &str) -> Result<Principal, IdentityError> {
         let invalid = |reason| IdentityError::InvalidResourceName {
             name: name.to_owned(),
@@ -54,13 +55,10 @@ impl Principal {
         if id.is_empty() {
             return Err(invalid("empty id"));
         }
-        if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || id.starts_with('.')
-        {
+        // The one id grammar of the Kingdom and the duchies.
+        if !halo_protocol::names::valid_id_segment(id) {
             return Err(invalid(
-                "id must consist of ASCII letters, digits, '-', '_' or '.' and not start with '.'",
+                "id must be 1-64 ASCII letters, digits, '-', '_' or '.' and not start with '.'",
             ));
         }
         let id = id.to_owned();

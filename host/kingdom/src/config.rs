@@ -219,6 +219,16 @@ pub struct DefaultProtocolConfigs {
 }
 
 impl DefaultProtocolConfigs {
+    /// The system `MpcProtocolConfig` of `protocol`.
+    pub fn for_protocol(&self, protocol: halo_protocol::SystemProtocol) -> MpcProtocolConfig {
+        use halo_protocol::SystemProtocol as P;
+        match protocol {
+            P::LiquidLegionsV2 => self.liquid_legions_v2(),
+            P::ReachOnlyLiquidLegionsV2 => self.reach_only_liquid_legions_v2(),
+            P::HonestMajorityShareShuffle => self.honest_majority_share_shuffle(),
+        }
+    }
+
     /// The system `MpcProtocolConfig` of each protocol.
     pub fn liquid_legions_v2(&self) -> MpcProtocolConfig {
         MpcProtocolConfig {

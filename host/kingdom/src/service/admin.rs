@@ -111,15 +111,7 @@ impl Measurements for MeasurementsService {
         let protocol = resolve_protocol(req.protocol, req.protocol_config.as_ref())?;
         let protocol_config = match req.protocol_config {
             Some(c) if c.protocol.is_some() => c,
-            _ => match protocol {
-                SystemProtocol::LiquidLegionsV2 => directory.defaults.liquid_legions_v2(),
-                SystemProtocol::ReachOnlyLiquidLegionsV2 => {
-                    directory.defaults.reach_only_liquid_legions_v2()
-                }
-                SystemProtocol::HonestMajorityShareShuffle => {
-                    directory.defaults.honest_majority_share_shuffle()
-                }
-            },
+            _ => directory.defaults.for_protocol(protocol),
         };
         if req.measurement_spec.is_empty() {
             return Err(Status::invalid_argument("measurement_spec is required"));
