@@ -27,10 +27,6 @@ use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use halo_duchy::identity::{CertificateSource, DuchyIdentity};
-use halo_protocol::{
-    ComputationContext, InputOrigin, Participant, Protocol, Role, StageIdentity, StageInput,
-    StageOutcome, SystemProtocol,
-};
 use halo_engine::{EngineConfig, Runtime};
 use halo_identity::{DevPki, Principal};
 use halo_proto::api::v2alpha::fulfill_requisition_request::Header;
@@ -41,6 +37,10 @@ use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
 };
 use halo_proto::system::v1alpha::computation_participant::{RequisitionParams, requisition_params};
 use halo_proto::system::v1alpha::{Computation, DifferentialPrivacyParams, Requisition};
+use halo_protocol::{
+    ComputationContext, InputOrigin, Participant, Protocol, Role, StageIdentity, StageInput,
+    StageOutcome, SystemProtocol,
+};
 use prost::Message;
 use rand::SeedableRng;
 

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use halo_protocol::{ProtocolRegistry, StaticRegistry};
-use halo_testkit::TestSumProtocol;
 use halo_proto::api::v2alpha as api;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::DifferentialPrivacyParams;
+use halo_protocol::{ProtocolRegistry, StaticRegistry};
 use halo_sim::{Cluster, ClusterOptions, edp, mc};
+use halo_testkit::TestSumProtocol;
 
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 

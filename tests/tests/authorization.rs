@@ -4,11 +4,11 @@
 //! configured at the Kingdom) that takes no part in HMSS computations.
 
 use halo_duchy::mill::stage_number;
-use halo_testkit::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::system::v1alpha as sys;
 use halo_sim::{Cluster, ClusterOptions, edp, mc};
+use halo_testkit::{AGGREGATION_PHASE_INPUT, WAIT_ON_AGGREGATION_INPUT};
 use halo_tests::*;
 use sys::computation_control_client::ComputationControlClient;
 use tonic::Code;

@@ -3,12 +3,10 @@
 //! byte-identical, a duplicate send is idempotent, and bad requests get the right status.
 
 use halo_duchy::mill::{advance_header, stage_number};
-use halo_protocol::SystemProtocol;
-use halo_testkit::{
-    AGGREGATION_PHASE_INPUT, SHUFFLE_PHASE_INPUT_ONE, WAIT_ON_AGGREGATION_INPUT,
-};
 use halo_identity::Principal;
 use halo_proto::system::v1alpha as sys;
+use halo_protocol::SystemProtocol;
+use halo_testkit::{AGGREGATION_PHASE_INPUT, SHUFFLE_PHASE_INPUT_ONE, WAIT_ON_AGGREGATION_INPUT};
 use halo_tests::*;
 use sha2::{Digest, Sha256};
 use sys::computation_control_client::ComputationControlClient;

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use halo_protocol::{Protocol, ProtocolRegistry, StaticRegistry};
 use halo_duchy::store::InputRow;
-use halo_testkit::{
-    AGGREGATION_PHASE_INPUT, SHUFFLE_PHASE, TestSumProtocol, WAIT_ON_AGGREGATION_INPUT,
-};
 use halo_identity::Principal;
 use halo_proto::system::v1alpha::computation::State;
 use halo_proto::system::v1alpha::computation_control_client::ComputationControlClient;
+use halo_protocol::{Protocol, ProtocolRegistry, StaticRegistry};
 use halo_sim::{Cluster, ClusterOptions};
+use halo_testkit::{
+    AGGREGATION_PHASE_INPUT, SHUFFLE_PHASE, TestSumProtocol, WAIT_ON_AGGREGATION_INPUT,
+};
 use halo_tests::*;
 
 /// Every duchy runs `TestSumProtocol::new`, except `special` which runs `p`.

@@ -23,10 +23,21 @@ fn deps(krate: &str) -> Vec<String> {
 
 #[test]
 fn engine_and_registry_do_not_depend_on_the_duchy() {
-    for krate in ["host/engine", "host/registry", "host/testkit", "host/protocol"] {
+    for krate in [
+        "host/engine",
+        "host/registry",
+        "host/testkit",
+        "host/protocol",
+    ] {
         let d = deps(krate);
-        assert!(d.iter().any(|n| n == "halo-protocol") || krate == "host/protocol", "{krate}");
-        assert!(!d.iter().any(|n| n == "halo-duchy"), "{krate} depends on halo-duchy: {d:?}");
+        assert!(
+            d.iter().any(|n| n == "halo-protocol") || krate == "host/protocol",
+            "{krate}"
+        );
+        assert!(
+            !d.iter().any(|n| n == "halo-duchy"),
+            "{krate} depends on halo-duchy: {d:?}"
+        );
     }
 }
 
@@ -36,7 +47,11 @@ fn the_contract_crate_stands_alone() {
         .into_iter()
         .filter(|n| n.starts_with("halo-"))
         .collect();
-    assert_eq!(host, ["halo-proto"], "halo-protocol may only use the generated API types");
+    assert_eq!(
+        host,
+        ["halo-proto"],
+        "halo-protocol may only use the generated API types"
+    );
 }
 
 #[test]
@@ -52,7 +67,8 @@ fn no_host_crate_links_protocol_math() {
     ] {
         let d = deps(krate);
         assert!(
-            !d.iter().any(|n| n.starts_with("hmss") || n.starts_with("llv2")),
+            !d.iter()
+                .any(|n| n.starts_with("hmss") || n.starts_with("llv2")),
             "{krate}: {d:?}"
         );
     }

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use halo_duchy::MillConfig;
 use halo_duchy::blobs::is_safe_key;
-use halo_protocol::ProtocolRegistry;
 use halo_proto::halo::v1 as admin;
 use halo_proto::system::v1alpha::computation::State;
+use halo_protocol::ProtocolRegistry;
 use halo_sim::{Cluster, ClusterOptions, mc};
 use halo_tests::*;
 

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use halo_duchy::mill::advance_header;
-use halo_protocol::SystemProtocol;
-use halo_testkit::AGGREGATION_PHASE_INPUT;
 use halo_identity::Principal;
 use halo_proto::api::v2alpha as api;
 use halo_proto::system::v1alpha as sys;
+use halo_protocol::SystemProtocol;
 use halo_sim::{Cluster, ClusterOptions, edp};
+use halo_testkit::AGGREGATION_PHASE_INPUT;
 use halo_tests::*;
 use sys::computation_control_client::ComputationControlClient;
 use tokio::io::AsyncReadExt;

@@ -34,9 +34,13 @@ fn assert_agree(duchy_id: &str, external_computation_id: i64, external_requisiti
         (duchy_id.to_owned(), "c1".to_owned())
     );
     let parsed = duchy::CertificateName::parse(&certificate).unwrap();
-    assert_eq!((parsed.kind, parsed.owner), (duchy::OwnerKind::Duchy, duchy_id));
+    assert_eq!(
+        (parsed.kind, parsed.owner),
+        (duchy::OwnerKind::Duchy, duchy_id)
+    );
     // The duchy formats, the Kingdom parses.
-    let stage_owner = kingdom::ParticipantKey::parse(&duchy::participant_name(c, duchy_id)).unwrap();
+    let stage_owner =
+        kingdom::ParticipantKey::parse(&duchy::participant_name(c, duchy_id)).unwrap();
     assert_eq!(stage_owner.duchy_id, duchy_id);
     assert_eq!(stage_owner.external_computation_id, external_computation_id);
     // And the id is the one the principal of its certificate carries.

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halo_protocol::{ProtocolRegistry, SystemProtocol};
-use halo_testkit::WAIT_ON_AGGREGATION_INPUT;
 use halo_proto::system::v1alpha::computation::State;
+use halo_protocol::{ProtocolRegistry, SystemProtocol};
 use halo_registry::{PluginRegistry, RegistryConfig};
+use halo_testkit::WAIT_ON_AGGREGATION_INPUT;
 use halo_tests::*;
 
 fn copy(src: &str, dir: &Path) -> PathBuf {

@@ -12,10 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use halo_protocol::{
-    ComputationContext, InputOrigin, Protocol, Role, StageInput, SystemProtocol,
-};
 use halo_engine::{EngineConfig, Runtime};
+use halo_protocol::{ComputationContext, InputOrigin, Protocol, Role, StageInput, SystemProtocol};
 
 fn ctx() -> ComputationContext {
     ComputationContext {

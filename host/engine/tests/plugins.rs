@@ -8,16 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use halo_protocol::{
-    ComputationContext, InputOrigin, Participant, Protocol, Role, StageError, StageInput,
-    StageKind, SystemProtocol,
-};
-use halo_testkit::{self as ts, TestSumProtocol};
 use halo_engine::{EngineConfig, LoadError, LoadedPlugin, Runtime, SUPPORTED_WIT};
 use halo_plugin_build as plugins;
 use halo_proto::halo::v1::MeasurementSpec;
 use halo_proto::prost::Message;
 use halo_proto::system::v1alpha::{Computation, DifferentialPrivacyParams};
+use halo_protocol::{
+    ComputationContext, InputOrigin, Participant, Protocol, Role, StageError, StageInput,
+    StageKind, SystemProtocol,
+};
+use halo_testkit::{self as ts, TestSumProtocol};
 
 /// AOT artifacts shared by the tests in this binary (and kept between runs): compiling in a
 /// debug build is slow. Tests about the cache itself use their own directory.

@@ -16,10 +16,10 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use crate::config::{DefaultProtocolConfigs, KingdomConfig};
-use halo_protocol::SystemProtocol;
-use halo_protocol::roles::RoleConfig;
 use crate::names::{self, CertificateKey, CertificateOwner};
 use crate::store::{self, ComputationData, Db, ParticipantRow, RequisitionRow};
+use halo_protocol::SystemProtocol;
+use halo_protocol::roles::RoleConfig;
 
 /// The public API version reported on computations.
 pub const PUBLIC_API_VERSION: &str = "v2alpha";

@@ -61,8 +61,8 @@ use sha2::{Digest as _, Sha256};
 
 pub use config::{
     CertEntry, DEFAULT_STREAM_MAX_DURATION, DEFAULT_STREAM_POLL_INTERVAL, DefaultProtocolConfigs,
-    DpParams, DuchyEntry, HmssDefaults, KingdomConfig, KingdomLimits,
-    LiquidLegionsV2Defaults, NoiseMechanism,
+    DpParams, DuchyEntry, HmssDefaults, KingdomConfig, KingdomLimits, LiquidLegionsV2Defaults,
+    NoiseMechanism,
 };
 pub use core::PUBLIC_API_VERSION;
 pub use server::RunningKingdom;

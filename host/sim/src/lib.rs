@@ -17,9 +17,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use halo_duchy::protocol::ProtocolRegistry;
 use halo_duchy::{DuchyConfig, HeraldConfig, MillConfig, PeerDirectory, RunningDuchy};
-use halo_protocol::roles::{ProtocolDuchies, RoleConfig};
 use halo_identity::{DevPki, Identity, Principal, TrustStore};
 use halo_kingdom::{CertEntry, DuchyEntry, KingdomConfig, RunningKingdom};
+use halo_protocol::roles::{ProtocolDuchies, RoleConfig};
 use tonic::transport::Channel;
 
 pub use remote::Remote;

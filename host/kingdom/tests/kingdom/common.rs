@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use halo_identity::{DevPki, Identity, Principal, TrustStore};
-use halo_protocol::roles::{ProtocolDuchies, RoleConfig};
 use halo_kingdom::{
-    CertEntry, DefaultProtocolConfigs, DuchyEntry, KingdomConfig, RunningKingdom,
-    certificate_id,
+    CertEntry, DefaultProtocolConfigs, DuchyEntry, KingdomConfig, RunningKingdom, certificate_id,
 };
 use halo_proto::halo::v1::certificates_client::CertificatesClient;
 use halo_proto::halo::v1::create_measurement_request::DataProviderEntry;
@@ -30,6 +28,7 @@ use halo_proto::system::v1alpha::{
     Requisition, SetParticipantRequisitionParamsRequest, StreamActiveComputationsRequest,
     StreamActiveComputationsResponse,
 };
+use halo_protocol::roles::{ProtocolDuchies, RoleConfig};
 use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;

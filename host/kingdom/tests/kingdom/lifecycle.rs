@@ -228,7 +228,10 @@ async fn llv2_full_lifecycle() {
         .iter()
         .map(|p| p.name.clone())
         .collect();
-    assert_eq!(names, [W1, W2, AGG].map(|d| format!("{name}/participants/{d}")));
+    assert_eq!(
+        names,
+        [W1, W2, AGG].map(|d| format!("{name}/participants/{d}"))
+    );
     assert!(
         c.requisitions
             .iter()
@@ -662,5 +665,8 @@ async fn a_kingdom_refuses_roles_naming_unknown_duchies() {
         ring.non_aggregators.push("nowhere".into());
     }
     let err = config.validate().unwrap_err().to_string();
-    assert!(err.contains("\"nowhere\" is not a configured duchy"), "{err}");
+    assert!(
+        err.contains("\"nowhere\" is not a configured duchy"),
+        "{err}"
+    );
 }
