@@ -209,9 +209,45 @@ impl Core {
             .ok_or_else(|| anyhow!("pinned protocol {} is not loaded", row.pin))
     }
 
+    /// Checks that the roles file still gives the computation's participants the roles it
+    /// was created with: this duchy's own role is stored at creation, the others' are read
+    /// from the roles file at every stage, so an edited roles file (and a restart) in the
+    /// middle of a computation would otherwise have this duchy play along with the wrong
+    /// roles. `Err` says what changed (the computation must fail).
+    pub fn check_roles_unchanged(
+        &self,
+        row: &ComputationRow,
+        c: &Computation,
+    ) -> Result<(), String> {
+        let me = self.id();
+        let listed: Vec<&str> = c
+            .computation_participants
+            .iter()
+            .filter_map(|p| names::parse_participant(&p.name).map(|(_, d)| d))
+            .collect();
+        if let Err(why) = self.config.roles.check_participants(row.protocol, &listed) {
+            return Err(format!(
+                "duchy {me}: the roles file changed while the computation was running: {why}"
+            ));
+        }
+        let now = self.role_of(row.protocol, me);
+        if now != Some(row.role) {
+            return Err(format!(
+                "duchy {me}: the roles file changed while the computation was running: this \
+                 duchy was created with role {:?} in {}, the roles file now gives {now:?}",
+                row.role, row.protocol
+            ));
+        }
+        Ok(())
+    }
+
+    /// The context of a stage (or of the plugin's `start`). Fails if the roles file no longer
+    /// matches the computation ([`Core::check_roles_unchanged`]).
     pub fn context(&self, row: &ComputationRow) -> Result<ComputationContext> {
         let c = Computation::decode(row.computation.as_slice())
             .context("stored computation snapshot")?;
+        self.check_roles_unchanged(row, &c)
+            .map_err(|e| anyhow!(e))?;
         Ok(ComputationContext {
             global_id: row.global_id.clone(),
             duchy_id: self.config.id.clone(),
@@ -341,6 +377,12 @@ impl Core {
                         .filter(|i| i.description == *description)
                         .map(|i| i.sender)
                         .collect();
+                    let snapshot = Computation::decode(row.computation.as_slice())
+                        .context("stored computation snapshot")?;
+                    if let Err(msg) = self.check_roles_unchanged(&row, &snapshot) {
+                        self.fail(global_id, &msg).await?;
+                        return Ok(());
+                    }
                     let complete = match self.expected_senders(&row, from)? {
                         Some(list) if list.is_empty() => {
                             // No participant has a role this stage waits for: a role

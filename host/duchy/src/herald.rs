@@ -33,7 +33,7 @@ impl HeraldStatus {
     pub fn kingdom_reachable(&self, recent: std::time::Duration) -> bool {
         self.connected.load(Ordering::SeqCst)
             || crate::store::now_ms() - self.last_contact_ms.load(Ordering::SeqCst)
-                <= recent.as_millis() as i64
+                <= crate::store::millis(recent)
     }
 
     fn contact(&self) {
@@ -69,9 +69,19 @@ pub async fn run_reporting(
             return;
         }
         match res {
-            Ok(()) => {
-                tracing::info!(duchy = %core.id(), "the Kingdom ended the active-computations stream; resuming from the continuation token");
+            Ok(items) if items > 0 => {
+                tracing::info!(duchy = %core.id(), items, "the Kingdom ended the active-computations stream; resuming from the continuation token");
                 backoff = cfg.backoff_initial;
+            }
+            Ok(_) => {
+                // Nothing delivered: reconnecting at once could spin against a Kingdom whose
+                // streams end immediately. Back off as after a failure.
+                tracing::info!(duchy = %core.id(), "the Kingdom ended the active-computations stream without an item; resuming from the continuation token in {backoff:?}");
+                tokio::select! {
+                    _ = shutdown.wait_for(|v| *v) => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(cfg.backoff_max);
             }
             Err(e) => {
                 tracing::warn!(duchy = %core.id(), "herald stream failed, retrying in {:?}: {e:#}", backoff);
@@ -85,29 +95,32 @@ pub async fn run_reporting(
     }
 }
 
-/// Follows one stream until it ends, fails, or `shutdown` (between items).
+/// Follows one stream until it ends, fails, or `shutdown` (between items); returns how many
+/// items it delivered.
 async fn follow_stream(
     core: &Arc<Core>,
     status: &HeraldStatus,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<usize> {
     let token = core.store.continuation_token().await?;
     let mut client = core.computations_client();
     let open = client.stream_active_computations(sys::StreamActiveComputationsRequest {
         continuation_token: token,
     });
     let mut stream = tokio::select! {
-        _ = shutdown.wait_for(|v| *v) => return Ok(()),
+        _ = shutdown.wait_for(|v| *v) => return Ok(0),
         r = open => r?.into_inner(),
     };
     status.connected.store(true, Ordering::SeqCst);
     status.contact();
+    let mut items = 0;
     loop {
         let item = tokio::select! {
-            _ = shutdown.wait_for(|v| *v) => return Ok(()),
+            _ = shutdown.wait_for(|v| *v) => return Ok(items),
             m = stream.message() => m?,
         };
         let Some(item) = item else { break };
+        items += 1;
         status.contact();
         if let Some(c) = item.computation {
             halo_crashpoint::point("herald.received");
@@ -120,7 +133,7 @@ async fn follow_stream(
             .set_continuation_token(&item.continuation_token)
             .await?;
     }
-    Ok(())
+    Ok(items)
 }
 
 fn is_terminal(state: i32) -> bool {

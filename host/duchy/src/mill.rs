@@ -61,6 +61,19 @@ pub async fn run_worker(
                     stage: row.stage,
                     attempt: row.attempt,
                 };
+                // Test builds: hold the fresh claim here until the pause ends or shutdown
+                // begins (a claim that was in flight when the shutdown came).
+                if let Some(pause) = halo_crashpoint::pause("mill.claim_returned") {
+                    tokio::select! {
+                        _ = shutdown.wait_for(|v| *v) => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                // Shutdown began while claiming: start nothing new, give the claim back.
+                if *shutdown.borrow() {
+                    give_back_unstarted(&core, &id, &claim).await;
+                    return;
+                }
                 let lost = Arc::new(AtomicBool::new(false));
                 let heartbeat = tokio::spawn(renew_lease(
                     core.clone(),
@@ -116,6 +129,20 @@ pub async fn run_worker(
                 tracing::error!("mill: claiming work failed: {e:#}");
                 tokio::time::sleep(poll).await;
             }
+        }
+    }
+}
+
+/// Gives back a claim whose stage never started because shutdown began (not an attempt;
+/// claimable at once).
+async fn give_back_unstarted(core: &Arc<Core>, gid: &str, claim: &Claim) {
+    match core.store.release_at_shutdown(gid, claim).await {
+        Ok(true) => {
+            tracing::info!(computation = %gid, attempt = claim.attempt, "shutting down: claim given back before its stage started")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(computation = %gid, "shutting down: giving the claim back: {e:#}")
         }
     }
 }

@@ -103,6 +103,10 @@ impl Readiness for DuchyReadiness {
 impl RunningDuchy {
     pub async fn start(config: DuchyConfig) -> Result<RunningDuchy> {
         halo_identity::init_crypto();
+        // Test builds: hold start-up here (nothing opened yet), e.g. to signal the process.
+        if let Some(pause) = halo_crashpoint::pause("duchy.start") {
+            tokio::time::sleep(pause).await;
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
         let (ops_stop, _) = watch::channel(false);
@@ -261,8 +265,18 @@ impl RunningDuchy {
                 tracing::warn!(duchy = %id, "mill workers did not stop; the next start frees their leases");
             }
         }
-        for t in self.tasks {
-            let _ = t.await;
+        // The herald and the supervisor stop between two items, but an item may be a Kingdom
+        // call (connect timeout 10 s): wait for them only within the grace period.
+        let remaining = grace
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        let mut tasks = self.tasks;
+        let all = futures::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(remaining, all).await.is_err() {
+            tracing::warn!(duchy = %id, "herald or supervisor still busy after the grace period; stopping them");
+            for t in &tasks {
+                t.abort();
+            }
         }
         let remaining = grace
             .saturating_sub(started.elapsed())
