@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
+use halo_cli::lifecycle::{ShutdownSignals, StopSignal};
 use halo_cli::settings;
 use halo_duchy::RunningDuchy;
 use halo_identity::{DevPki, Principal};
@@ -45,7 +46,11 @@ enum Command {
         #[arg(long, env = "HALO_PKI_OUT")]
         out: PathBuf,
         /// Duchy ids (any names: ASCII letters, digits, '-', '_', '.').
-        #[arg(long, value_delimiter = ',', default_value = "aggregator,worker1,worker2")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "aggregator,worker1,worker2"
+        )]
         duchies: Vec<String>,
         #[arg(long, value_delimiter = ',', default_value = "edp1,edp2,edp3")]
         data_providers: Vec<String>,
@@ -152,6 +157,15 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<halo_cli::lifecycle::Interrupted>()
+                .is_some() =>
+        {
+            let code = e
+                .downcast_ref::<halo_cli::lifecycle::Interrupted>()
+                .map_or(1, |i| i.0.exit_code());
+            ExitCode::from(code)
+        }
         Err(e) if e.downcast_ref::<UsageError>().is_some() => {
             eprintln!("error: {e:#}");
             ExitCode::from(EX_USAGE)
@@ -163,8 +177,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    halo_cli::lifecycle::shutdown_signal().await;
+/// Start-up ended by a stop signal: nothing was claimed, nothing needs releasing.
+fn stopped_during_start_up(what: &str, signal: StopSignal) -> Result<()> {
+    tracing::info!("{signal} received during start-up: {what} stops before serving");
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -177,7 +193,11 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let mut principals = vec![Principal::Kingdom];
             let groups = [
-                ("duchy", &duchies, Principal::Duchy as fn(String) -> Principal),
+                (
+                    "duchy",
+                    &duchies,
+                    Principal::Duchy as fn(String) -> Principal,
+                ),
                 ("data provider", &data_providers, Principal::DataProvider),
                 (
                     "measurement consumer",
@@ -212,9 +232,15 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             init_tracing("info");
+            // First, so that a stop signal during start-up is an orderly exit.
+            let mut signals = ShutdownSignals::install()?;
             halo_identity::init_crypto();
             let plan = usage(settings.plan())?;
-            let mut k = halo_kingdom::RunningKingdom::start(plan.config).await?;
+            let start = halo_kingdom::RunningKingdom::start(plan.config);
+            let mut k = match signals.unless_signalled(start).await {
+                Ok(k) => k?,
+                Err(s) => return stopped_during_start_up("the Kingdom", s),
+            };
             tracing::info!(addr = %k.addr, "kingdom listening");
             if let Some(addr) = plan.metrics_listen {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -223,8 +249,9 @@ async fn run(cli: Cli) -> Result<()> {
                 tracing::info!(%addr, "/healthz, /readyz");
                 k.serve_ops(listener, None);
             }
-            shutdown_signal().await;
-            k.shutdown_graceful(plan.shutdown_grace).await
+            signals
+                .serve_until_stopped(k.shutdown_graceful(plan.shutdown_grace))
+                .await
         }
         Command::Plugin(cmd) => {
             init_tracing("warn");
@@ -237,17 +264,27 @@ async fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             init_tracing("info");
+            // First, so that a stop signal during start-up (compiling plugins can take a
+            // while) is an orderly exit: nothing is claimed before the duchy has started.
+            let mut signals = ShutdownSignals::install()?;
             halo_identity::init_crypto();
-            // Loading the identity and the plugin registry (compiling components) blocks.
-            let plan = tokio::task::spawn_blocking(move || settings.plan())
-                .await
-                .context("loading the duchy configuration")?;
+            // Loading the identity and the plugin registry (compiling components) blocks. If a
+            // signal comes first, the blocking load is left behind (bounded by the runtime's
+            // shutdown timeout in `main`).
+            let plan = tokio::task::spawn_blocking(move || settings.plan());
+            let plan = match signals.unless_signalled(plan).await {
+                Ok(plan) => plan.context("loading the duchy configuration")?,
+                Err(s) => return stopped_during_start_up("the duchy", s),
+            };
             let plan = usage(plan)?;
             let config = plan.config;
             let metrics_listen = plan.metrics_listen;
             let _watch = plan.watch;
             let registry_for_metrics = plan.registry.clone();
-            let mut d = RunningDuchy::start(config).await?;
+            let mut d = match signals.unless_signalled(RunningDuchy::start(config)).await {
+                Ok(d) => d?,
+                Err(s) => return stopped_during_start_up("the duchy", s),
+            };
             tracing::info!(addr = %d.addr, "duchy listening");
             if let Some(addr) = metrics_listen {
                 let listener = tokio::net::TcpListener::bind(addr)
@@ -266,8 +303,9 @@ async fn run(cli: Cli) -> Result<()> {
                     });
                 d.serve_ops(listener, refresh);
             }
-            shutdown_signal().await;
-            d.shutdown_graceful(plan.shutdown_grace).await
+            signals
+                .serve_until_stopped(d.shutdown_graceful(plan.shutdown_grace))
+                .await
         }
         Command::Demo(args) => demo::run(args).await,
         Command::Edp(args) => {

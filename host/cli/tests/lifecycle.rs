@@ -559,6 +559,12 @@ fn readiness_and_health_follow_the_real_state() {
         body.contains("ok store") && body.contains("ok plugins"),
         "{body}"
     );
+    // Check names and states only on the plain-HTTP port: no Kingdom URL, plugin digest or
+    // path (those go to the log).
+    assert!(
+        !body.contains('/') && !body.contains("hmss"),
+        "details on /readyz: {body}"
+    );
     let (code, body) = http_get(m2, "/readyz").unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("not ready plugins"), "{body}");
@@ -677,4 +683,179 @@ fn sigterm_to_the_kingdom_ends_streams_cleanly() {
     c.start_kingdom();
     let note = c.assert_exact_result();
     eprintln!("result after the Kingdom's restart: {note}");
+}
+
+/// SIGTERM while the duchy is still starting (held at the `duchy.start` pause point, after
+/// its plugins were loaded): the handler is already installed, start-up is abandoned and the
+/// process exits 0 (not killed by the signal).
+#[test]
+fn sigterm_during_start_up_exits_0() {
+    let mut c = Cluster::new(&[]);
+    let marker = c.dir.join("starting");
+    let w = c.duchies.get_mut("worker1").unwrap();
+    w.start(&[
+        ("HALO_PAUSE_AT", "duchy.start:600000".to_string()),
+        ("HALO_PAUSE_MARKER", marker.to_string_lossy().to_string()),
+    ]);
+    wait_until("worker1 to pause in its start-up", || marker.exists());
+    w.sigterm();
+    let status = w.wait_exit(BOUND);
+    let log = w.log_text();
+    assert_eq!(status.code(), Some(0), "{status}:\n{}", tail(&log, 30));
+    assert!(
+        log.contains("SIGTERM received during start-up"),
+        "{}",
+        tail(&log, 30)
+    );
+}
+
+/// A second SIGTERM during the grace period (a stage paused for ten minutes, a one-hour
+/// grace period): the process exits at once with 143 (128 + SIGTERM) and says so; its lease
+/// is freed by the next start, and the measurement still ends exactly.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let long_grace = vec!["--shutdown-grace-secs".to_string(), "3600".to_string()];
+    let mut c = Cluster::new(&[("worker1", long_grace)]);
+    let marker = c.dir.join("paused");
+    c.start_kingdom();
+    for d in DUCHIES {
+        let env = if d == "worker1" {
+            pause_env(&marker, 600_000)
+        } else {
+            Vec::new()
+        };
+        c.start_duchy(d, &env);
+    }
+    c.start_measurement();
+    wait_until("worker1 to pause in its stage", || marker.exists());
+    let w = c.duchies.get_mut("worker1").unwrap();
+    w.sigterm();
+    wait_until("worker1 to begin its graceful shutdown", || {
+        w.log_text().contains("SIGTERM received: shutting down")
+    });
+    w.sigterm();
+    let status = w.wait_exit(BOUND);
+    let log = w.log_text();
+    assert_eq!(status.code(), Some(143), "{status}:\n{}", tail(&log, 30));
+    assert!(
+        log.contains("second stop signal (SIGTERM) received"),
+        "{}",
+        tail(&log, 30)
+    );
+    assert!(!log.contains("duchy stopped"), "{}", tail(&log, 30));
+    c.start_duchy("worker1", &[]);
+    let note = c.assert_exact_result();
+    eprintln!("result after the restart: {note}");
+    let log = c.duchies["worker1"].log_text();
+    assert!(
+        log.contains("freed the leases of a previous process"),
+        "the lease left behind is freed at start-up:\n{}",
+        tail(&log, 30)
+    );
+}
+
+/// Shutdown begins while a worker's claim is in flight (held at the `mill.claim_returned`
+/// pause point until the shutdown): the claim is given back without running the stage or
+/// counting an attempt; after a restart the stage runs as attempt 1 and the result is exact.
+#[test]
+fn a_claim_returned_after_shutdown_began_is_given_back() {
+    let mut c = Cluster::new(&[]);
+    let marker = c.dir.join("claimed");
+    c.start_kingdom();
+    for d in DUCHIES {
+        let env = if d == "worker1" {
+            vec![
+                ("HALO_PAUSE_AT", "mill.claim_returned:600000".to_string()),
+                ("HALO_PAUSE_MARKER", marker.to_string_lossy().to_string()),
+            ]
+        } else {
+            Vec::new()
+        };
+        c.start_duchy(d, &env);
+    }
+    c.start_measurement();
+    wait_until("worker1 to hold a fresh claim", || marker.exists());
+    let w = c.duchies.get_mut("worker1").unwrap();
+    w.sigterm();
+    let status = w.wait_exit(BOUND);
+    let log = w.log_text();
+    assert_eq!(status.code(), Some(0), "{status}:\n{}", tail(&log, 30));
+    assert!(
+        log.contains("claim given back before its stage started"),
+        "{}",
+        tail(&log, 30)
+    );
+    assert!(
+        !log.contains(killpoints::CLAIM_MARKER),
+        "no stage may start once shutdown began:\n{}",
+        tail(&log, 30)
+    );
+    c.start_duchy("worker1", &[]);
+    let note = c.assert_exact_result();
+    eprintln!("result after the restart: {note}");
+    let log = c.duchies["worker1"].log_text();
+    let first = log
+        .lines()
+        .find(|l| l.contains(killpoints::CLAIM_MARKER))
+        .unwrap_or_else(|| panic!("the restarted worker1 ran no stage:\n{}", tail(&log, 30)));
+    assert!(
+        first.contains("attempt=1"),
+        "the claim given back must not count as an attempt: {first}"
+    );
+}
+
+/// The roles file of worker1 is edited (its two non-aggregators swapped) and worker1
+/// restarted in the middle of a measurement: the computation fails with a message naming
+/// the change, instead of worker1 playing another role than the one it started with.
+#[test]
+fn a_roles_file_changed_mid_computation_fails_it() {
+    let long = vec![
+        "--shutdown-grace-secs".to_string(),
+        "1".to_string(),
+        "--lease-secs".to_string(),
+        "3600".to_string(),
+    ];
+    let mut c = Cluster::new(&[("worker1", long)]);
+    let own = c.dir.join("worker1-roles.toml");
+    let roles = fs::read_to_string(c.h.root().join(killpoints::ROLES_FILE)).unwrap();
+    fs::write(&own, &roles).unwrap();
+    let w = c.duchies.get_mut("worker1").unwrap();
+    let i = w.args.iter().position(|a| a == "--roles-file").unwrap();
+    w.args[i + 1] = own.to_string_lossy().to_string();
+    let marker = c.dir.join("paused");
+    c.start_kingdom();
+    for d in DUCHIES {
+        let env = if d == "worker1" {
+            pause_env(&marker, 600_000)
+        } else {
+            Vec::new()
+        };
+        c.start_duchy(d, &env);
+    }
+    c.start_measurement();
+    wait_until("worker1 to pause in its stage", || marker.exists());
+    let w = c.duchies.get_mut("worker1").unwrap();
+    w.sigterm();
+    assert_eq!(
+        w.wait_exit(BOUND).code(),
+        Some(0),
+        "{}",
+        tail(&w.log_text(), 30)
+    );
+    let swapped = roles.replace(
+        r#"non_aggregators = ["worker1", "worker2"]"#,
+        r#"non_aggregators = ["worker2", "worker1"]"#,
+    );
+    assert_ne!(swapped, roles);
+    fs::write(&own, swapped).unwrap();
+    c.start_duchy("worker1", &[]);
+    let mc = &mut c.clients[0];
+    let status = mc.wait_exit(BOUND);
+    assert!(!status.success(), "the measurement must fail");
+    let log = c.duchies["worker1"].log_text();
+    assert!(
+        log.contains("the roles file changed while the computation was running"),
+        "{}",
+        tail(&log, 30)
+    );
 }
