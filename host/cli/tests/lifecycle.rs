@@ -746,10 +746,14 @@ fn a_second_sigterm_exits_at_once() {
     c.start_duchy("worker1", &[]);
     let note = c.assert_exact_result();
     eprintln!("result after the restart: {note}");
+    // The stage left behind runs again in the new process. Whether its lease was still held
+    // (then freed at start-up) or already given back by the exiting process as its runtime
+    // shut down depends on timing; either way nothing waits for the lease to expire.
     let log = c.duchies["worker1"].log_text();
     assert!(
-        log.contains("freed the leases of a previous process"),
-        "the lease left behind is freed at start-up:\n{}",
+        log.lines()
+            .any(|l| l.contains("claimed stage") && l.contains(STAGE)),
+        "the stage left behind runs again after the restart:\n{}",
         tail(&log, 30)
     );
 }
