@@ -121,6 +121,13 @@ async fn start_servers(dir: &Path) -> Servers {
         plugins.join("hmss-1.0.0.wasm"),
     )
     .unwrap();
+    let roles = dir.join("roles.toml");
+    std::fs::write(
+        &roles,
+        "[honest_majority_share_shuffle]\naggregator = \"aggregator\"\n\
+         non_aggregators = [\"worker1\", \"worker2\"]\n",
+    )
+    .unwrap();
     let kingdom = format!("https://127.0.0.1:{}", free_port());
     let duchies: BTreeMap<String, String> = DUCHIES
         .iter()
@@ -133,6 +140,8 @@ async fn start_servers(dir: &Path) -> Servers {
             "kingdom".into(),
             "--pki".into(),
             s(&pki),
+            "--roles-file".into(),
+            s(&roles),
             "--data-dir".into(),
             s(&dir.join("kingdom")),
             "--listen".into(),
@@ -148,6 +157,8 @@ async fn start_servers(dir: &Path) -> Servers {
             id.clone(),
             "--pki".into(),
             s(&pki),
+            "--roles-file".into(),
+            s(&roles),
             "--data-dir".into(),
             s(&dir.join(format!("duchy-{id}"))),
             "--listen".into(),

@@ -301,9 +301,9 @@ impl KingdomConfig {
         // A zero lifetime would end every stream before its first item (heralds would learn of
         // nothing); an enormous one overflows the stream's deadline.
         ensure!(
-            self.stream_max_duration >= Duration::from_secs(1)
+            self.stream_max_duration >= Duration::from_millis(100)
                 && self.stream_max_duration <= Duration::from_secs(86_400),
-            "stream_max_duration must be between 1 s and 1 day"
+            "stream_max_duration must be between 100 ms and 1 day"
         );
         ensure!(
             self.limits.max_page_size >= 1 && self.limits.default_page_size >= 1,
