@@ -1,0 +1,349 @@
+//! Known-answer tests of spec mpc-crypto.md §2 (hash-to-curve, the combined key, ElGamal and
+//! blinding walk-through, `v·P1`), and checks against an independent implementation (the
+//! RustCrypto `p256` crate).
+
+use halo_p256::h2c::hash_to_curve;
+use halo_p256::mul::{FixedTable, OddTables, Scalars, msm_batch, mul_var};
+use halo_p256::ops::{self, ElGamalKey};
+use halo_p256::point::Affine;
+use halo_p256::scalar::Scalar;
+
+fn h(s: &str) -> Vec<u8> {
+    hex::decode(s).unwrap()
+}
+
+fn scalar(v: u64) -> [u8; 32] {
+    Scalar::from_u64(v).to_be_bytes()
+}
+
+/// Spec §2.3: every row, point and `tries`.
+#[test]
+fn hash_to_curve_rows() {
+    let rows: &[(&str, u32, &str)] = &[
+        ("unit_ec_point", 1, "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f"),
+        ("destroyed_register_key", 2, "02d81de426f38abb05329fce20be825d7cf5205dd08f079a803a65fc2310fc6fd8"),
+        ("blinded_histogram_noise_register_key", 2, "024172667e46664192c54799e79864b0d20032c5c018d615f8e08ce30d82e5177b"),
+        ("publisher_noise_register_id", 1, "02997f76808179780ce6b213aec014715248cbd6b33f5547159cbf000ae4234fea"),
+        ("padding_noise_register_id", 2, "02ee69c57a30345a6483abb2da124b7d195f396bc578bf1812210e4ef57f35e635"),
+        ("flag_zero_base", 1, "0202c950f1dde9eeff4f0b528428ff5800e952d916d36e94c0656a566a1f3f166d"),
+        ("0", 2, "028a2a67c0fe908916515ff0c6216925dfc1ecb52f057494b17518763c65bec25c"),
+        ("1", 3, "02cdbe79a27ed481eabdfbecd25eed5776de902fc584a95282c1cdf3d9995502f8"),
+        ("123", 1, "020f00afbcc74f5a659c179ce2f0ba1b489a151b82acda8d1e5fa42ae089e087f6"),
+        ("-1", 3, "02c6a3564d6888e53b4e68c7c2767099e40939b283146a079d898ed8fa2515aebf"),
+    ];
+    for (input, tries, want) in rows {
+        let (p, t) = hash_to_curve(input.as_bytes());
+        assert_eq!(hex::encode(p.encode()), *want, "H({input})");
+        assert_eq!(t, *tries, "tries of H({input})");
+    }
+    let msgs: Vec<&[u8]> = rows.iter().map(|r| r.0.as_bytes()).collect();
+    let (points, tries) = ops::hash_to_curve(&msgs);
+    assert_eq!(tries, rows.iter().map(|r| r.1).collect::<Vec<_>>());
+    assert_eq!(hex::encode(&points[..33]), rows[0].2);
+}
+
+/// Spec §2.3 / §2.4: `v·P1` rows, through `multiples` and through scalar multiplication.
+#[test]
+fn integer_points() {
+    let p1 = h("0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f");
+    let table = ops::multiples(&p1, 11).unwrap();
+    let want = [
+        (1, "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f"),
+        (2, "02e4cf8de8ffc654f67981f9bf40e14666bc1ae1058a4cf02430a7605a5072c996"),
+        (3, "021d41f6362c7984a929b261eee33de455b2a4e134f5ad296d9f77ea20cea524a0"),
+        (10, "0371100c6c0eb74964bbdc35d99792607b18f236d7d57b4f02758484c5eb0cb837"),
+        (11, "02545581e7541d30fa3f5db7e760367451acb8319fe175c8c775431b7596b928ef"),
+    ];
+    for (v, hexp) in want {
+        assert_eq!(hex::encode(&table[(v - 1) * 33..v * 33]), hexp, "{v}·P1 (table)");
+        let m = ops::mul(&p1, &scalar(v as u64)).unwrap();
+        assert_eq!(hex::encode(&m), hexp, "{v}·P1 (mul)");
+    }
+}
+
+const G: &str = "036b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296";
+
+/// Spec §7 (3): keys 0x1111, 0x2222, 0x3333, `M = H("7")`, `r = 0x42`; blinding by duchy 1
+/// with `k = 0x5555`; removing layers 2 and 3 leaves `0x5555·M`.
+#[test]
+fn elgamal_and_blind_walk_through() {
+    let g = Affine::generator();
+    assert_eq!(hex::encode(g.encode()), G);
+    let gt = FixedTable::new(&g);
+    let xs = [0x1111u64, 0x2222, 0x3333];
+    let ys: Vec<Vec<u8>> = xs
+        .iter()
+        .map(|x| ops::mul_fixed(&gt, &scalar(*x)).unwrap())
+        .collect();
+    let y12 = ops::add(&ys[0], &ys[1]).unwrap();
+    let y = ops::add(&y12, &ys[2]).unwrap();
+    assert_eq!(y, ops::mul_fixed(&gt, &scalar(0x6666)).unwrap());
+    let (m, _) = hash_to_curve(b"7");
+    // u = r·G, e = M + r·Y with r = 0x42.
+    let u = ops::mul_fixed(&gt, &scalar(0x42)).unwrap();
+    let ry = ops::mul(&y, &scalar(0x42)).unwrap();
+    let e = ops::add(&m.encode(), &ry).unwrap();
+    assert_eq!(hex::encode(&u), "0227dc812de9374f35b5ff02901dd3f0225bddad4dafed3f1dfcc068c9e0f5ab7b");
+    assert_eq!(hex::encode(&e), "02f202f56da35f6bb8743f52ed950d25ee932660932860dca3ec01bb92afa87015");
+    let ct = [u.clone(), e.clone()].concat();
+    let blinded = ops::blind(&scalar(0x1111), &scalar(0x5555), &ct).unwrap();
+    assert_eq!(
+        hex::encode(&blinded),
+        concat!(
+            "03f8049a7d0cab281ae0b33b97c396b1993998b5e83891e9f6ebd732a4a5e46229",
+            "022f7ea552ed61f2707ee7c284c5602b0d22ad1f25913c1a4ffa735e0e7e45f589"
+        )
+    );
+    let after2 = ops::partial_decrypt(&scalar(0x2222), &blinded).unwrap();
+    let plain = ops::decrypt(&scalar(0x3333), &after2).unwrap();
+    assert_eq!(plain, ops::mul(&m.encode(), &scalar(0x5555)).unwrap());
+    // And a plain decryption with the full key gives M back.
+    let full = ops::decrypt(&scalar(0x6666), &ct).unwrap();
+    assert_eq!(full, m.encode());
+    assert_eq!(ops::is_zero(&scalar(0x6666), &ct).unwrap(), vec![false]);
+}
+
+/// A deterministic "random" source for tests.
+fn test_rng(seed: u64) -> impl FnMut(&mut [u8]) {
+    let mut s = seed;
+    move |buf: &mut [u8]| {
+        for b in buf.iter_mut() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            *b = (s >> 33) as u8;
+        }
+    }
+}
+
+#[test]
+fn elgamal_properties() {
+    let mut rng = test_rng(7);
+    let g = FixedTable::new(&Affine::generator());
+    let x = ops::random_scalars(1, &mut rng);
+    let y = ops::mul_fixed(&g, &x).unwrap();
+    let yt = FixedTable::new(&Affine::decode(&y).unwrap());
+    let key = ElGamalKey { generator: &g, key: &yt };
+    let msgs: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
+    let (pts, _) = ops::hash_to_curve(&msgs);
+    let ct = ops::encrypt(&key, &pts, &mut rng).unwrap();
+    assert_eq!(ops::decrypt(&x, &ct).unwrap(), pts, "decrypt ∘ encrypt = id");
+    let rr = ops::rerandomize(&key, &ct, &mut rng).unwrap();
+    assert_ne!(rr, ct);
+    assert_eq!(ops::decrypt(&x, &rr).unwrap(), pts, "re-randomize keeps the plaintext");
+    let zeros = ops::encrypt_zero(&key, 5, &mut rng).unwrap();
+    assert_eq!(ops::is_zero(&x, &zeros).unwrap(), vec![true; 5]);
+    assert_eq!(ops::is_zero(&x, &ct).unwrap(), vec![false; 40]);
+    assert_eq!(
+        ops::decrypt(&x, &zeros).unwrap_err(),
+        ops::CryptoError::Identity { index: 0 }
+    );
+    // Homomorphism: Enc(a) + Enc(b) decrypts to a + b; Enc(a) − Enc(a) to zero.
+    let sum = ops::ciphertext_add(&ct[..66], &ct[66..132]).unwrap();
+    assert_eq!(
+        ops::decrypt(&x, &sum).unwrap(),
+        ops::add(&pts[..33], &pts[33..66]).unwrap()
+    );
+    let diff = ops::ciphertext_sub(&ct[..66], &rr[..66]).unwrap();
+    assert_eq!(ops::is_zero(&x, &diff).unwrap(), vec![true]);
+    // Scaling multiplies the plaintext; random scaling keeps zeros zero and non-zeros non-zero.
+    let sc = ops::scale(&ct, &scalar(9)).unwrap();
+    assert_eq!(ops::decrypt(&x, &sc).unwrap(), ops::mul(&pts, &scalar(9)).unwrap());
+    let both = [zeros.clone(), ct.clone()].concat();
+    let sr = ops::scale_random(&both, &mut rng).unwrap();
+    let z = ops::is_zero(&x, &sr).unwrap();
+    assert_eq!(z, [vec![true; 5], vec![false; 40]].concat());
+}
+
+/// Two-key ElGamal: partial decryption with re-randomization under the remaining key, and
+/// blinding, commute as the spec says.
+#[test]
+fn layered_keys_and_blinding_commute() {
+    let mut rng = test_rng(11);
+    let g = FixedTable::new(&Affine::generator());
+    let x1 = ops::random_scalars(1, &mut rng);
+    let x2 = ops::random_scalars(1, &mut rng);
+    let y1 = ops::mul_fixed(&g, &x1).unwrap();
+    let y2 = ops::mul_fixed(&g, &x2).unwrap();
+    let y = ops::add(&y1, &y2).unwrap();
+    let yt = FixedTable::new(&Affine::decode(&y).unwrap());
+    let y2t = FixedTable::new(&Affine::decode(&y2).unwrap());
+    let full = ElGamalKey { generator: &g, key: &yt };
+    let rest = ElGamalKey { generator: &g, key: &y2t };
+    let msgs: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    let (pts, _) = ops::hash_to_curve(&msgs);
+    let ct = ops::encrypt(&full, &pts, &mut rng).unwrap();
+    let pd = ops::partial_decrypt_rerandomize(&x1, &rest, &ct, &mut rng).unwrap();
+    assert_eq!(ops::decrypt(&x2, &pd).unwrap(), pts);
+    // Blind with k: the remaining layer decrypts to k·M.
+    let k = ops::random_scalars(1, &mut rng);
+    let b = ops::blind(&x1, &k, &ct).unwrap();
+    assert_eq!(ops::decrypt(&x2, &b).unwrap(), ops::mul(&pts, &k).unwrap());
+    // Blind by duchy 1 then partial-decrypt by duchy 2 = scale the fully decrypted plaintext.
+    let k2 = ops::random_scalars(1, &mut rng);
+    let b2 = ops::blind(&x2, &k2, &b).unwrap();
+    // After both blinds and no layers left, e = k·k2·M and u is irrelevant: is_zero under 0
+    // layers is not defined; check the points directly.
+    let e = &b2.chunks_exact(66).map(|c| c[33..].to_vec()).collect::<Vec<_>>().concat();
+    let kk = ops::mul(&ops::mul(&pts, &k).unwrap(), &k2).unwrap();
+    assert_eq!(e, &kk);
+}
+
+fn p256_point(a: &Affine) -> p256::ProjectivePoint {
+    use p256::elliptic_curve::sec1::FromEncodedPoint;
+    let ep = p256::EncodedPoint::from_bytes(a.encode()).unwrap();
+    p256::AffinePoint::from_encoded_point(&ep).unwrap().into()
+}
+
+fn p256_scalar(k: &Scalar) -> p256::Scalar {
+    use p256::elliptic_curve::PrimeField;
+    p256::Scalar::from_repr(k.to_be_bytes().into()).unwrap()
+}
+
+fn p256_encode(p: &p256::ProjectivePoint) -> Vec<u8> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    p.to_affine().to_encoded_point(true).as_bytes().to_vec()
+}
+
+/// Every multiplication path agrees with RustCrypto `p256`, on random and edge scalars.
+#[test]
+fn multiplication_agrees_with_rustcrypto() {
+    let mut rng = test_rng(3);
+    let n_minus = |v: u64| Scalar::from_u64(v).neg();
+    let mut scalars: Vec<Scalar> = vec![
+        Scalar::from_u64(1),
+        Scalar::from_u64(2),
+        Scalar::from_u64(3),
+        Scalar::from_u64(31),
+        Scalar::from_u64(32),
+        Scalar::from_u64(33),
+        n_minus(1),
+        n_minus(2),
+        n_minus(31),
+        n_minus(32),
+        Scalar::from_be_bytes(&[0xffu8; 32]).unwrap_or(Scalar::ONE),
+    ];
+    scalars[10] = Scalar::from_be_slice(&[0x7f; 32]).unwrap();
+    for _ in 0..40 {
+        scalars.push(ops::random_scalar(&mut rng));
+    }
+    let g = Affine::generator();
+    let (p, _) = hash_to_curve(b"base");
+    let gt = FixedTable::new(&g);
+    let pt = FixedTable::new(&p);
+    let points: Vec<Affine> = (0..scalars.len())
+        .map(|i| hash_to_curve(format!("p{i}").as_bytes()).0)
+        .collect();
+    let tables = OddTables::new(&points);
+    let each = msm_batch(&[(&tables, Scalars::Each(&scalars))]);
+    let fixed_g = gt.mul_batch(&scalars);
+    let fixed_p = pt.mul_batch(&scalars);
+    for (i, k) in scalars.iter().enumerate() {
+        let want_g = p256_encode(&(p256::ProjectivePoint::GENERATOR * p256_scalar(k)));
+        let want_p = p256_encode(&(p256_point(&p) * p256_scalar(k)));
+        let want_i = p256_encode(&(p256_point(&points[i]) * p256_scalar(k)));
+        assert_eq!(fixed_g[i].unwrap().encode().to_vec(), want_g, "fixed G, scalar {i}");
+        assert_eq!(gt.mul(k).to_affine().unwrap().encode().to_vec(), want_g, "fixed G single {i}");
+        assert_eq!(fixed_p[i].unwrap().encode().to_vec(), want_p, "fixed P, scalar {i}");
+        assert_eq!(mul_var(&p, k).to_affine().unwrap().encode().to_vec(), want_p, "var single {i}");
+        assert_eq!(each[i].unwrap().encode().to_vec(), want_i, "batch each {i}");
+    }
+    // One scalar for many points.
+    let k = scalars[20];
+    let one = msm_batch(&[(&tables, Scalars::One(&k))]);
+    for (i, q) in points.iter().enumerate() {
+        let want = p256_encode(&(p256_point(q) * p256_scalar(&k)));
+        assert_eq!(one[i].unwrap().encode().to_vec(), want, "batch one {i}");
+    }
+}
+
+/// Crafted inputs that make the batched affine additions exceptional (equal and opposite
+/// points, identity results) take the complete formulas and still give the right answer.
+#[test]
+fn exceptional_cases() {
+    let (p, _) = hash_to_curve(b"x");
+    let pe = p.encode();
+    // P + P (doubling inside add), P − P (identity).
+    assert_eq!(ops::add(&pe, &pe).unwrap(), ops::mul(&pe, &scalar(2)).unwrap());
+    assert_eq!(ops::sub(&pe, &pe).unwrap_err(), ops::CryptoError::Identity { index: 0 });
+    // Straus with k·e + c·u where e = u: (k + c)·u, and where it cancels.
+    let x = scalar(5);
+    let k = scalar(7);
+    let ct = [pe.to_vec(), pe.to_vec()].concat();
+    // blind(u = P, e = P) with x: k·(P − 5P) = −28·P
+    let b = ops::blind(&x, &k, &ct).unwrap();
+    let want_e = ops::negate(&ops::mul(&pe, &scalar(28)).unwrap()).unwrap();
+    assert_eq!(&b[33..], &want_e[..]);
+    // e = x·u: the blinded e is the identity.
+    let e5 = ops::mul(&pe, &x).unwrap();
+    let ct = [pe.to_vec(), e5.clone()].concat();
+    assert_eq!(ops::blind(&x, &k, &ct).unwrap_err(), ops::CryptoError::Identity { index: 0 });
+    assert_eq!(ops::is_zero(&x, &ct).unwrap(), vec![true]);
+    // Scalars n − 1 (= −1) on P.
+    let nm1 = Scalar::from_u64(1).neg().to_be_bytes();
+    assert_eq!(ops::mul(&pe, &nm1).unwrap(), ops::negate(&pe).unwrap());
+}
+
+#[test]
+fn decoding_rejects_bad_input() {
+    let (p, _) = hash_to_curve(b"y");
+    let mut e = p.encode();
+    assert!(Affine::decode(&e).is_some());
+    e[0] = 4;
+    assert!(Affine::decode(&e).is_none(), "wrong prefix");
+    e[0] = 2;
+    e[1..].copy_from_slice(&[0xff; 32]);
+    assert!(Affine::decode(&e).is_none(), "x ≥ p");
+    // x with no point: find one.
+    let mut x = [0u8; 32];
+    let mut found = false;
+    for v in 0u8..50 {
+        x[31] = v;
+        let mut enc = vec![2u8];
+        enc.extend_from_slice(&x);
+        if Affine::decode(&enc).is_none() {
+            found = true;
+            break;
+        }
+    }
+    assert!(found, "some small x is not on the curve");
+    let unc = p.encode_uncompressed();
+    assert_eq!(Affine::decode(&unc), Some(p));
+    let mut bad = unc;
+    bad[64] ^= 1;
+    assert!(Affine::decode(&bad).is_none(), "uncompressed point off the curve");
+    assert_eq!(ops::compress(&unc).unwrap(), p.encode().to_vec());
+    assert!(matches!(ops::compress(&unc[..64]), Err(ops::CryptoError::BadLength(_))));
+    // Lengths, indices and scalars.
+    let two = [p.encode().to_vec(), vec![5u8; 33]].concat();
+    assert_eq!(
+        ops::validate_points(&two).unwrap_err(),
+        ops::CryptoError::InvalidPoint { argument: "points".into(), index: 1 }
+    );
+    assert!(matches!(ops::validate_points(&two[..40]), Err(ops::CryptoError::BadLength(_))));
+    assert_eq!(
+        ops::mul(&p.encode(), &[0u8; 32]).unwrap_err(),
+        ops::CryptoError::InvalidScalar { argument: "scalar".into(), index: 0 }
+    );
+    let n = Scalar::from_u64(1).neg().to_be_bytes();
+    let mut n_plus = n;
+    n_plus[31] = n_plus[31].wrapping_add(1); // = n
+    assert!(ops::mul(&p.encode(), &n_plus).is_err(), "n itself is not a scalar");
+    assert!(ops::mul(&p.encode(), &[1u8; 31]).is_err(), "short scalar");
+}
+
+#[test]
+fn sorting_and_decimal() {
+    let data = [3u8, 1, 2, 1, 0, 9, 2, 0, 0, 1, 0, 3];
+    assert_eq!(
+        ops::sort_blocks(&data, 3).unwrap(),
+        vec![1u8, 0, 3, 1, 0, 9, 2, 0, 0, 3, 1, 2]
+    );
+    assert!(ops::sort_blocks(&data, 5).is_err());
+    assert!(ops::sort_blocks(&data, 0).is_err());
+    assert_eq!(Scalar::from_u64(0).to_decimal(), "0");
+    assert_eq!(Scalar::from_u64(1234567890123456789).to_decimal(), "1234567890123456789");
+    let big = Scalar::from_u64(1).neg();
+    assert_eq!(
+        big.to_decimal(),
+        "115792089210356248762697446949407573529996955224135760342422259061068512044368"
+    );
+}
