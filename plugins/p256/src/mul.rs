@@ -14,7 +14,7 @@
 //! An even scalar `k` is replaced by the odd `n − k` and the result negated, so recoding
 //! never branches on the scalar. Table reads scan every entry.
 
-use crate::field::{Fe, batch_invert};
+use crate::field::{Fe, batch_invert_nonzero};
 use crate::point::{Affine, Jacobian};
 use crate::scalar::{Scalar, recode_odd};
 
@@ -251,7 +251,7 @@ impl AffineBatch {
             }
             self.den.push(if *dead { Fe::ONE } else { d });
         }
-        batch_invert(&mut self.den, &mut self.scratch);
+        batch_invert_nonzero(&mut self.den, &mut self.scratch);
         for ((a, q), inv) in self.acc.iter_mut().zip(q).zip(self.den.iter()) {
             let l = q.y.sub(&a.y).mul(inv);
             let x3 = l.square().sub(&a.x).sub(&q.x);
@@ -266,7 +266,7 @@ impl AffineBatch {
         for (a, dead) in self.acc.iter().zip(self.dead.iter()) {
             self.den.push(if *dead { Fe::ONE } else { a.y.double() });
         }
-        batch_invert(&mut self.den, &mut self.scratch);
+        batch_invert_nonzero(&mut self.den, &mut self.scratch);
         for (a, inv) in self.acc.iter_mut().zip(self.den.iter()) {
             let x2 = a.x.square();
             let t = x2.sub(&Fe::ONE);
