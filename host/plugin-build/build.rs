@@ -40,7 +40,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hmss",
         version: "1.0.0",
-        wit: "halo:mpc@1.1.0",
+        wit: "halo:mpc@1.2.0",
     },
     Plugin {
         konst: "TEST_SUM_V1_0",
@@ -65,7 +65,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "runaway",
         version: "1.0.0",
-        wit: "halo:mpc@1.1.0",
+        wit: "halo:mpc@1.2.0",
     },
     Plugin {
         konst: "HOG",
@@ -73,7 +73,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hog",
         version: "1.0.0",
-        wit: "halo:mpc@1.1.0",
+        wit: "halo:mpc@1.2.0",
     },
     Plugin {
         konst: "PANICKER",
@@ -81,7 +81,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "panicker",
         version: "1.0.0",
-        wit: "halo:mpc@1.1.0",
+        wit: "halo:mpc@1.2.0",
     },
     Plugin {
         konst: "ECHO",
@@ -89,7 +89,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "echo",
         version: "1.0.0",
-        wit: "halo:mpc@1.1.0",
+        wit: "halo:mpc@1.2.0",
     },
     Plugin {
         konst: "HOSTILE",
@@ -97,7 +97,15 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hostile",
         version: "1.0.0",
-        wit: "halo:mpc@1.1.0",
+        wit: "halo:mpc@1.2.0",
+    },
+    Plugin {
+        konst: "EC_BENCH",
+        package: "ec-bench",
+        features: &[],
+        id: "ec-bench",
+        version: "1.0.0",
+        wit: "halo:mpc@1.2.0",
     },
     Plugin {
         konst: "WRONG_MAJOR",

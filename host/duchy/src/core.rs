@@ -308,7 +308,17 @@ impl Core {
         if self.store.fail(global_id, None, message, None).await? {
             self.failures.notify_one();
         }
+        self.ended(global_id).await;
         Ok(())
+    }
+
+    /// Tells the computation's protocol it ended here (best effort: caches are bounded).
+    pub async fn ended(&self, global_id: &str) {
+        if let Ok(Some(row)) = self.store.get(global_id).await {
+            if let Ok(p) = self.protocol_for(&row) {
+                p.computation_ended(global_id);
+            }
+        }
     }
 
     /// Wakes idle mill workers (a stage became claimable).
@@ -356,6 +366,7 @@ impl Core {
                 }
                 StageKind::Terminal => {
                     self.store.finish(global_id, "COMPLETE", "COMPLETE").await?;
+                    protocol.computation_ended(global_id);
                     return Ok(());
                 }
                 StageKind::WaitKingdom { state, next } => {

@@ -245,6 +245,7 @@ async fn fail_overdue(core: &Arc<Core>) -> Result<()> {
         {
             tracing::error!(computation = %row.global_id, "{msg}");
             core.failures.notify_one();
+            core.ended(&row.global_id).await;
         }
     }
     Ok(())
@@ -704,6 +705,7 @@ async fn settle(
                 .await?
             {
                 core.failures.notify_one();
+                core.ended(gid).await;
             }
         }
     }

@@ -23,6 +23,12 @@ pub struct EngineConfig {
     /// of compiled plugins (for profiling a plugin; components loaded from the AOT cache are
     /// registered too).
     pub perf_map: bool,
+    /// Threads of the P-256 pool of the `crypto` import; 0 means one per CPU.
+    pub crypto_threads: usize,
+    /// Fixed bases (tables of 151.5 KiB each) one computation may register.
+    pub max_fixed_bases_per_computation: usize,
+    /// Computations whose fixed-base tables are kept between stages.
+    pub max_cached_computations: usize,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +40,9 @@ impl Default for EngineConfig {
             cache_dir: None,
             max_instances: 64,
             perf_map: false,
+            crypto_threads: 0,
+            max_fixed_bases_per_computation: 16,
+            max_cached_computations: 64,
         }
     }
 }
@@ -54,7 +63,33 @@ impl EngineConfig {
             self.epoch_tick
         );
         anyhow::ensure!(self.max_instances > 0, "max_instances must be positive");
+        anyhow::ensure!(
+            self.crypto_threads <= 256,
+            "crypto_threads must be at most 256, got {}",
+            self.crypto_threads
+        );
+        anyhow::ensure!(
+            (1..=1024).contains(&self.max_fixed_bases_per_computation),
+            "max_fixed_bases_per_computation must be between 1 and 1024"
+        );
+        anyhow::ensure!(
+            (1..=65536).contains(&self.max_cached_computations),
+            "max_cached_computations must be between 1 and 65536"
+        );
         Ok(())
+    }
+
+    /// The P-256 service's limits (0 threads = one per CPU).
+    pub fn p256_limits(&self) -> crate::p256::P256Limits {
+        let threads = match self.crypto_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        crate::p256::P256Limits {
+            threads,
+            max_fixed_bases_per_computation: self.max_fixed_bases_per_computation,
+            max_cached_computations: self.max_cached_computations,
+        }
     }
 
     /// The epoch deadline of one call, in ticks: enough whole ticks to cover

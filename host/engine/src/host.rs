@@ -6,6 +6,8 @@ use std::sync::Arc;
 use halo_protocol::{IdentityFailure, StageIdentity, StageSignature};
 
 use rand::TryRngCore;
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 
 use crate::crypto;
@@ -35,16 +37,34 @@ pub(crate) struct HostState {
     pub last_error_log: Option<String>,
     /// The duchy's identity services for this call (`identity` import).
     pub identity: Option<Arc<dyn StageIdentity>>,
+    /// The P-256 service (`crypto` import, WIT 1.2).
+    pub p256: Arc<crate::p256::P256Service>,
+    /// This call's `fixed-base` handles.
+    pub resources: ResourceTable,
+    /// Handles created by this call (capped).
+    pub handles: usize,
+    /// When this call's budget ends (host imports check it too).
+    pub deadline: Instant,
 }
 
 impl HostState {
-    pub fn new(who: Attribution, computation: &str, max_memory_bytes: u64) -> Self {
+    pub fn new(
+        who: Attribution,
+        computation: &str,
+        max_memory_bytes: u64,
+        p256: Arc<crate::p256::P256Service>,
+        deadline: Instant,
+    ) -> Self {
         HostState {
             who,
             computation: computation.to_owned(),
             limits: Limits::new(max_memory_bytes),
             last_error_log: None,
             identity: None,
+            p256,
+            resources: ResourceTable::new(),
+            handles: 0,
+            deadline,
         }
     }
 
@@ -224,7 +244,7 @@ impl ResourceLimiter for Limits {
 mod tests {
     use super::*;
 
-    fn state(max: u64) -> HostState {
+    pub(crate) fn state(max: u64) -> HostState {
         HostState::new(
             Attribution {
                 plugin: "p".into(),
@@ -232,6 +252,15 @@ mod tests {
             },
             "c",
             max,
+            Arc::new(
+                crate::p256::P256Service::new(crate::p256::P256Limits {
+                    threads: 2,
+                    max_fixed_bases_per_computation: 4,
+                    max_cached_computations: 2,
+                })
+                .unwrap(),
+            ),
+            Instant::now() + std::time::Duration::from_secs(600),
         )
     }
 

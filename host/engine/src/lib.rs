@@ -23,6 +23,7 @@ mod config;
 pub mod crypto;
 mod error;
 mod host;
+mod p256;
 mod plugin;
 mod probe;
 mod runtime;

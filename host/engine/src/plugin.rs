@@ -187,7 +187,13 @@ impl LoadedPlugin {
         let config = &self.runtime.config;
         let mut store = Store::new(
             &self.runtime.engine,
-            HostState::new(self.who.clone(), computation, config.max_memory_bytes),
+            HostState::new(
+                self.who.clone(),
+                computation,
+                config.max_memory_bytes,
+                self.runtime.p256.clone(),
+                Instant::now() + self.deadline,
+            ),
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.deadline_ticks);
@@ -261,6 +267,15 @@ impl LoadedPlugin {
                 self.deadline.as_secs_f64()
             ));
         }
+        if err
+            .downcast_ref::<crate::p256::HostDeadlineExceeded>()
+            .is_some()
+        {
+            return StageError::Transient(format!(
+                "{label}: stage deadline of {}s exceeded (inside the crypto import)",
+                self.deadline.as_secs_f64()
+            ));
+        }
         if err.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
             return StageError::Transient(format!(
                 "{label}: no free plugin instance slot: {}",
@@ -301,6 +316,10 @@ impl Protocol for LoadedPlugin {
             version: self.info.version.clone(),
             digest: self.info.digest.clone(),
         }
+    }
+
+    fn computation_ended(&self, global_id: &str) {
+        self.runtime.p256.forget(global_id);
     }
 
     fn system_protocol(&self) -> SystemProtocol {

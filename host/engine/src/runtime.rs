@@ -56,6 +56,8 @@ pub(crate) struct RuntimeInner {
     /// Hex digest of the engine's precompile compatibility hash: artifacts live under
     /// `<cache_dir>/<compat>/`.
     pub compat: String,
+    /// The P-256 half of the `crypto` import (pool, tables).
+    pub p256: Arc<crate::p256::P256Service>,
     stats: Stats,
 }
 
@@ -101,12 +103,14 @@ impl Runtime {
             compat = %compat,
             "plugin runtime ready"
         );
+        let p256 = Arc::new(crate::p256::P256Service::new(config.p256_limits())?);
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
                 config,
                 compat,
+                p256,
                 stats: Stats::default(),
             }),
         })
@@ -114,6 +118,16 @@ impl Runtime {
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// Drops what the runtime keeps for a computation that ended (its fixed-base tables).
+    pub fn forget_computation(&self, global_id: &str) {
+        self.inner.p256.forget(global_id);
+    }
+
+    /// Fixed-base tables kept for a computation.
+    pub fn cached_fixed_bases(&self, global_id: &str) -> usize {
+        self.inner.p256.cached_tables(global_id)
     }
 
     /// The engine (for tools that precompile or inspect components).

@@ -14,11 +14,16 @@ use wasmtime::component::{HasSelf, Linker};
 use crate::host::HostState;
 
 wasmtime::component::bindgen!({
-    path: "../../wit/halo-mpc@1.1.0",
+    path: "../../wit/halo-mpc@1.2.0",
     world: "protocol-plugin",
     imports: {
         // Asking for more randomness than the host hands out is a plugin bug: trap.
         "halo:mpc/random.fill": trappable,
+        // A crypto call that outlives the stage deadline ends the call like a guest timeout.
+        "halo:mpc/crypto": trappable,
+    },
+    with: {
+        "halo:mpc/crypto.fixed-base": crate::p256::FixedBaseHandle,
     },
 });
 
@@ -32,7 +37,7 @@ pub const MAJOR: u64 = 1;
 pub const MIN_VERSION: Version = Version::new(1, 0, 0);
 /// Newest version whose every function this host implements. Components built against a
 /// newer 1.x minor load as long as they only use functions this version has.
-pub const MAX_VERSION: Version = Version::new(1, 1, 0);
+pub const MAX_VERSION: Version = Version::new(1, 2, 0);
 
 pub(crate) use self::ProtocolPlugin as Plugin;
 pub(crate) use self::ProtocolPluginPre as PluginPre;
@@ -75,8 +80,266 @@ impl halo::mpc::crypto::Host for HostState {
         iv: Vec<u8>,
         offset: u64,
         len: u64,
-    ) -> Result<Vec<u8>, String> {
-        HostState::aes256_ctr_keystream(self, &key, &iv, offset, len)
+    ) -> wasmtime::Result<Result<Vec<u8>, String>> {
+        Ok(HostState::aes256_ctr_keystream(
+            self, &key, &iv, offset, len,
+        ))
+    }
+
+    fn p256_validate(&mut self, points: Vec<u8>) -> wasmtime::Result<Result<(), CryptoError>> {
+        guest(HostState::p256_validate(self, &points))
+    }
+
+    fn p256_compress(&mut self, point: Vec<u8>) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_compress(self, &point))
+    }
+
+    fn p256_mul(
+        &mut self,
+        points: Vec<u8>,
+        scalar: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_mul(self, &points, &scalar))
+    }
+
+    fn p256_mul_each(
+        &mut self,
+        points: Vec<u8>,
+        scalars: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_mul_each(self, &points, &scalars))
+    }
+
+    fn p256_add(
+        &mut self,
+        a: Vec<u8>,
+        b: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_add_sub(self, &a, &b, false))
+    }
+
+    fn p256_sub(
+        &mut self,
+        a: Vec<u8>,
+        b: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_add_sub(self, &a, &b, true))
+    }
+
+    fn p256_negate(&mut self, points: Vec<u8>) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_negate(self, &points))
+    }
+
+    fn p256_multiples(
+        &mut self,
+        point: Vec<u8>,
+        count: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_multiples(self, &point, count))
+    }
+
+    fn p256_hash_to_curve(
+        &mut self,
+        messages: Vec<Vec<u8>>,
+    ) -> wasmtime::Result<Result<Hashed, CryptoError>> {
+        let r = HostState::p256_hash_to_curve(self, &messages)?;
+        Ok(r.map(|(points, tries)| Hashed { points, tries })
+            .map_err(crypto_error_to_wit))
+    }
+
+    fn p256_random_scalars(
+        &mut self,
+        count: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::p256_random_scalars(self, count))
+    }
+
+    fn elgamal_encrypt(
+        &mut self,
+        key: Resource<FixedBaseHandle>,
+        plaintexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        Ok(HostState::elgamal_encrypt(self, &key, &plaintexts)?.map_err(crypto_error_to_wit))
+    }
+
+    fn elgamal_encrypt_zero(
+        &mut self,
+        key: Resource<FixedBaseHandle>,
+        count: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        Ok(HostState::elgamal_encrypt_zero(self, &key, count)?.map_err(crypto_error_to_wit))
+    }
+
+    fn elgamal_rerandomize(
+        &mut self,
+        key: Resource<FixedBaseHandle>,
+        ciphertexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        Ok(HostState::elgamal_rerandomize(self, &key, &ciphertexts)?.map_err(crypto_error_to_wit))
+    }
+
+    fn elgamal_decrypt(
+        &mut self,
+        secret: Vec<u8>,
+        ciphertexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::elgamal_with_scalar(
+            self,
+            "secret",
+            &secret,
+            &ciphertexts,
+            halo_p256::ops::decrypt,
+        ))
+    }
+
+    fn elgamal_is_zero(
+        &mut self,
+        secret: Vec<u8>,
+        ciphertexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<bool>, CryptoError>> {
+        guest(HostState::elgamal_is_zero(self, &secret, &ciphertexts))
+    }
+
+    fn elgamal_partial_decrypt(
+        &mut self,
+        secret: Vec<u8>,
+        ciphertexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::elgamal_with_scalar(
+            self,
+            "secret",
+            &secret,
+            &ciphertexts,
+            halo_p256::ops::partial_decrypt,
+        ))
+    }
+
+    fn elgamal_partial_decrypt_rerandomize(
+        &mut self,
+        secret: Vec<u8>,
+        key: Resource<FixedBaseHandle>,
+        ciphertexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        Ok(
+            HostState::elgamal_partial_decrypt_rerandomize(self, &secret, &key, &ciphertexts)?
+                .map_err(crypto_error_to_wit),
+        )
+    }
+
+    fn elgamal_blind(
+        &mut self,
+        secret: Vec<u8>,
+        blinding_key: Vec<u8>,
+        ciphertexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::elgamal_blind(
+            self,
+            &secret,
+            &blinding_key,
+            &ciphertexts,
+        ))
+    }
+
+    fn elgamal_scale(
+        &mut self,
+        ciphertexts: Vec<u8>,
+        scalar: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        // `scale` takes (ciphertexts, scalar); the shared helper takes the scalar first.
+        guest(HostState::elgamal_with_scalar(
+            self,
+            "scalar",
+            &scalar,
+            &ciphertexts,
+            |k, c| halo_p256::ops::scale(c, k),
+        ))
+    }
+
+    fn elgamal_scale_random(
+        &mut self,
+        ciphertexts: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::elgamal_scale_random(self, &ciphertexts))
+    }
+
+    fn elgamal_add(
+        &mut self,
+        a: Vec<u8>,
+        b: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::elgamal_add_sub(self, &a, &b, false))
+    }
+
+    fn elgamal_sub(
+        &mut self,
+        a: Vec<u8>,
+        b: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::elgamal_add_sub(self, &a, &b, true))
+    }
+
+    fn sort_blocks(
+        &mut self,
+        data: Vec<u8>,
+        block_size: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::sort_blocks(self, &data, block_size))
+    }
+}
+
+impl halo::mpc::crypto::HostFixedBase for HostState {
+    fn generator(&mut self) -> wasmtime::Result<Resource<FixedBaseHandle>> {
+        match HostState::fixed_base_generator(self)? {
+            Ok(r) => Ok(r),
+            Err(e) => Err(wasmtime::format_err!("fixed-base.generator: {e}")),
+        }
+    }
+
+    fn register(
+        &mut self,
+        point: Vec<u8>,
+    ) -> wasmtime::Result<Result<Resource<FixedBaseHandle>, CryptoError>> {
+        Ok(HostState::fixed_base_register(self, &point)?.map_err(crypto_error_to_wit))
+    }
+
+    fn point(&mut self, this: Resource<FixedBaseHandle>) -> wasmtime::Result<Vec<u8>> {
+        HostState::fixed_base_point(self, &this)
+    }
+
+    fn mul(
+        &mut self,
+        this: Resource<FixedBaseHandle>,
+        scalars: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        Ok(HostState::fixed_base_mul(self, &this, &scalars)?.map_err(crypto_error_to_wit))
+    }
+
+    fn drop(&mut self, rep: Resource<FixedBaseHandle>) -> wasmtime::Result<()> {
+        HostState::fixed_base_drop(self, rep)
+    }
+}
+
+use crate::p256::FixedBaseHandle;
+use halo::mpc::crypto::{CryptoError, Element, Hashed};
+use wasmtime::component::Resource;
+
+/// A crypto result for the guest: a deadline becomes a trap, a refused input the WIT error.
+fn guest<T>(r: crate::p256::CallResult<T>) -> wasmtime::Result<Result<T, CryptoError>> {
+    Ok(r?.map_err(crypto_error_to_wit))
+}
+
+fn crypto_error_to_wit(e: halo_p256::ops::CryptoError) -> CryptoError {
+    use halo_p256::ops::CryptoError as E;
+    match e {
+        E::BadLength(m) => CryptoError::BadLength(m),
+        E::InvalidPoint { argument, index } => {
+            CryptoError::InvalidPoint(Element { argument, index })
+        }
+        E::InvalidScalar { argument, index } => {
+            CryptoError::InvalidScalar(Element { argument, index })
+        }
+        E::Identity { index } => CryptoError::Identity(index),
+        E::Limit(m) => CryptoError::Limit(m),
     }
 }
 

@@ -7,13 +7,14 @@
 //!
 //! | const | component | world |
 //! |---|---|---|
-//! | [`HMSS`] | `hmss-1.0.0.wasm`: Honest Majority Share Shuffle | `halo:mpc@1.1.0` |
+//! | [`HMSS`] | `hmss-1.0.0.wasm`: Honest Majority Share Shuffle | `halo:mpc@1.2.0` |
 //! | [`TEST_SUM_V1_0`] | `test-sum-1.0.0.wasm` (feature `wit-1-0`) | `halo:mpc@1.0.0` |
 //! | [`TEST_SUM_V1_1`] | `test-sum-1.1.0.wasm` (feature `v1_1`) | `halo:mpc@1.1.0` |
-//! | [`RUNAWAY`] | `runaway-1.0.0.wasm`: `execute` loops forever | `halo:mpc@1.1.0` |
-//! | [`HOG`] | `hog-1.0.0.wasm`: `execute` touches 1 GiB in 16 MiB steps | `halo:mpc@1.1.0` |
-//! | [`PANICKER`] | `panicker-1.0.0.wasm`: `execute` panics (logs the message, then traps) | `halo:mpc@1.1.0` |
-//! | [`ECHO`] | `echo-1.0.0.wasm`: one send with all input data concatenated | `halo:mpc@1.1.0` |
+//! | [`RUNAWAY`] | `runaway-1.0.0.wasm`: `execute` loops forever | `halo:mpc@1.2.0` |
+//! | [`HOG`] | `hog-1.0.0.wasm`: `execute` touches 1 GiB in 16 MiB steps | `halo:mpc@1.2.0` |
+//! | [`PANICKER`] | `panicker-1.0.0.wasm`: `execute` panics (logs the message, then traps) | `halo:mpc@1.2.0` |
+//! | [`ECHO`] | `echo-1.0.0.wasm`: one send with all input data concatenated | `halo:mpc@1.2.0` |
+//! | [`EC_BENCH`] | `ec-bench-1.0.0.wasm`: runs one P-256 operation (host import or pure guest) per `execute`, for tests and the benchmark | `halo:mpc@1.2.0` |
 //! | [`WRONG_MAJOR`] | `wrong-major-2.0.0.wasm`: fixture world `halo:mpc@2.0.0` | `halo:mpc@2.0.0` |
 //!
 //! [`PLUGIN_DIR`] is the directory holding them. Set `HALO_SKIP_PLUGIN_BUILD=1` to skip the

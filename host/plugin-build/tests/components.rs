@@ -73,6 +73,10 @@ fn v1_components_import_only_their_halo_mpc_minor() {
             "1.1.0",
             &["log", "random", "crypto", "identity", "types"][..],
         ),
+        (
+            "1.2.0",
+            &["log", "random", "crypto", "identity", "types"][..],
+        ),
     ] {
         let allowed: BTreeSet<String> = interfaces
             .iter()

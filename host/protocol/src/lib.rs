@@ -314,6 +314,10 @@ pub trait Protocol: Send + Sync {
         stage: i32,
         inputs: Vec<StageInput>,
     ) -> Result<StageOutcome, StageError>;
+    /// The computation ended here (completed or failed): drop anything kept for it between
+    /// stages (e.g. the wasm runtime's fixed-base tables). Called at most once per ending;
+    /// a computation that is never reported is forgotten anyway when caches fill up.
+    fn computation_ended(&self, _global_id: &str) {}
 }
 
 /// Where the host finds protocol implementations.

@@ -9,7 +9,9 @@ fn main() {
     let mut s = 1u64;
     let mut rng = move |b: &mut [u8]| {
         for x in b.iter_mut() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *x = (s >> 33) as u8;
         }
     };
@@ -25,19 +27,42 @@ fn main() {
                 f();
             }
             let per = t.elapsed().as_secs_f64() / (reps * n) as f64;
-            println!("n={n:5} {name:24} {:8.2} µs  {:9.0}/s", per * 1e6, 1.0 / per);
+            println!(
+                "n={n:5} {name:24} {:8.2} µs  {:9.0}/s",
+                per * 1e6,
+                1.0 / per
+            );
         };
-        time("fixed G", &mut || { ops::mul_fixed(&g, &ks).unwrap(); });
-        time("var one scalar", &mut || { ops::mul(&pts, &k).unwrap(); });
-        time("var each", &mut || { ops::mul_each(&pts, &ks).unwrap(); });
-        time("decode", &mut || { ops::validate_points(&pts).unwrap(); });
+        time("fixed G", &mut || {
+            ops::mul_fixed(&g, &ks).unwrap();
+        });
+        time("var one scalar", &mut || {
+            ops::mul(&pts, &k).unwrap();
+        });
+        time("var each", &mut || {
+            ops::mul_each(&pts, &ks).unwrap();
+        });
+        time("decode", &mut || {
+            ops::validate_points(&pts).unwrap();
+        });
         let y = FixedTable::new(&Affine::decode(&pts[..33]).unwrap());
-        let key = ops::ElGamalKey { generator: &g, key: &y };
+        let key = ops::ElGamalKey {
+            generator: &g,
+            key: &y,
+        };
         let ct = ops::encrypt(&key, &pts, &mut rng).unwrap();
-        time("encrypt", &mut || { ops::encrypt(&key, &pts, &mut rng).unwrap(); });
-        time("rerandomize", &mut || { ops::rerandomize(&key, &ct, &mut rng).unwrap(); });
-        time("blind", &mut || { ops::blind(&k, &k, &ct).unwrap(); });
-        time("partial decrypt", &mut || { ops::partial_decrypt(&k, &ct).unwrap(); });
+        time("encrypt", &mut || {
+            ops::encrypt(&key, &pts, &mut rng).unwrap();
+        });
+        time("rerandomize", &mut || {
+            ops::rerandomize(&key, &ct, &mut rng).unwrap();
+        });
+        time("blind", &mut || {
+            ops::blind(&k, &k, &ct).unwrap();
+        });
+        time("partial decrypt", &mut || {
+            ops::partial_decrypt(&k, &ct).unwrap();
+        });
     }
     let t = Instant::now();
     let _ = FixedTable::new(&Affine::generator());

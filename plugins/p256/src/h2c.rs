@@ -3,7 +3,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::field::{Fe, P, lt, limbs_from_be, sbb};
+use crate::field::{Fe, P, limbs_from_be, lt, sbb};
 use crate::point::Affine;
 
 /// `2^256 mod p`, canonical limbs.
@@ -30,8 +30,16 @@ fn reduce_once(h: &[u8; 32]) -> Fe {
 /// `RandomOracleSha256(x, p)`: `SHA256(0x01 ‖ x) ‖ SHA256(0x02 ‖ x)` as a 512-bit big-endian
 /// integer, modulo `p`.
 fn random_oracle(x: &[u8]) -> Fe {
-    let h1: [u8; 32] = Sha256::new().chain_update([1u8]).chain_update(x).finalize().into();
-    let h2: [u8; 32] = Sha256::new().chain_update([2u8]).chain_update(x).finalize().into();
+    let h1: [u8; 32] = Sha256::new()
+        .chain_update([1u8])
+        .chain_update(x)
+        .finalize()
+        .into();
+    let h2: [u8; 32] = Sha256::new()
+        .chain_update([2u8])
+        .chain_update(x)
+        .finalize()
+        .into();
     reduce_once(&h1)
         .mul(&Fe::from_canonical(TWO_256_MOD_P))
         .add(&reduce_once(&h2))

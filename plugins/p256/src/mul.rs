@@ -374,12 +374,18 @@ pub fn msm_batch(terms: &[(&OddTables, Scalars<'_>)]) -> Vec<Option<Affine>> {
         .collect();
     let rc = |j: usize, i: usize| -> Option<&Recoded> {
         let v = &recoded[j];
-        if v.len() == 1 { v[0].as_ref() } else { v[i].as_ref() }
+        if v.len() == 1 {
+            v[0].as_ref()
+        } else {
+            v[i].as_ref()
+        }
     };
     let mut batch = AffineBatch::new(n);
     for i in 0..n {
         match rc(0, i) {
-            Some(r) => batch.acc.push(first.pick(i, r.digits[VAR_DIGITS - 1], r.negate)),
+            Some(r) => batch
+                .acc
+                .push(first.pick(i, r.digits[VAR_DIGITS - 1], r.negate)),
             None => {
                 batch.dead[i] = true;
                 batch.acc.push(first.points[i]);

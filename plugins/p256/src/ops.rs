@@ -319,9 +319,14 @@ pub fn negate(points: &[u8]) -> Result<Vec<u8>> {
 
 /// `[1·P, 2·P, …, count·P]`.
 pub fn multiples(point_bytes: &[u8], count: usize) -> Result<Vec<u8>> {
+    multiples_from(point_bytes, 1, count)
+}
+
+/// `[first·P, (first+1)·P, …]`, `count` points (`first ≥ 1`; a piece of [`multiples`]).
+pub fn multiples_from(point_bytes: &[u8], first: u64, count: usize) -> Result<Vec<u8>> {
     let p = point("point", point_bytes)?;
     let mut jac = Vec::with_capacity(count);
-    let mut acc = p.to_jacobian();
+    let mut acc = crate::mul::mul_var(&p, &Scalar::from_u64(first));
     for i in 0..count {
         if i > 0 {
             acc = acc.add_affine(&p);
@@ -351,7 +356,11 @@ pub struct ElGamalKey<'a> {
 
 impl ElGamalKey<'_> {
     /// `(rᵢ·G, rᵢ·Y)` for fresh `rᵢ`.
-    fn zeros(&self, n: usize, rng: &mut dyn RandomSource) -> (Vec<Option<Affine>>, Vec<Option<Affine>>) {
+    fn zeros(
+        &self,
+        n: usize,
+        rng: &mut dyn RandomSource,
+    ) -> (Vec<Option<Affine>>, Vec<Option<Affine>>) {
         let rs = random_scalars_vec(n, rng);
         (self.generator.mul_batch(&rs), self.key.mul_batch(&rs))
     }
@@ -365,7 +374,11 @@ fn unwrap_all(v: Vec<Option<Affine>>) -> Result<Vec<Affine>> {
 }
 
 /// `Enc_Y(Mᵢ) = (r·G, Mᵢ + r·Y)` for every plaintext point.
-pub fn encrypt(key: &ElGamalKey<'_>, plaintexts: &[u8], rng: &mut dyn RandomSource) -> Result<Vec<u8>> {
+pub fn encrypt(
+    key: &ElGamalKey<'_>,
+    plaintexts: &[u8],
+    rng: &mut dyn RandomSource,
+) -> Result<Vec<u8>> {
     let ms = decode_points("plaintexts", plaintexts)?;
     let (rg, ry) = key.zeros(ms.len(), rng);
     let ry = unwrap_all(ry)?;
@@ -373,13 +386,21 @@ pub fn encrypt(key: &ElGamalKey<'_>, plaintexts: &[u8], rng: &mut dyn RandomSour
 }
 
 /// `count` encryptions of the identity, `(r·G, r·Y)`.
-pub fn encrypt_zero(key: &ElGamalKey<'_>, count: usize, rng: &mut dyn RandomSource) -> Result<Vec<u8>> {
+pub fn encrypt_zero(
+    key: &ElGamalKey<'_>,
+    count: usize,
+    rng: &mut dyn RandomSource,
+) -> Result<Vec<u8>> {
     let (rg, ry) = key.zeros(count, rng);
     encode_ciphertexts(&rg, &ry)
 }
 
 /// `(u + r·G, e + r·Y)` for every ciphertext.
-pub fn rerandomize(key: &ElGamalKey<'_>, ciphertexts: &[u8], rng: &mut dyn RandomSource) -> Result<Vec<u8>> {
+pub fn rerandomize(
+    key: &ElGamalKey<'_>,
+    ciphertexts: &[u8],
+    rng: &mut dyn RandomSource,
+) -> Result<Vec<u8>> {
     let (us, es) = decode_ciphertexts("ciphertexts", ciphertexts)?;
     let (rg, ry) = key.zeros(us.len(), rng);
     let (rg, ry) = (unwrap_all(rg)?, unwrap_all(ry)?);
@@ -392,7 +413,10 @@ fn strip_layer(secret: &Scalar, us: &[Affine], es: &[Affine]) -> Vec<Option<Affi
     let neg_x = secret.neg();
     let xu = msm_batch(&[(&t, Scalars::One(&neg_x))]);
     // x·u is never the identity for x in [1, n).
-    let xu: Vec<Affine> = xu.into_iter().map(|p| p.unwrap_or(Affine::generator())).collect();
+    let xu: Vec<Affine> = xu
+        .into_iter()
+        .map(|p| p.unwrap_or(Affine::generator()))
+        .collect();
     add_batch(es, &xu)
 }
 
@@ -409,7 +433,11 @@ pub fn is_zero(secret: &[u8], ciphertexts: &[u8]) -> Result<Vec<bool>> {
     let (us, es) = decode_ciphertexts("ciphertexts", ciphertexts)?;
     let t = OddTables::new(&us);
     let xu = msm_batch(&[(&t, Scalars::One(&x))]);
-    Ok(xu.iter().zip(&es).map(|(p, e)| p.as_ref() == Some(e)).collect())
+    Ok(xu
+        .iter()
+        .zip(&es)
+        .map(|(p, e)| p.as_ref() == Some(e))
+        .collect())
 }
 
 /// `(uᵢ, eᵢ − x·uᵢ)`: removes this duchy's layer and keeps `u`.
@@ -418,7 +446,11 @@ pub fn partial_decrypt(secret: &[u8], ciphertexts: &[u8]) -> Result<Vec<u8>> {
     let (us, es) = decode_ciphertexts("ciphertexts", ciphertexts)?;
     let stripped = strip_layer(&x, &us, &es);
     let mut out = Vec::with_capacity(ciphertexts.len());
-    for (i, (c, e)) in ciphertexts.chunks_exact(CIPHERTEXT_LEN).zip(&stripped).enumerate() {
+    for (i, (c, e)) in ciphertexts
+        .chunks_exact(CIPHERTEXT_LEN)
+        .zip(&stripped)
+        .enumerate()
+    {
         let e = e.ok_or(CryptoError::Identity { index: i as u32 })?;
         out.extend_from_slice(&c[..POINT_LEN]);
         out.extend_from_slice(&e.encode());
@@ -446,7 +478,7 @@ pub fn partial_decrypt_rerandomize(
 /// both components to `k`. Computed as `k·u` and `k·e + (−k·x)·u` with shared doublings.
 pub fn blind(secret: &[u8], key: &[u8], ciphertexts: &[u8]) -> Result<Vec<u8>> {
     let x = scalar("secret", secret)?;
-    let k = scalar("key", key)?;
+    let k = scalar("blinding-key", key)?;
     let (us, es) = decode_ciphertexts("ciphertexts", ciphertexts)?;
     let c = k.mul(&x).neg();
     let tu = OddTables::new(&us);
@@ -516,7 +548,9 @@ pub fn ciphertext_sub(a: &[u8], b: &[u8]) -> Result<Vec<u8>> {
 /// Sorts fixed-size records by `memcmp` order (spec §2.6).
 pub fn sort_blocks(data: &[u8], block: usize) -> Result<Vec<u8>> {
     if block == 0 {
-        return Err(CryptoError::BadLength("block size must be at least 1".into()));
+        return Err(CryptoError::BadLength(
+            "block size must be at least 1".into(),
+        ));
     }
     count("data", data, block)?;
     let mut blocks: Vec<&[u8]> = data.chunks_exact(block).collect();

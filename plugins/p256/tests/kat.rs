@@ -20,16 +20,56 @@ fn scalar(v: u64) -> [u8; 32] {
 #[test]
 fn hash_to_curve_rows() {
     let rows: &[(&str, u32, &str)] = &[
-        ("unit_ec_point", 1, "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f"),
-        ("destroyed_register_key", 2, "02d81de426f38abb05329fce20be825d7cf5205dd08f079a803a65fc2310fc6fd8"),
-        ("blinded_histogram_noise_register_key", 2, "024172667e46664192c54799e79864b0d20032c5c018d615f8e08ce30d82e5177b"),
-        ("publisher_noise_register_id", 1, "02997f76808179780ce6b213aec014715248cbd6b33f5547159cbf000ae4234fea"),
-        ("padding_noise_register_id", 2, "02ee69c57a30345a6483abb2da124b7d195f396bc578bf1812210e4ef57f35e635"),
-        ("flag_zero_base", 1, "0202c950f1dde9eeff4f0b528428ff5800e952d916d36e94c0656a566a1f3f166d"),
-        ("0", 2, "028a2a67c0fe908916515ff0c6216925dfc1ecb52f057494b17518763c65bec25c"),
-        ("1", 3, "02cdbe79a27ed481eabdfbecd25eed5776de902fc584a95282c1cdf3d9995502f8"),
-        ("123", 1, "020f00afbcc74f5a659c179ce2f0ba1b489a151b82acda8d1e5fa42ae089e087f6"),
-        ("-1", 3, "02c6a3564d6888e53b4e68c7c2767099e40939b283146a079d898ed8fa2515aebf"),
+        (
+            "unit_ec_point",
+            1,
+            "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f",
+        ),
+        (
+            "destroyed_register_key",
+            2,
+            "02d81de426f38abb05329fce20be825d7cf5205dd08f079a803a65fc2310fc6fd8",
+        ),
+        (
+            "blinded_histogram_noise_register_key",
+            2,
+            "024172667e46664192c54799e79864b0d20032c5c018d615f8e08ce30d82e5177b",
+        ),
+        (
+            "publisher_noise_register_id",
+            1,
+            "02997f76808179780ce6b213aec014715248cbd6b33f5547159cbf000ae4234fea",
+        ),
+        (
+            "padding_noise_register_id",
+            2,
+            "02ee69c57a30345a6483abb2da124b7d195f396bc578bf1812210e4ef57f35e635",
+        ),
+        (
+            "flag_zero_base",
+            1,
+            "0202c950f1dde9eeff4f0b528428ff5800e952d916d36e94c0656a566a1f3f166d",
+        ),
+        (
+            "0",
+            2,
+            "028a2a67c0fe908916515ff0c6216925dfc1ecb52f057494b17518763c65bec25c",
+        ),
+        (
+            "1",
+            3,
+            "02cdbe79a27ed481eabdfbecd25eed5776de902fc584a95282c1cdf3d9995502f8",
+        ),
+        (
+            "123",
+            1,
+            "020f00afbcc74f5a659c179ce2f0ba1b489a151b82acda8d1e5fa42ae089e087f6",
+        ),
+        (
+            "-1",
+            3,
+            "02c6a3564d6888e53b4e68c7c2767099e40939b283146a079d898ed8fa2515aebf",
+        ),
     ];
     for (input, tries, want) in rows {
         let (p, t) = hash_to_curve(input.as_bytes());
@@ -48,14 +88,33 @@ fn integer_points() {
     let p1 = h("0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f");
     let table = ops::multiples(&p1, 11).unwrap();
     let want = [
-        (1, "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f"),
-        (2, "02e4cf8de8ffc654f67981f9bf40e14666bc1ae1058a4cf02430a7605a5072c996"),
-        (3, "021d41f6362c7984a929b261eee33de455b2a4e134f5ad296d9f77ea20cea524a0"),
-        (10, "0371100c6c0eb74964bbdc35d99792607b18f236d7d57b4f02758484c5eb0cb837"),
-        (11, "02545581e7541d30fa3f5db7e760367451acb8319fe175c8c775431b7596b928ef"),
+        (
+            1,
+            "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f",
+        ),
+        (
+            2,
+            "02e4cf8de8ffc654f67981f9bf40e14666bc1ae1058a4cf02430a7605a5072c996",
+        ),
+        (
+            3,
+            "021d41f6362c7984a929b261eee33de455b2a4e134f5ad296d9f77ea20cea524a0",
+        ),
+        (
+            10,
+            "0371100c6c0eb74964bbdc35d99792607b18f236d7d57b4f02758484c5eb0cb837",
+        ),
+        (
+            11,
+            "02545581e7541d30fa3f5db7e760367451acb8319fe175c8c775431b7596b928ef",
+        ),
     ];
     for (v, hexp) in want {
-        assert_eq!(hex::encode(&table[(v - 1) * 33..v * 33]), hexp, "{v}·P1 (table)");
+        assert_eq!(
+            hex::encode(&table[(v - 1) * 33..v * 33]),
+            hexp,
+            "{v}·P1 (table)"
+        );
         let m = ops::mul(&p1, &scalar(v as u64)).unwrap();
         assert_eq!(hex::encode(&m), hexp, "{v}·P1 (mul)");
     }
@@ -83,8 +142,14 @@ fn elgamal_and_blind_walk_through() {
     let u = ops::mul_fixed(&gt, &scalar(0x42)).unwrap();
     let ry = ops::mul(&y, &scalar(0x42)).unwrap();
     let e = ops::add(&m.encode(), &ry).unwrap();
-    assert_eq!(hex::encode(&u), "0227dc812de9374f35b5ff02901dd3f0225bddad4dafed3f1dfcc068c9e0f5ab7b");
-    assert_eq!(hex::encode(&e), "02f202f56da35f6bb8743f52ed950d25ee932660932860dca3ec01bb92afa87015");
+    assert_eq!(
+        hex::encode(&u),
+        "0227dc812de9374f35b5ff02901dd3f0225bddad4dafed3f1dfcc068c9e0f5ab7b"
+    );
+    assert_eq!(
+        hex::encode(&e),
+        "02f202f56da35f6bb8743f52ed950d25ee932660932860dca3ec01bb92afa87015"
+    );
     let ct = [u.clone(), e.clone()].concat();
     let blinded = ops::blind(&scalar(0x1111), &scalar(0x5555), &ct).unwrap();
     assert_eq!(
@@ -108,7 +173,9 @@ fn test_rng(seed: u64) -> impl FnMut(&mut [u8]) {
     let mut s = seed;
     move |buf: &mut [u8]| {
         for b in buf.iter_mut() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *b = (s >> 33) as u8;
         }
     }
@@ -121,14 +188,25 @@ fn elgamal_properties() {
     let x = ops::random_scalars(1, &mut rng);
     let y = ops::mul_fixed(&g, &x).unwrap();
     let yt = FixedTable::new(&Affine::decode(&y).unwrap());
-    let key = ElGamalKey { generator: &g, key: &yt };
+    let key = ElGamalKey {
+        generator: &g,
+        key: &yt,
+    };
     let msgs: Vec<String> = (0..40).map(|i| format!("m{i}")).collect();
     let (pts, _) = ops::hash_to_curve(&msgs);
     let ct = ops::encrypt(&key, &pts, &mut rng).unwrap();
-    assert_eq!(ops::decrypt(&x, &ct).unwrap(), pts, "decrypt ∘ encrypt = id");
+    assert_eq!(
+        ops::decrypt(&x, &ct).unwrap(),
+        pts,
+        "decrypt ∘ encrypt = id"
+    );
     let rr = ops::rerandomize(&key, &ct, &mut rng).unwrap();
     assert_ne!(rr, ct);
-    assert_eq!(ops::decrypt(&x, &rr).unwrap(), pts, "re-randomize keeps the plaintext");
+    assert_eq!(
+        ops::decrypt(&x, &rr).unwrap(),
+        pts,
+        "re-randomize keeps the plaintext"
+    );
     let zeros = ops::encrypt_zero(&key, 5, &mut rng).unwrap();
     assert_eq!(ops::is_zero(&x, &zeros).unwrap(), vec![true; 5]);
     assert_eq!(ops::is_zero(&x, &ct).unwrap(), vec![false; 40]);
@@ -146,7 +224,10 @@ fn elgamal_properties() {
     assert_eq!(ops::is_zero(&x, &diff).unwrap(), vec![true]);
     // Scaling multiplies the plaintext; random scaling keeps zeros zero and non-zeros non-zero.
     let sc = ops::scale(&ct, &scalar(9)).unwrap();
-    assert_eq!(ops::decrypt(&x, &sc).unwrap(), ops::mul(&pts, &scalar(9)).unwrap());
+    assert_eq!(
+        ops::decrypt(&x, &sc).unwrap(),
+        ops::mul(&pts, &scalar(9)).unwrap()
+    );
     let both = [zeros.clone(), ct.clone()].concat();
     let sr = ops::scale_random(&both, &mut rng).unwrap();
     let z = ops::is_zero(&x, &sr).unwrap();
@@ -166,8 +247,14 @@ fn layered_keys_and_blinding_commute() {
     let y = ops::add(&y1, &y2).unwrap();
     let yt = FixedTable::new(&Affine::decode(&y).unwrap());
     let y2t = FixedTable::new(&Affine::decode(&y2).unwrap());
-    let full = ElGamalKey { generator: &g, key: &yt };
-    let rest = ElGamalKey { generator: &g, key: &y2t };
+    let full = ElGamalKey {
+        generator: &g,
+        key: &yt,
+    };
+    let rest = ElGamalKey {
+        generator: &g,
+        key: &y2t,
+    };
     let msgs: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     let (pts, _) = ops::hash_to_curve(&msgs);
     let ct = ops::encrypt(&full, &pts, &mut rng).unwrap();
@@ -182,7 +269,11 @@ fn layered_keys_and_blinding_commute() {
     let b2 = ops::blind(&x2, &k2, &b).unwrap();
     // After both blinds and no layers left, e = k·k2·M and u is irrelevant: is_zero under 0
     // layers is not defined; check the points directly.
-    let e = &b2.chunks_exact(66).map(|c| c[33..].to_vec()).collect::<Vec<_>>().concat();
+    let e = &b2
+        .chunks_exact(66)
+        .map(|c| c[33..].to_vec())
+        .collect::<Vec<_>>()
+        .concat();
     let kk = ops::mul(&ops::mul(&pts, &k).unwrap(), &k2).unwrap();
     assert_eq!(e, &kk);
 }
@@ -240,10 +331,26 @@ fn multiplication_agrees_with_rustcrypto() {
         let want_g = p256_encode(&(p256::ProjectivePoint::GENERATOR * p256_scalar(k)));
         let want_p = p256_encode(&(p256_point(&p) * p256_scalar(k)));
         let want_i = p256_encode(&(p256_point(&points[i]) * p256_scalar(k)));
-        assert_eq!(fixed_g[i].unwrap().encode().to_vec(), want_g, "fixed G, scalar {i}");
-        assert_eq!(gt.mul(k).to_affine().unwrap().encode().to_vec(), want_g, "fixed G single {i}");
-        assert_eq!(fixed_p[i].unwrap().encode().to_vec(), want_p, "fixed P, scalar {i}");
-        assert_eq!(mul_var(&p, k).to_affine().unwrap().encode().to_vec(), want_p, "var single {i}");
+        assert_eq!(
+            fixed_g[i].unwrap().encode().to_vec(),
+            want_g,
+            "fixed G, scalar {i}"
+        );
+        assert_eq!(
+            gt.mul(k).to_affine().unwrap().encode().to_vec(),
+            want_g,
+            "fixed G single {i}"
+        );
+        assert_eq!(
+            fixed_p[i].unwrap().encode().to_vec(),
+            want_p,
+            "fixed P, scalar {i}"
+        );
+        assert_eq!(
+            mul_var(&p, k).to_affine().unwrap().encode().to_vec(),
+            want_p,
+            "var single {i}"
+        );
         assert_eq!(each[i].unwrap().encode().to_vec(), want_i, "batch each {i}");
     }
     // One scalar for many points.
@@ -262,8 +369,14 @@ fn exceptional_cases() {
     let (p, _) = hash_to_curve(b"x");
     let pe = p.encode();
     // P + P (doubling inside add), P − P (identity).
-    assert_eq!(ops::add(&pe, &pe).unwrap(), ops::mul(&pe, &scalar(2)).unwrap());
-    assert_eq!(ops::sub(&pe, &pe).unwrap_err(), ops::CryptoError::Identity { index: 0 });
+    assert_eq!(
+        ops::add(&pe, &pe).unwrap(),
+        ops::mul(&pe, &scalar(2)).unwrap()
+    );
+    assert_eq!(
+        ops::sub(&pe, &pe).unwrap_err(),
+        ops::CryptoError::Identity { index: 0 }
+    );
     // Straus with k·e + c·u where e = u: (k + c)·u, and where it cancels.
     let x = scalar(5);
     let k = scalar(7);
@@ -275,7 +388,10 @@ fn exceptional_cases() {
     // e = x·u: the blinded e is the identity.
     let e5 = ops::mul(&pe, &x).unwrap();
     let ct = [pe.to_vec(), e5.clone()].concat();
-    assert_eq!(ops::blind(&x, &k, &ct).unwrap_err(), ops::CryptoError::Identity { index: 0 });
+    assert_eq!(
+        ops::blind(&x, &k, &ct).unwrap_err(),
+        ops::CryptoError::Identity { index: 0 }
+    );
     assert_eq!(ops::is_zero(&x, &ct).unwrap(), vec![true]);
     // Scalars n − 1 (= −1) on P.
     let nm1 = Scalar::from_u64(1).neg().to_be_bytes();
@@ -309,24 +425,42 @@ fn decoding_rejects_bad_input() {
     assert_eq!(Affine::decode(&unc), Some(p));
     let mut bad = unc;
     bad[64] ^= 1;
-    assert!(Affine::decode(&bad).is_none(), "uncompressed point off the curve");
+    assert!(
+        Affine::decode(&bad).is_none(),
+        "uncompressed point off the curve"
+    );
     assert_eq!(ops::compress(&unc).unwrap(), p.encode().to_vec());
-    assert!(matches!(ops::compress(&unc[..64]), Err(ops::CryptoError::BadLength(_))));
+    assert!(matches!(
+        ops::compress(&unc[..64]),
+        Err(ops::CryptoError::BadLength(_))
+    ));
     // Lengths, indices and scalars.
     let two = [p.encode().to_vec(), vec![5u8; 33]].concat();
     assert_eq!(
         ops::validate_points(&two).unwrap_err(),
-        ops::CryptoError::InvalidPoint { argument: "points".into(), index: 1 }
+        ops::CryptoError::InvalidPoint {
+            argument: "points".into(),
+            index: 1
+        }
     );
-    assert!(matches!(ops::validate_points(&two[..40]), Err(ops::CryptoError::BadLength(_))));
+    assert!(matches!(
+        ops::validate_points(&two[..40]),
+        Err(ops::CryptoError::BadLength(_))
+    ));
     assert_eq!(
         ops::mul(&p.encode(), &[0u8; 32]).unwrap_err(),
-        ops::CryptoError::InvalidScalar { argument: "scalar".into(), index: 0 }
+        ops::CryptoError::InvalidScalar {
+            argument: "scalar".into(),
+            index: 0
+        }
     );
     let n = Scalar::from_u64(1).neg().to_be_bytes();
     let mut n_plus = n;
     n_plus[31] = n_plus[31].wrapping_add(1); // = n
-    assert!(ops::mul(&p.encode(), &n_plus).is_err(), "n itself is not a scalar");
+    assert!(
+        ops::mul(&p.encode(), &n_plus).is_err(),
+        "n itself is not a scalar"
+    );
     assert!(ops::mul(&p.encode(), &[1u8; 31]).is_err(), "short scalar");
 }
 
@@ -340,7 +474,10 @@ fn sorting_and_decimal() {
     assert!(ops::sort_blocks(&data, 5).is_err());
     assert!(ops::sort_blocks(&data, 0).is_err());
     assert_eq!(Scalar::from_u64(0).to_decimal(), "0");
-    assert_eq!(Scalar::from_u64(1234567890123456789).to_decimal(), "1234567890123456789");
+    assert_eq!(
+        Scalar::from_u64(1234567890123456789).to_decimal(),
+        "1234567890123456789"
+    );
     let big = Scalar::from_u64(1).neg();
     assert_eq!(
         big.to_decimal(),

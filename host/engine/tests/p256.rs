@@ -1,0 +1,574 @@
+//! The P-256 half of the `crypto` import (`halo:mpc@1.2`) through the real component
+//! boundary, with the `ec-bench` fixture: the host import and the SDK's pure-guest
+//! implementation give the same bytes (random and edge inputs, and the same errors for bad
+//! input); the spec's known answers hold through the import; the randomized operations keep
+//! their algebra; the limits hold (fixed bases per computation, handles per call, result size,
+//! the stage deadline counting the host's CPU time) and the table cache is per computation.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use halo_engine::{EngineConfig, LoadedPlugin, Runtime};
+use halo_p256::ops;
+use halo_plugin_build as plugins;
+use halo_protocol::{
+    ComputationContext, InputOrigin, Participant, Protocol, Role, StageError, StageInput,
+    SystemProtocol,
+};
+
+fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("halo-engine-aot")
+}
+
+fn runtime_with(f: impl FnOnce(&mut EngineConfig)) -> Runtime {
+    let mut config = EngineConfig {
+        cache_dir: Some(shared_cache()),
+        max_instances: 16,
+        crypto_threads: 2,
+        ..EngineConfig::default()
+    };
+    f(&mut config);
+    Runtime::new(config).unwrap()
+}
+
+fn load(rt: &Runtime) -> Arc<LoadedPlugin> {
+    rt.load_file(Path::new(plugins::EC_BENCH)).unwrap()
+}
+
+fn ctx(gid: &str) -> ComputationContext {
+    ComputationContext {
+        global_id: gid.into(),
+        duchy_id: "worker1".into(),
+        role: Role::NonAggregator,
+        protocol: SystemProtocol::LiquidLegionsV2,
+        computation: vec![],
+        participants: vec![Participant {
+            duchy_id: "worker1".into(),
+            role: Role::NonAggregator,
+            requisition_params: vec![],
+        }],
+        state: vec![],
+        attempt: 1,
+        identity: None,
+    }
+}
+
+fn input(data: &[u8]) -> StageInput {
+    StageInput {
+        origin: InputOrigin::Peer {
+            duchy_id: "worker2".into(),
+            description: 1,
+        },
+        data: data.to_vec(),
+    }
+}
+
+/// Runs `op` once in computation `gid` with `backend` ("host" or "pure").
+fn call_in(
+    p: &LoadedPlugin,
+    gid: &str,
+    backend: &str,
+    op: &str,
+    args: &[&[u8]],
+) -> Result<Vec<u8>, StageError> {
+    let mut inputs = vec![input(format!("{backend} {op} 1").as_bytes())];
+    inputs.extend(args.iter().map(|a| input(a)));
+    p.execute(&ctx(gid), 1, inputs)
+        .map(|o| o.state.unwrap_or_default())
+}
+
+fn call(p: &LoadedPlugin, backend: &str, op: &str, args: &[&[u8]]) -> Result<Vec<u8>, StageError> {
+    call_in(p, "c-p256", backend, op, args)
+}
+
+/// Host and pure agree, results and errors alike (errors compare without the plugin prefix).
+fn same(p: &LoadedPlugin, op: &str, args: &[&[u8]]) -> Result<Vec<u8>, String> {
+    let strip = |e: StageError| {
+        let m = e.to_string();
+        m.split_once(": ").map(|(_, r)| r.to_owned()).unwrap_or(m)
+    };
+    let h = call(p, "host", op, args).map_err(strip);
+    let g = call(p, "pure", op, args).map_err(strip);
+    assert_eq!(h, g, "host and pure differ for {op}");
+    h
+}
+
+fn u32be(v: u32) -> [u8; 4] {
+    v.to_be_bytes()
+}
+
+/// Deterministic test inputs from the native crate.
+struct Inputs {
+    points: Vec<u8>,
+    scalars: Vec<u8>,
+    cts: Vec<u8>,
+    secret: Vec<u8>,
+    key_point: Vec<u8>,
+}
+
+fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
+    let mut s = seed;
+    move |buf: &mut [u8]| {
+        for b in buf.iter_mut() {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (s >> 33) as u8;
+        }
+    }
+}
+
+fn inputs(n: usize, seed: u64) -> Inputs {
+    use halo_p256::mul::FixedTable;
+    use halo_p256::point::Affine;
+    let mut r = rng(seed);
+    let g = FixedTable::new(&Affine::generator());
+    let mut scalars = ops::random_scalars(n, &mut r);
+    // Edge scalars: 1, 2, n − 1, n − 2.
+    let one = halo_p256::scalar::Scalar::from_u64(1);
+    for (i, k) in [
+        one,
+        halo_p256::scalar::Scalar::from_u64(2),
+        one.neg(),
+        halo_p256::scalar::Scalar::from_u64(2).neg(),
+    ]
+    .iter()
+    .enumerate()
+    .take(n)
+    {
+        scalars[i * 32..(i + 1) * 32].copy_from_slice(&k.to_be_bytes());
+    }
+    let points = ops::mul_fixed(&g, &ops::random_scalars(n, &mut r)).unwrap();
+    let secret = ops::random_scalars(1, &mut r);
+    let key_point = ops::mul_fixed(&g, &secret).unwrap();
+    let y = FixedTable::new(&Affine::decode(&key_point).unwrap());
+    let key = ops::ElGamalKey {
+        generator: &g,
+        key: &y,
+    };
+    let cts = ops::encrypt(&key, &points, &mut r).unwrap();
+    Inputs {
+        points,
+        scalars,
+        cts,
+        secret,
+        key_point,
+    }
+}
+
+#[test]
+fn host_and_pure_give_the_same_bytes() {
+    let rt = runtime_with(|_| {});
+    let p = load(&rt);
+    // 1 element, a few, and more than a host piece (so the host splits the batch).
+    for n in [1usize, 7, 1100] {
+        let x = inputs(n, n as u64);
+        let k = &x.scalars[32..64.min(x.scalars.len())];
+        let k = if k.len() == 32 { k } else { &x.scalars[..32] };
+        let y = inputs(n, n as u64 + 1000);
+        let half = &x.points[..];
+        let other = &y.points[..];
+        for (op, args) in [
+            ("validate", vec![&x.points[..]]),
+            ("mul", vec![&x.points[..], k]),
+            ("mul-each", vec![&x.points[..], &x.scalars[..]]),
+            ("fixed-mul", vec![&b""[..], &x.scalars[..]]),
+            ("fixed-mul", vec![&x.key_point[..], &x.scalars[..]]),
+            ("add", vec![half, other]),
+            ("sub", vec![half, other]),
+            ("negate", vec![&x.points[..]]),
+            ("decrypt", vec![&x.secret[..], &x.cts[..]]),
+            ("is-zero", vec![&x.secret[..], &x.cts[..]]),
+            ("partial-decrypt", vec![&x.secret[..], &x.cts[..]]),
+            ("blind", vec![&x.secret[..], k, &x.cts[..]]),
+            ("scale", vec![&x.cts[..], k]),
+            ("elgamal-add", vec![&x.cts[..], &x.cts[..]]),
+            ("sort-blocks", vec![&x.cts[..], &u32be(66)[..]]),
+        ] {
+            let out = same(&p, op, &args).unwrap_or_else(|e| panic!("{op} n={n}: {e}"));
+            assert!(!out.is_empty() || op == "validate", "{op}");
+        }
+        // The decryption of the encryption of the points is the points.
+        assert_eq!(same(&p, "decrypt", &[&x.secret, &x.cts]).unwrap(), x.points);
+    }
+    let x = inputs(3, 99);
+    assert_eq!(
+        same(&p, "multiples", &[&x.points[..33], &u32be(2000)])
+            .unwrap()
+            .len(),
+        2000 * 33
+    );
+    let mut unc = vec![4u8];
+    let a = halo_p256::point::Affine::decode(&x.points[..33]).unwrap();
+    unc.extend_from_slice(&a.encode_uncompressed()[1..]);
+    assert_eq!(
+        same(&p, "compress", &[&unc]).unwrap(),
+        x.points[..33].to_vec()
+    );
+}
+
+#[test]
+fn bad_input_gives_the_same_error_from_host_and_pure() {
+    let rt = runtime_with(|_| {});
+    let p = load(&rt);
+    let x = inputs(1500, 5);
+    let k = &x.scalars[..32];
+    // An invalid point far into the batch (in the host's second piece), another earlier in a
+    // later argument: the lowest index wins.
+    let mut bad = x.points.clone();
+    bad[1200 * 33] = 7;
+    let mut bad_b = x.points.clone();
+    bad_b[1100 * 33] = 0x04;
+    let mut bad_ct = x.cts.clone();
+    bad_ct[1300 * 66 + 33] = 9;
+    let n_bytes = halo_p256::scalar::Scalar::from_u64(1).neg().to_be_bytes();
+    let mut n_itself = n_bytes;
+    n_itself[31] += 1;
+    let mut bad_scalars = x.scalars.clone();
+    bad_scalars[1400 * 32..1401 * 32].copy_from_slice(&[0u8; 32]);
+    for (op, args, want) in [
+        (
+            "validate",
+            vec![&bad[..]],
+            "InvalidPoint { argument: \"points\", index: 1200 }",
+        ),
+        ("validate", vec![&bad[..40]], "BadLength"),
+        ("add", vec![&bad[..], &bad_b[..]], "index: 1100"),
+        (
+            "mul",
+            vec![&x.points[..], &[0u8; 32][..]],
+            "InvalidScalar { argument: \"scalar\", index: 0 }",
+        ),
+        ("mul", vec![&x.points[..], &n_itself[..]], "InvalidScalar"),
+        ("mul", vec![&x.points[..], &k[..31]], "BadLength"),
+        (
+            "mul-each",
+            vec![&x.points[..], &bad_scalars[..]],
+            "InvalidScalar { argument: \"scalars\", index: 1400 }",
+        ),
+        (
+            "mul-each",
+            vec![&x.points[..], &x.scalars[..64]],
+            "BadLength",
+        ),
+        ("fixed-mul", vec![&b""[..], &bad_scalars[..]], "index: 1400"),
+        ("fixed-mul", vec![&bad[..32], k], "BadLength"),
+        (
+            "decrypt",
+            vec![&x.secret[..], &bad_ct[..]],
+            "InvalidPoint { argument: \"ciphertexts\", index: 1300 }",
+        ),
+        (
+            "blind",
+            vec![&x.secret[..], &[0u8; 32][..], &x.cts[..]],
+            "InvalidScalar { argument: \"blinding-key\"",
+        ),
+        ("sub", vec![&x.points[..33], &x.points[..33]], "Identity(0)"),
+        ("sort-blocks", vec![&x.cts[..], &u32be(0)[..]], "BadLength"),
+        (
+            "sort-blocks",
+            vec![&x.cts[..65], &u32be(66)[..]],
+            "BadLength",
+        ),
+        ("compress", vec![&x.points[..32]], "BadLength"),
+    ] {
+        let e = same(&p, op, &args).unwrap_err();
+        let want = want.replace("Identity(0)", "Identity { index: 0 }");
+        assert!(e.contains(&want), "{op}: {e} does not contain {want}");
+    }
+    // Identity results: decrypting an encryption of zero.
+    let zero = call(&p, "host", "encrypt-zero", &[&x.key_point, &u32be(3)]).unwrap();
+    let e = same(&p, "decrypt", &[&x.secret, &zero]).unwrap_err();
+    assert!(e.contains("Identity { index: 0 }"), "{e}");
+    assert_eq!(
+        same(&p, "is-zero", &[&x.secret, &zero]).unwrap(),
+        vec![1, 1, 1]
+    );
+}
+
+#[test]
+fn known_answers_through_the_import() {
+    let rt = runtime_with(|_| {});
+    let p = load(&rt);
+    let rows: &[(&str, u32, &str)] = &[
+        (
+            "unit_ec_point",
+            1,
+            "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f",
+        ),
+        (
+            "destroyed_register_key",
+            2,
+            "02d81de426f38abb05329fce20be825d7cf5205dd08f079a803a65fc2310fc6fd8",
+        ),
+        (
+            "blinded_histogram_noise_register_key",
+            2,
+            "024172667e46664192c54799e79864b0d20032c5c018d615f8e08ce30d82e5177b",
+        ),
+        (
+            "publisher_noise_register_id",
+            1,
+            "02997f76808179780ce6b213aec014715248cbd6b33f5547159cbf000ae4234fea",
+        ),
+        (
+            "padding_noise_register_id",
+            2,
+            "02ee69c57a30345a6483abb2da124b7d195f396bc578bf1812210e4ef57f35e635",
+        ),
+        (
+            "flag_zero_base",
+            1,
+            "0202c950f1dde9eeff4f0b528428ff5800e952d916d36e94c0656a566a1f3f166d",
+        ),
+        (
+            "0",
+            2,
+            "028a2a67c0fe908916515ff0c6216925dfc1ecb52f057494b17518763c65bec25c",
+        ),
+        (
+            "1",
+            3,
+            "02cdbe79a27ed481eabdfbecd25eed5776de902fc584a95282c1cdf3d9995502f8",
+        ),
+        (
+            "123",
+            1,
+            "020f00afbcc74f5a659c179ce2f0ba1b489a151b82acda8d1e5fa42ae089e087f6",
+        ),
+        (
+            "-1",
+            3,
+            "02c6a3564d6888e53b4e68c7c2767099e40939b283146a079d898ed8fa2515aebf",
+        ),
+    ];
+    let msgs: Vec<&[u8]> = rows.iter().map(|r| r.0.as_bytes()).collect();
+    let out = same(&p, "hash-to-curve", &msgs).unwrap();
+    let (points, tries) = out.split_at(rows.len() * 33);
+    for (i, (input, t, want)) in rows.iter().enumerate() {
+        assert_eq!(
+            hex::encode(&points[i * 33..(i + 1) * 33]),
+            *want,
+            "H({input})"
+        );
+        assert_eq!(
+            u32::from_be_bytes(tries[i * 4..i * 4 + 4].try_into().unwrap()),
+            *t,
+            "tries of H({input})"
+        );
+    }
+    // v·P1 (spec §2.3/§2.4).
+    let p1 = &points[..33];
+    let table = same(&p, "multiples", &[p1, &u32be(11)]).unwrap();
+    for (v, want) in [
+        (
+            2usize,
+            "02e4cf8de8ffc654f67981f9bf40e14666bc1ae1058a4cf02430a7605a5072c996",
+        ),
+        (
+            3,
+            "021d41f6362c7984a929b261eee33de455b2a4e134f5ad296d9f77ea20cea524a0",
+        ),
+        (
+            10,
+            "0371100c6c0eb74964bbdc35d99792607b18f236d7d57b4f02758484c5eb0cb837",
+        ),
+        (
+            11,
+            "02545581e7541d30fa3f5db7e760367451acb8319fe175c8c775431b7596b928ef",
+        ),
+    ] {
+        assert_eq!(hex::encode(&table[(v - 1) * 33..v * 33]), want, "{v}·P1");
+    }
+    // The ElGamal / blind walk-through of spec §7 (3).
+    let s = |v: u64| halo_p256::scalar::Scalar::from_u64(v).to_be_bytes();
+    let y = same(&p, "fixed-mul", &[b"", &s(0x6666)]).unwrap();
+    let m = same(&p, "hash-to-curve", &[b"7"]).unwrap()[..33].to_vec();
+    let u = same(&p, "fixed-mul", &[b"", &s(0x42)]).unwrap();
+    let ry = same(&p, "fixed-mul", &[&y, &s(0x42)]).unwrap();
+    let e = same(&p, "add", &[&m, &ry]).unwrap();
+    assert_eq!(
+        hex::encode(&u),
+        "0227dc812de9374f35b5ff02901dd3f0225bddad4dafed3f1dfcc068c9e0f5ab7b"
+    );
+    assert_eq!(
+        hex::encode(&e),
+        "02f202f56da35f6bb8743f52ed950d25ee932660932860dca3ec01bb92afa87015"
+    );
+    let ct = [u, e].concat();
+    let b = same(&p, "blind", &[&s(0x1111), &s(0x5555), &ct]).unwrap();
+    assert_eq!(
+        hex::encode(&b),
+        "03f8049a7d0cab281ae0b33b97c396b1993998b5e83891e9f6ebd732a4a5e46229022f7ea552ed61f2707ee7c284c5602b0d22ad1f25913c1a4ffa735e0e7e45f589"
+    );
+    let b2 = same(&p, "partial-decrypt", &[&s(0x2222), &b]).unwrap();
+    let plain = same(&p, "decrypt", &[&s(0x3333), &b2]).unwrap();
+    assert_eq!(plain, same(&p, "mul", &[&m, &s(0x5555)]).unwrap());
+}
+
+#[test]
+fn randomized_operations_keep_their_algebra() {
+    let rt = runtime_with(|_| {});
+    let p = load(&rt);
+    let x = inputs(1100, 77);
+    for backend in ["host", "pure"] {
+        let c = |op: &str, args: &[&[u8]]| call(&p, backend, op, args).unwrap();
+        let ct = c("encrypt", &[&x.key_point, &x.points]);
+        assert_eq!(
+            c("decrypt", &[&x.secret, &ct]),
+            x.points,
+            "{backend}: decrypt ∘ encrypt"
+        );
+        let rr = c("rerandomize", &[&x.key_point, &ct]);
+        assert_ne!(rr, ct);
+        assert_eq!(
+            c("decrypt", &[&x.secret, &rr]),
+            x.points,
+            "{backend}: rerandomize"
+        );
+        let z = c("encrypt-zero", &[&x.key_point, &u32be(1100)]);
+        assert_eq!(c("is-zero", &[&x.secret, &z]), vec![1u8; 1100]);
+        let sr = c("scale-random", &[&[z.clone(), ct.clone()].concat()]);
+        let flags = c("is-zero", &[&x.secret, &sr]);
+        assert_eq!(
+            flags,
+            [vec![1u8; 1100], vec![0u8; 1100]].concat(),
+            "{backend}: scale-random"
+        );
+        let sum = c("elgamal-add", &[&ct, &z]);
+        assert_eq!(c("decrypt", &[&x.secret, &sum]), x.points);
+        let diff = c("elgamal-sub", &[&ct, &rr]);
+        assert_eq!(c("is-zero", &[&x.secret, &diff]), vec![1u8; 1100]);
+        let ks = c("random-scalars", &[&u32be(1100)]);
+        assert_eq!(ks.len(), 1100 * 32);
+        assert!(ops::decode_scalars("k", &ks).is_ok());
+        // Two layers: x = x1 + x2; removing x1 with re-randomization under Y2 leaves an
+        // encryption under Y2.
+        let x1 = c("random-scalars", &[&u32be(1)]);
+        let y1 = c("fixed-mul", &[b"", &x1]);
+        let x2 = c("random-scalars", &[&u32be(1)]);
+        let y2 = c("fixed-mul", &[b"", &x2]);
+        let y12 = c("add", &[&y1, &y2]);
+        let ct2 = c("encrypt", &[&y12, &x.points]);
+        let pd = c("partial-decrypt-rerandomize", &[&x1, &y2, &ct2]);
+        assert_eq!(
+            c("decrypt", &[&x2, &pd]),
+            x.points,
+            "{backend}: partial decrypt + rerandomize"
+        );
+        // Blinding commutes with the remaining layer: decrypts to k·M.
+        let k = c("random-scalars", &[&u32be(1)]);
+        let bl = c("blind", &[&x1, &k, &ct2]);
+        assert_eq!(
+            c("decrypt", &[&x2, &bl]),
+            c("mul", &[&x.points, &k]),
+            "{backend}: blind"
+        );
+    }
+}
+
+#[test]
+fn fixed_bases_are_cached_per_computation_and_capped() {
+    let rt = runtime_with(|c| c.max_fixed_bases_per_computation = 3);
+    let p = load(&rt);
+    let x = inputs(5, 3);
+    let s = &x.scalars[..32];
+    // Registering in one call caches for later calls of the same computation only.
+    call_in(&p, "comp-a", "host", "fixed-mul", &[&x.points[..33], s]).unwrap();
+    assert_eq!(rt.cached_fixed_bases("comp-a"), 1);
+    call_in(&p, "comp-a", "host", "fixed-mul", &[&x.points[..33], s]).unwrap();
+    assert_eq!(
+        rt.cached_fixed_bases("comp-a"),
+        1,
+        "the same point is not built twice"
+    );
+    assert_eq!(rt.cached_fixed_bases("comp-b"), 0);
+    // The generator is not counted.
+    call_in(&p, "comp-a", "host", "fixed-mul", &[b"", s]).unwrap();
+    assert_eq!(rt.cached_fixed_bases("comp-a"), 1);
+    // The cap: three distinct points, the fourth is refused (and the call goes on working).
+    let out = call_in(&p, "comp-a", "host", "register-many", &[&x.points[..99]]).unwrap();
+    assert_eq!(out, 3u32.to_be_bytes().to_vec());
+    let e = call_in(&p, "comp-a", "host", "register-many", &[&x.points[..]]).unwrap_err();
+    assert!(
+        e.to_string().contains("Limit") && e.to_string().contains("maximum of 3"),
+        "{e}"
+    );
+    assert_eq!(rt.cached_fixed_bases("comp-a"), 3);
+    // An invalid point is an error, not a table.
+    let e = call_in(&p, "comp-c", "host", "register-many", &[&[9u8; 33]]).unwrap_err();
+    assert!(e.to_string().contains("InvalidPoint"), "{e}");
+    assert_eq!(rt.cached_fixed_bases("comp-c"), 0);
+    // Forgetting a computation drops its tables (the duchy calls this when it ends).
+    p.computation_ended("comp-a");
+    assert_eq!(rt.cached_fixed_bases("comp-a"), 0);
+}
+
+#[test]
+fn least_recently_used_computations_are_dropped() {
+    let rt = runtime_with(|c| c.max_cached_computations = 2);
+    let p = load(&rt);
+    let x = inputs(3, 4);
+    for (i, gid) in ["g1", "g2", "g3"].iter().enumerate() {
+        call_in(
+            &p,
+            gid,
+            "host",
+            "fixed-mul",
+            &[&x.points[i * 33..(i + 1) * 33], &x.scalars[..32]],
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        rt.cached_fixed_bases("g1"),
+        0,
+        "the oldest computation was dropped"
+    );
+    assert_eq!(rt.cached_fixed_bases("g2"), 1);
+    assert_eq!(rt.cached_fixed_bases("g3"), 1);
+}
+
+#[test]
+fn results_larger_than_the_guest_memory_are_refused() {
+    let rt = runtime_with(|c| c.max_memory_bytes = 16 << 20);
+    let p = load(&rt);
+    let x = inputs(1, 1);
+    for (op, args) in [
+        ("encrypt-zero", vec![&x.key_point[..], &u32be(u32::MAX)[..]]),
+        ("random-scalars", vec![&u32be(u32::MAX)[..]]),
+        ("multiples", vec![&x.points[..], &u32be(1 << 30)[..]]),
+    ] {
+        let e = call(&p, "host", op, &args).unwrap_err().to_string();
+        assert!(
+            e.contains("Limit") && e.contains("memory limit"),
+            "{op}: {e}"
+        );
+    }
+}
+
+#[test]
+fn host_cpu_time_counts_against_the_stage_deadline() {
+    let rt = runtime_with(|c| {
+        c.stage_deadline = Duration::from_millis(300);
+        c.crypto_threads = 1;
+    });
+    let p = load(&rt);
+    // ~40k variable-base multiplications take seconds on one thread; the call must end at
+    // the deadline (checked between pieces) as a transient deadline error.
+    let x = inputs(40_000, 8);
+    let started = std::time::Instant::now();
+    let e = call(&p, "host", "mul-each", &[&x.points, &x.scalars]).unwrap_err();
+    assert!(matches!(e, StageError::Transient(_)), "{e:?}");
+    assert!(e.to_string().contains("deadline"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The runtime still serves.
+    let small = inputs(2, 9);
+    same(&p, "mul", &[&small.points, &small.scalars[..32]]).unwrap();
+}
