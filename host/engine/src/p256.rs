@@ -22,6 +22,8 @@ use rayon::prelude::*;
 pub const PIECE: usize = 1024;
 /// Below this many elements a call runs on the calling thread.
 const PARALLEL_MIN: usize = 64;
+/// Elements one call may pass (points, scalars, ciphertexts, messages, or a count).
+pub const MAX_ELEMENTS_PER_CALL: usize = 1 << 24;
 /// Handles (`fixed-base` resources) one call may hold.
 pub const MAX_HANDLES_PER_CALL: usize = 1024;
 
@@ -212,6 +214,11 @@ impl P256Service {
         deadline: Instant,
         f: impl Fn(Range<usize>) -> Result<Vec<T>, CryptoError> + Sync,
     ) -> CallResult<Vec<T>> {
+        if n > MAX_ELEMENTS_PER_CALL {
+            return Ok(Err(CryptoError::Limit(format!(
+                "{n} elements in one call; the host takes at most {MAX_ELEMENTS_PER_CALL}"
+            ))));
+        }
         let piece = |r: Range<usize>| -> CallResult<Vec<T>> {
             if Instant::now() >= deadline {
                 return Err(HostDeadlineExceeded);

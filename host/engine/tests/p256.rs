@@ -550,6 +550,20 @@ fn results_larger_than_the_guest_memory_are_refused() {
 }
 
 #[test]
+fn calls_above_the_element_cap_are_refused() {
+    let rt = runtime_with(|c| c.max_memory_bytes = 4 << 30);
+    let p = load(&rt);
+    let x = inputs(1, 2);
+    let e = call(&p, "host", "multiples", &[&x.points, &u32be((1 << 24) + 1)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Limit") && e.contains("elements in one call"),
+        "{e}"
+    );
+}
+
+#[test]
 fn host_cpu_time_counts_against_the_stage_deadline() {
     let rt = runtime_with(|c| {
         c.stage_deadline = Duration::from_millis(300);

@@ -18,6 +18,9 @@ use crate::field::{Fe, batch_invert_nonzero};
 use crate::point::{Affine, Jacobian};
 use crate::scalar::{Scalar, recode_odd};
 
+/// Below this many elements a batch runs in Jacobian coordinates and shares only the final
+/// inversion: one inversion per step would cost more than the affine formulas save.
+const SMALL_BATCH: usize = 24;
 const VAR_W: u32 = 5;
 const VAR_DIGITS: usize = 52;
 const VAR_ENTRIES: usize = 16;
@@ -193,6 +196,10 @@ impl FixedTable {
     /// `kᵢ·base` for every scalar, in affine coordinates (`None` for a zero scalar).
     pub fn mul_batch(&self, scalars: &[Scalar]) -> Vec<Option<Affine>> {
         let n = scalars.len();
+        if n < SMALL_BATCH {
+            let jac: Vec<Jacobian> = scalars.iter().map(|k| self.mul(k)).collect();
+            return crate::point::normalize_batch(&jac);
+        }
         let rcs: Vec<Option<Recoded>> = scalars
             .iter()
             .map(|k| (!k.is_zero()).then(|| recode(k, FIXED_W, FIXED_WINDOWS)))
@@ -297,6 +304,13 @@ pub struct OddTables {
 impl OddTables {
     pub fn new(points: &[Affine]) -> OddTables {
         let n = points.len();
+        if n < SMALL_BATCH {
+            // Small batches multiply point by point (see `msm_batch`): no shared table.
+            return OddTables {
+                entries: Vec::new(),
+                points: points.to_vec(),
+            };
+        }
         let mut twice = AffineBatch::new(n);
         twice.acc.extend_from_slice(points);
         twice.double();
@@ -361,6 +375,18 @@ pub fn msm_batch(terms: &[(&OddTables, Scalars<'_>)]) -> Vec<Option<Affine>> {
         return Vec::new();
     };
     let n = first.len();
+    if n < SMALL_BATCH {
+        let jac: Vec<Jacobian> = (0..n)
+            .map(|i| {
+                let mut acc = Jacobian::IDENTITY;
+                for (t, s) in terms {
+                    acc = acc.add(&mul_var(&t.points[i], s.get(i)));
+                }
+                acc
+            })
+            .collect();
+        return crate::point::normalize_batch(&jac);
+    }
     // Recode once per distinct scalar: a shared scalar once for the whole term.
     let recoded: Vec<Vec<Option<Recoded>>> = terms
         .iter()

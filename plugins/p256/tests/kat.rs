@@ -484,3 +484,55 @@ fn sorting_and_decimal() {
         "115792089210356248762697446949407573529996955224135760342422259061068512044368"
     );
 }
+
+/// The same exceptional cases inside batches large enough for the batched affine kernels:
+/// the marked elements are recomputed with complete formulas, the others are untouched.
+#[test]
+fn exceptional_cases_in_large_batches() {
+    let n = 40;
+    let pts: Vec<[u8; 33]> = (0..n)
+        .map(|i| hash_to_curve(format!("e{i}").as_bytes()).0.encode())
+        .collect();
+    let a: Vec<u8> = pts.concat();
+    let mut b = a.clone();
+    // b[5] = a[5] (a doubling), b[6] = −a[6] (identity), b[7] = a[8] (ordinary).
+    b[6 * 33..7 * 33].copy_from_slice(&ops::negate(&pts[6]).unwrap());
+    b[7 * 33..8 * 33].copy_from_slice(&pts[8]);
+    let mut b_ok = b.clone();
+    b_ok[6 * 33..7 * 33].copy_from_slice(&pts[9]);
+    let sum = ops::add(&a, &b_ok).unwrap();
+    for i in 0..n {
+        let want = ops::add(&a[i * 33..(i + 1) * 33], &b_ok[i * 33..(i + 1) * 33]).unwrap();
+        assert_eq!(&sum[i * 33..(i + 1) * 33], &want[..], "element {i}");
+    }
+    assert_eq!(
+        &sum[5 * 33..6 * 33],
+        &ops::mul(&pts[5], &scalar(2)).unwrap()[..]
+    );
+    assert_eq!(
+        ops::add(&a, &b).unwrap_err(),
+        ops::CryptoError::Identity { index: 6 }
+    );
+    // Blinding a batch in which one ciphertext has e = u (the Straus sum meets equal points)
+    // and one has e = x·u (identity result, refused with its index).
+    let x = scalar(5);
+    let k = scalar(7);
+    let mut cts: Vec<u8> = Vec::new();
+    for i in 0..n {
+        cts.extend_from_slice(&pts[i]);
+        cts.extend_from_slice(&pts[(i + 1) % n]);
+    }
+    cts[10 * 66 + 33..11 * 66].copy_from_slice(&pts[10]);
+    let blinded = ops::blind(&x, &k, &cts).unwrap();
+    for i in [0usize, 9, 10, 11, 39] {
+        let one = ops::blind(&x, &k, &cts[i * 66..(i + 1) * 66]).unwrap();
+        assert_eq!(&blinded[i * 66..(i + 1) * 66], &one[..], "element {i}");
+    }
+    cts[12 * 66 + 33..13 * 66].copy_from_slice(&ops::mul(&pts[12], &x).unwrap());
+    assert_eq!(
+        ops::blind(&x, &k, &cts).unwrap_err(),
+        ops::CryptoError::Identity { index: 12 }
+    );
+    let z = ops::is_zero(&x, &cts).unwrap();
+    assert!(z[12] && !z[11] && !z[13]);
+}

@@ -116,11 +116,26 @@ impl Crypto for Pure {
         generator_table()
     }
     fn register(&self, point: &[u8]) -> Result<Table> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        // Tables registered by this instance (one stage call): registering the same point
+        // again reuses its table. At most a few are kept.
+        static TABLES: OnceLock<Mutex<HashMap<Vec<u8>, Table>>> = OnceLock::new();
         let p = halo_p256::ops::point("point", point)?;
         if p == halo_p256::point::Affine::generator() {
             return Ok(generator_table());
         }
-        Ok(std::sync::Arc::new(halo_p256::mul::FixedTable::new(&p)))
+        let tables = TABLES.get_or_init(|| Mutex::new(HashMap::new()));
+        let mut tables = tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tables.get(point) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(halo_p256::mul::FixedTable::new(&p));
+        if tables.len() >= 16 {
+            tables.clear();
+        }
+        tables.insert(point.to_vec(), t.clone());
+        Ok(t)
     }
     fn fixed_point(&self, base: &Table) -> Vec<u8> {
         base.base().encode().to_vec()
