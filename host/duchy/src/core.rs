@@ -314,10 +314,10 @@ impl Core {
 
     /// Tells the computation's protocol it ended here (best effort: caches are bounded).
     pub async fn ended(&self, global_id: &str) {
-        if let Ok(Some(row)) = self.store.get(global_id).await {
-            if let Ok(p) = self.protocol_for(&row) {
-                p.computation_ended(global_id);
-            }
+        if let Ok(Some(row)) = self.store.get(global_id).await
+            && let Ok(p) = self.protocol_for(&row)
+        {
+            p.computation_ended(global_id);
         }
     }
 

@@ -283,6 +283,9 @@ use wasmtime::component::Resource;
 
 use crate::host::HostState;
 
+/// A ciphertext operation keyed by one scalar: `op(scalar, ciphertexts)`.
+pub type ScalarOp = fn(&[u8], &[u8]) -> Result<Vec<u8>, CryptoError>;
+
 fn check_count(argument: &str, data: &[u8], unit: usize) -> Result<usize, CryptoError> {
     ops::count(argument, data, unit)
 }
@@ -564,7 +567,7 @@ impl HostState {
         name: &str,
         scalar: &[u8],
         cts: &[u8],
-        op: fn(&[u8], &[u8]) -> Result<Vec<u8>, CryptoError>,
+        op: ScalarOp,
     ) -> CallResult<Vec<u8>> {
         guest!(ops::scalar(name, scalar));
         let n = guest!(check_count("ciphertexts", cts, CIPHERTEXT_LEN));

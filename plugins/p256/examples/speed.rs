@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Rough single-thread timings of the kernels (the real benchmark is host/engine's
 //! `crypto` bench, through the component boundary).
 use halo_p256::mul::FixedTable;

@@ -74,7 +74,7 @@ type Result<T> = std::result::Result<T, CryptoError>;
 
 /// Number of `unit`-byte elements in `data`, or a length error naming `argument`.
 pub fn count(argument: &str, data: &[u8], unit: usize) -> Result<usize> {
-    if data.len() % unit != 0 {
+    if !data.len().is_multiple_of(unit) {
         return Err(CryptoError::BadLength(format!(
             "{argument}: {} bytes is not a multiple of {unit}",
             data.len()
@@ -209,10 +209,10 @@ pub fn random_scalar(rng: &mut dyn RandomSource) -> Scalar {
     let mut b = [0u8; 32];
     loop {
         rng.fill(&mut b);
-        if let Some(k) = Scalar::from_be_bytes(&b) {
-            if !k.is_zero() {
-                return k;
-            }
+        if let Some(k) = Scalar::from_be_bytes(&b)
+            && !k.is_zero()
+        {
+            return k;
         }
     }
 }

@@ -2,6 +2,8 @@
 //! blinding walk-through, `v·P1`), and checks against an independent implementation (the
 //! RustCrypto `p256` crate).
 
+#![allow(clippy::unwrap_used)]
+
 use halo_p256::h2c::hash_to_curve;
 use halo_p256::mul::{FixedTable, OddTables, Scalars, msm_batch, mul_var};
 use halo_p256::ops::{self, ElGamalKey};

@@ -3,6 +3,8 @@
 //! commutes with the remaining layers, batched results equal one-at-a-time results, encodings
 //! round-trip.
 
+#![allow(clippy::unwrap_used)]
+
 use halo_p256::mul::{FixedTable, mul_var};
 use halo_p256::ops::{self, ElGamalKey};
 use halo_p256::point::Affine;
