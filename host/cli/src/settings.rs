@@ -471,6 +471,16 @@ pub struct PluginSettings {
     /// AOT compilation cache [default: <data_dir>/plugin-cache].
     #[arg(long, env = "HALO_PLUGIN_CACHE")]
     pub cache_dir: Option<PathBuf>,
+    /// Threads of the P-256 crypto pool plugins call into; 0 = one per CPU.
+    #[arg(long, env = "HALO_CRYPTO_THREADS")]
+    pub crypto_threads: Option<usize>,
+    /// Fixed-base tables (151.5 KiB each) one computation may register.
+    #[arg(long, env = "HALO_MAX_FIXED_BASES_PER_COMPUTATION")]
+    pub max_fixed_bases_per_computation: Option<usize>,
+    /// Computations whose fixed-base tables are kept between stages (least recently used
+    /// dropped first).
+    #[arg(long, env = "HALO_MAX_CACHED_COMPUTATIONS")]
+    pub max_cached_computations: Option<usize>,
 }
 
 /// `[limits]` of a duchy: payloads and streams.
@@ -514,6 +524,9 @@ impl Layered for DuchySettings {
                 require_signatures: Some(false),
                 stage_deadline_secs: Some(600),
                 max_memory_mib: Some(4096),
+                crypto_threads: Some(0),
+                max_fixed_bases_per_computation: Some(16),
+                max_cached_computations: Some(64),
                 ..Default::default()
             },
             server: ServerSettings::defaults(halo_limits::DEFAULT_MAX_MESSAGE_BYTES),
@@ -722,6 +735,27 @@ impl PluginSettings {
                     .clone()
                     .unwrap_or_else(|| data_dir.join("plugin-cache")),
             ),
+            crypto_threads: within(
+                self.crypto_threads.map(|v| v as u64),
+                0,
+                "plugins.crypto_threads",
+                0,
+                256,
+            )? as usize,
+            max_fixed_bases_per_computation: within(
+                self.max_fixed_bases_per_computation.map(|v| v as u64),
+                16,
+                "plugins.max_fixed_bases_per_computation",
+                1,
+                1024,
+            )? as usize,
+            max_cached_computations: within(
+                self.max_cached_computations.map(|v| v as u64),
+                64,
+                "plugins.max_cached_computations",
+                1,
+                65536,
+            )? as usize,
             ..halo_engine::EngineConfig::default()
         };
         let runtime = halo_engine::Runtime::new(engine)?;

@@ -133,6 +133,13 @@ impl P256Service {
             return Ok(self.generator());
         }
         let cap = self.limits.max_fixed_bases_per_computation;
+        if computation.is_empty() {
+            // A call outside any computation (`describe`, tools): nothing to keep it for.
+            return Ok(FixedBaseHandle {
+                table: Arc::new(FixedTable::new(&base)),
+                encoded,
+            });
+        }
         {
             let mut cache = self.lock();
             cache.clock += 1;
@@ -172,10 +179,15 @@ impl P256Service {
         c.tables.insert(encoded, table.clone());
         // Keep at most max_cached_computations computations: drop the least recently used.
         while cache.computations.len() > self.limits.max_cached_computations.max(1) {
+            // A computation whose tables a running call still holds is not dropped: it would
+            // start again from an empty count and could exceed its cap.
             let oldest = cache
                 .computations
                 .iter()
-                .filter(|(k, _)| k.as_str() != computation)
+                .filter(|(k, c)| {
+                    k.as_str() != computation
+                        && c.tables.values().all(|t| Arc::strong_count(t) == 1)
+                })
                 .min_by_key(|(_, c)| c.used)
                 .map(|(k, _)| k.clone());
             match oldest {
@@ -239,12 +251,26 @@ impl P256Service {
                 .collect(),
         };
         let results: Vec<CallResult<Vec<T>>> = match (&self.pool, pieces.len() > 1) {
-            (Some(pool), true) => pool.install(|| pieces.into_par_iter().map(piece).collect()),
+            // In waves of one piece per thread: another call's pieces, queued meanwhile, run
+            // between two waves instead of after this whole call.
+            (Some(pool), true) => {
+                let mut out = Vec::with_capacity(pieces.len());
+                for wave in pieces.chunks(self.limits.threads.max(1)) {
+                    let done: Vec<CallResult<Vec<T>>> =
+                        pool.install(|| wave.par_iter().cloned().map(piece).collect());
+                    let stop = done.iter().any(stops);
+                    out.extend(done);
+                    if stop {
+                        break;
+                    }
+                }
+                out
+            }
             _ => {
                 let mut out = Vec::with_capacity(pieces.len());
                 for r in pieces {
                     let res = piece(r);
-                    let stop = !matches!(res, Ok(Ok(_)));
+                    let stop = stops(&res);
                     out.push(res);
                     if stop {
                         break;
@@ -253,14 +279,36 @@ impl P256Service {
                 out
             }
         };
+        // Every piece checks all its inputs before computing, so a piece that failed on an
+        // input has the lowest bad input of its range. The first such piece names the error;
+        // only if no input is bad does the first `identity` result count (as when the whole
+        // batch is checked first, which is what the pure implementation does).
         let mut all = Vec::with_capacity(n);
+        let mut identity = None;
         for r in results {
             match r? {
                 Ok(v) => all.extend(v),
+                Err(e @ CryptoError::Identity { .. }) => {
+                    identity.get_or_insert(e);
+                }
                 Err(e) => return Ok(Err(e)),
             }
         }
+        if let Some(e) = identity {
+            return Ok(Err(e));
+        }
         Ok(Ok(all))
+    }
+}
+
+/// Whether a piece's result ends the call: a deadline, or a bad input (later pieces cannot
+/// have a lower bad input). An `identity` result does not: a later piece may still hold a bad
+/// input, which takes precedence.
+fn stops<T>(r: &CallResult<Vec<T>>) -> bool {
+    match r {
+        Err(_) => true,
+        Ok(Err(CryptoError::Identity { .. })) | Ok(Ok(_)) => false,
+        Ok(Err(_)) => true,
     }
 }
 
@@ -337,7 +385,7 @@ impl HostState {
     ) -> wasmtime::Result<Result<Resource<FixedBaseHandle>, CryptoError>> {
         if self.handles >= MAX_HANDLES_PER_CALL {
             return Ok(Err(CryptoError::Limit(format!(
-                "a call may hold at most {MAX_HANDLES_PER_CALL} fixed-base handles"
+                "a call may hold at most {MAX_HANDLES_PER_CALL} fixed-base handles at once"
             ))));
         }
         self.handles += 1;
@@ -360,7 +408,7 @@ impl HostState {
         }
         if self.handles >= MAX_HANDLES_PER_CALL {
             return Ok(Err(CryptoError::Limit(format!(
-                "a call may hold at most {MAX_HANDLES_PER_CALL} fixed-base handles"
+                "a call may hold at most {MAX_HANDLES_PER_CALL} fixed-base handles at once"
             ))));
         }
         let h = match self.p256.register(&self.computation, point) {
@@ -376,6 +424,7 @@ impl HostState {
 
     pub fn fixed_base_drop(&mut self, h: Resource<FixedBaseHandle>) -> wasmtime::Result<()> {
         self.resources.delete(h)?;
+        self.handles = self.handles.saturating_sub(1);
         Ok(())
     }
 
@@ -449,6 +498,7 @@ impl HostState {
     }
 
     pub fn p256_hash_to_curve(&mut self, messages: &[Vec<u8>]) -> CallResult<(Vec<u8>, Vec<u32>)> {
+        guest!(self.output_fits(messages.len() as u128 * (POINT_LEN as u128 + 4)));
         let hashed = guest!(self.p256.run(messages.len(), self.deadline, |r| {
             Ok(messages[r]
                 .iter()
@@ -491,6 +541,9 @@ impl HostState {
             Ok(n) => n,
             Err(e) => return Ok(Err(e)),
         };
+        if let Err(e) = self.output_fits(n as u128 * CIPHERTEXT_LEN as u128) {
+            return Ok(Err(e));
+        }
         Ok(self.p256.run(n, self.deadline, |r| {
             let k = ElGamalKey {
                 generator: &g.table,
@@ -621,15 +674,26 @@ impl HostState {
                 "block size must be at least 1".into(),
             )));
         }
-        guest!(check_count("data", data, block));
+        let n = guest!(check_count("data", data, block));
+        if n > MAX_ELEMENTS_PER_CALL {
+            return Ok(Err(CryptoError::Limit(format!(
+                "{n} records in one call; the host takes at most {MAX_ELEMENTS_PER_CALL}"
+            ))));
+        }
         if Instant::now() >= self.deadline {
             return Err(HostDeadlineExceeded);
         }
-        let mut blocks: Vec<&[u8]> = data.chunks_exact(block).collect();
+        // Sort 4-byte indices, not slices: the scratch is 4 bytes per record.
+        let mut order = guest!(ops::block_order(n));
+        let by_bytes =
+            |a: &u32, b: &u32| ops::block_at(data, block, *a).cmp(ops::block_at(data, block, *b));
         match &self.p256.pool {
-            Some(pool) => pool.install(|| blocks.par_sort_unstable()),
-            None => blocks.sort_unstable(),
+            Some(pool) => pool.install(|| order.par_sort_unstable_by(by_bytes)),
+            None => order.sort_unstable_by(by_bytes),
         }
-        Ok(Ok(blocks.concat()))
+        if Instant::now() >= self.deadline {
+            return Err(HostDeadlineExceeded);
+        }
+        Ok(Ok(ops::gather_blocks(data, block, &order)))
     }
 }

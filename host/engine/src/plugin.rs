@@ -196,6 +196,9 @@ impl LoadedPlugin {
             ),
         );
         store.limiter(|state| &mut state.limits);
+        // What one import call may copy out of the guest: as much as the guest can hold
+        // (wasmtime's default, 128 MiB, would trap on large batches the import accepts).
+        store.set_hostcall_fuel(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX));
         store.set_epoch_deadline(self.deadline_ticks);
         store
     }

@@ -279,6 +279,29 @@ fn bad_input_gives_the_same_error_from_host_and_pure() {
         let want = want.replace("Identity(0)", "Identity { index: 0 }");
         assert!(e.contains(&want), "{op}: {e} does not contain {want}");
     }
+    // An identity result early in the batch does not hide a bad input later on (in another
+    // host piece): the bad input is reported, as when the whole input is checked first.
+    let mut a = x.points.clone();
+    a[1300 * 33] = 7;
+    let mut b = inputs(1500, 6).points;
+    b[33..66].copy_from_slice(&x.points[33..66]);
+    let e = same(&p, "sub", &[&a, &b]).unwrap_err();
+    assert!(
+        e.contains("InvalidPoint { argument: \"a\", index: 1300 }"),
+        "{e}"
+    );
+    let e = same(&p, "sub", &[&x.points, &b]).unwrap_err();
+    assert!(e.contains("Identity { index: 1 }"), "{e}");
+    // Sorting: more records than one call takes.
+    let e = call(
+        &p,
+        "host",
+        "sort-blocks",
+        &[&vec![0u8; (1 << 24) + 1], &u32be(1)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Limit"), "{e}");
     // Identity results: decrypting an encryption of zero.
     let zero = call(&p, "host", "encrypt-zero", &[&x.key_point, &u32be(3)]).unwrap();
     let e = same(&p, "decrypt", &[&x.secret, &zero]).unwrap_err();
@@ -383,6 +406,17 @@ fn known_answers_through_the_import() {
     ] {
         assert_eq!(hex::encode(&table[(v - 1) * 33..v * 33]), want, "{v}·P1");
     }
+    // The combined key of spec §2.2.
+    let ys = [
+        hex::decode("02d1432ca007a6c6d739fce2d21feb56d9a2c35cf968265f9093c4b691e11386b3").unwrap(),
+        hex::decode("039ef370ff4d216225401781d88a03f5a670a5040e6333492cb4e0cd991abbd5a3").unwrap(),
+        hex::decode("02d0f25ab445fc9c29e7e2509adc93308430f432522ffa93c2ae737ceb480b66d7").unwrap(),
+    ];
+    let y12 = same(&p, "add", &[&ys[0], &ys[1]]).unwrap();
+    assert_eq!(
+        hex::encode(same(&p, "add", &[&y12, &ys[2]]).unwrap()),
+        "02505d7b3ac4c3c387c74132ab677a3421e883b90d4c83dc766e400fe67acc1f04"
+    );
     // The ElGamal / blind walk-through of spec §7 (3).
     let s = |v: u64| halo_p256::scalar::Scalar::from_u64(v).to_be_bytes();
     let y = same(&p, "fixed-mul", &[b"", &s(0x6666)]).unwrap();
@@ -459,6 +493,14 @@ fn randomized_operations_keep_their_algebra() {
             x.points,
             "{backend}: partial decrypt + rerandomize"
         );
+        // A layer that strips to the identity (an encryption of zero under y1 only) is still
+        // re-randomized under y2 instead of refused. The u it keeps still carries its old
+        // randomness, so decrypting with x2 gives −x2·u.
+        let zero1 = c("encrypt-zero", &[&y1, &u32be(1100)]);
+        let pz = c("partial-decrypt-rerandomize", &[&x1, &y2, &zero1]);
+        let us: Vec<u8> = zero1.chunks(66).flat_map(|ct| ct[..33].to_vec()).collect();
+        let want = c("negate", &[&c("mul", &[&us, &x2])]);
+        assert_eq!(c("decrypt", &[&x2, &pz]), want, "{backend}: zero layer");
         // Blinding commutes with the remaining layer: decrypts to k·M.
         let k = c("random-scalars", &[&u32be(1)]);
         let bl = c("blind", &[&x1, &k, &ct2]);
@@ -547,6 +589,25 @@ fn results_larger_than_the_guest_memory_are_refused() {
             "{op}: {e}"
         );
     }
+}
+
+#[test]
+fn handles_are_capped_while_held_not_when_dropped() {
+    let rt = runtime_with(|_| {});
+    let p = load(&rt);
+    // 5000 handles created and dropped one after the other: fine.
+    call(&p, "host", "generator-churn", &[&u32be(5000)]).unwrap();
+    // 1024 held at once: fine; more: the host refuses (a trap for `generator`, which has no
+    // error to return), and the runtime keeps serving.
+    assert_eq!(
+        call(&p, "host", "generator-hold", &[&u32be(1024)]).unwrap(),
+        1024u32.to_be_bytes().to_vec()
+    );
+    let e = call(&p, "host", "generator-hold", &[&u32be(1025)]).unwrap_err();
+    assert!(matches!(e, StageError::Permanent(_)), "{e:?}");
+    assert!(e.to_string().contains("fixed-base handles"), "{e}");
+    let x = inputs(2, 9);
+    same(&p, "mul", &[&x.points, &x.scalars[..32]]).unwrap();
 }
 
 #[test]

@@ -116,8 +116,8 @@ fn test_sum_versions_load_side_by_side() {
     assert_eq!((b.id.as_str(), b.version.as_str()), ("test-sum", "1.1.0"));
     assert_ne!(a.digest, b.digest);
     assert_eq!(a.digest.len(), 64);
-    // 1.0.0 was built against WIT halo:mpc@1.0.0, 1.1.0 against 1.1.0: this host (1.1)
-    // serves both, the older one through the Linker's semver fallback.
+    // 1.0.0 was built against WIT halo:mpc@1.0.0, 1.1.0 against 1.1.0: this host (1.2)
+    // serves both through the Linker's semver fallback.
     for (info, wit) in [(a, "1.0.0"), (b, "1.1.0")] {
         assert_eq!(info.wit_package, format!("halo:mpc@{wit}"));
         assert_eq!(
@@ -541,22 +541,22 @@ fn epoch_ticker_holds_only_a_weak_engine() {
     }
 }
 
-/// The hmss component targets halo:mpc@1.1.0 and uses the `identity` import that minor added.
+/// The hmss component targets halo:mpc@1.2.0 and uses the `identity` import 1.1 added.
 #[test]
 fn hmss_uses_the_identity_import_of_wit_1_1() {
     let rt = runtime();
     let hmss = load(&rt, plugins::HMSS);
     let info = hmss.info();
-    assert_eq!(info.wit_package, "halo:mpc@1.1.0");
+    assert_eq!(info.wit_package, "halo:mpc@1.2.0");
     assert!(
-        info.imports.iter().any(|i| i == "halo:mpc/identity@1.1.0"),
+        info.imports.iter().any(|i| i == "halo:mpc/identity@1.2.0"),
         "{:?}",
         info.imports
     );
     assert!(
         info.imports
             .iter()
-            .all(|i| i.starts_with("halo:mpc/") && i.ends_with("@1.1.0")),
+            .all(|i| i.starts_with("halo:mpc/") && i.ends_with("@1.2.0")),
         "{:?}",
         info.imports
     );

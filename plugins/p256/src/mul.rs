@@ -407,34 +407,36 @@ pub fn msm_batch(terms: &[(&OddTables, Scalars<'_>)]) -> Vec<Option<Affine>> {
         }
     };
     let mut batch = AffineBatch::new(n);
+    let top = VAR_DIGITS - 1;
+    // The top window: the first term's entry, plus the other terms' entries added with the
+    // complete Jacobian formulas (they may meet equal points for crafted inputs, and that
+    // must not show in the timing), normalized together.
+    let mut start = Vec::with_capacity(n);
     for i in 0..n {
-        match rc(0, i) {
-            Some(r) => batch
-                .acc
-                .push(first.pick(i, r.digits[VAR_DIGITS - 1], r.negate)),
+        let mut acc = Jacobian::IDENTITY;
+        for (j, (t, _)) in terms.iter().enumerate() {
+            match rc(j, i) {
+                Some(r) => acc = acc.add_affine(&t.pick(i, r.digits[top], r.negate)),
+                None => batch.dead[i] = true,
+            }
+        }
+        start.push(acc);
+    }
+    let start = if terms.len() == 1 {
+        start.iter().map(|j| j.to_affine_unchecked()).collect()
+    } else {
+        crate::point::normalize_batch(&start)
+    };
+    for (i, p) in start.into_iter().enumerate() {
+        match p {
+            Some(p) => batch.acc.push(p),
             None => {
                 batch.dead[i] = true;
                 batch.acc.push(first.points[i]);
             }
         }
-        for j in 1..terms.len() {
-            if rc(j, i).is_none() {
-                batch.dead[i] = true;
-            }
-        }
     }
     let mut addends = Vec::with_capacity(n);
-    let top = VAR_DIGITS - 1;
-    for (j, (t, _)) in terms.iter().enumerate().skip(1) {
-        addends.clear();
-        for i in 0..n {
-            addends.push(match rc(j, i) {
-                Some(r) => t.pick(i, r.digits[top], r.negate),
-                None => t.points[i],
-            });
-        }
-        batch.add(&addends);
-    }
     for w in (0..top).rev() {
         for _ in 0..VAR_W {
             batch.double();

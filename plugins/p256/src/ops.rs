@@ -72,6 +72,34 @@ impl std::error::Error for CryptoError {}
 
 type Result<T> = std::result::Result<T, CryptoError>;
 
+/// Elements that share one set of per-point tables inside a kernel (about 1 KiB of table per
+/// point, so at most about a megabyte of scratch whatever the batch size). Results do not
+/// depend on it.
+pub const KERNEL_PIECE: usize = 1024;
+
+/// `f` over consecutive ranges of at most [`KERNEL_PIECE`] of `0..n`, outputs concatenated.
+fn in_pieces<T>(n: usize, mut f: impl FnMut(std::ops::Range<usize>) -> Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0;
+    while start < n {
+        let end = (start + KERNEL_PIECE).min(n);
+        out.extend(f(start..end));
+        start = end;
+    }
+    out
+}
+
+/// `k·Pᵢ` (one scalar) or `kᵢ·Pᵢ`, in kernel pieces.
+fn mul_points(ps: &[Affine], ks: Scalars<'_>) -> Vec<Option<Affine>> {
+    in_pieces(ps.len(), |r| {
+        let t = OddTables::new(&ps[r.clone()]);
+        match ks {
+            Scalars::One(k) => msm_batch(&[(&t, Scalars::One(k))]),
+            Scalars::Each(v) => msm_batch(&[(&t, Scalars::Each(&v[r]))]),
+        }
+    })
+}
+
 /// Number of `unit`-byte elements in `data`, or a length error naming `argument`.
 pub fn count(argument: &str, data: &[u8], unit: usize) -> Result<usize> {
     if !data.len().is_multiple_of(unit) {
@@ -258,8 +286,7 @@ pub fn compress(point: &[u8]) -> Result<Vec<u8>> {
 pub fn mul(points: &[u8], scalar_bytes: &[u8]) -> Result<Vec<u8>> {
     let k = scalar("scalar", scalar_bytes)?;
     let ps = decode_points("points", points)?;
-    let t = OddTables::new(&ps);
-    encode_points(&msm_batch(&[(&t, Scalars::One(&k))]))
+    encode_points(&mul_points(&ps, Scalars::One(&k)))
 }
 
 /// `kᵢ·Pᵢ` for every pair.
@@ -273,8 +300,7 @@ pub fn mul_each(points: &[u8], scalars: &[u8]) -> Result<Vec<u8>> {
         ps.push(point_at("points", points, i)?);
         ks.push(scalar_at("scalars", scalars, i)?);
     }
-    let t = OddTables::new(&ps);
-    encode_points(&msm_batch(&[(&t, Scalars::Each(&ks))]))
+    encode_points(&mul_points(&ps, Scalars::Each(&ks)))
 }
 
 /// `kᵢ·B` for every scalar, `B` the table's point.
@@ -409,9 +435,8 @@ pub fn rerandomize(
 
 /// `eᵢ − x·uᵢ` for every ciphertext (affine; `None` = the identity).
 fn strip_layer(secret: &Scalar, us: &[Affine], es: &[Affine]) -> Vec<Option<Affine>> {
-    let t = OddTables::new(us);
     let neg_x = secret.neg();
-    let xu = msm_batch(&[(&t, Scalars::One(&neg_x))]);
+    let xu = mul_points(us, Scalars::One(&neg_x));
     // x·u is never the identity for x in [1, n).
     let xu: Vec<Affine> = xu
         .into_iter()
@@ -468,10 +493,23 @@ pub fn partial_decrypt_rerandomize(
 ) -> Result<Vec<u8>> {
     let x = scalar("secret", secret)?;
     let (us, es) = decode_ciphertexts("ciphertexts", ciphertexts)?;
-    let stripped = unwrap_all(strip_layer(&x, &us, &es))?;
+    let stripped = strip_layer(&x, &us, &es);
     let (rg, ry) = key.zeros(us.len(), rng);
     let (rg, ry) = (unwrap_all(rg)?, unwrap_all(ry)?);
-    encode_ciphertexts(&add_batch(&us, &rg), &add_batch(&stripped, &ry))
+    // A layer that decrypts to the identity (an encryption of zero under the remaining keys)
+    // is a valid input: its re-randomization is (u + r·G, r·Y).
+    let base: Vec<Affine> = stripped
+        .iter()
+        .zip(&ry)
+        .map(|(s, r)| s.unwrap_or(*r))
+        .collect();
+    let mut e = add_batch(&base, &ry);
+    for ((out, s), r) in e.iter_mut().zip(&stripped).zip(&ry) {
+        if s.is_none() {
+            *out = Some(*r);
+        }
+    }
+    encode_ciphertexts(&add_batch(&us, &rg), &e)
 }
 
 /// Pohlig–Hellman blinding `(k·uᵢ, k·(eᵢ − x·uᵢ))`: removes this duchy's layer and raises
@@ -481,18 +519,19 @@ pub fn blind(secret: &[u8], key: &[u8], ciphertexts: &[u8]) -> Result<Vec<u8>> {
     let k = scalar("blinding-key", key)?;
     let (us, es) = decode_ciphertexts("ciphertexts", ciphertexts)?;
     let c = k.mul(&x).neg();
-    let tu = OddTables::new(&us);
-    let te = OddTables::new(&es);
-    let ku = msm_batch(&[(&tu, Scalars::One(&k))]);
-    let ke = msm_batch(&[(&te, Scalars::One(&k)), (&tu, Scalars::One(&c))]);
+    let mut ku = Vec::with_capacity(us.len());
+    let ke = in_pieces(us.len(), |r| {
+        let tu = OddTables::new(&us[r.clone()]);
+        let te = OddTables::new(&es[r]);
+        ku.extend(msm_batch(&[(&tu, Scalars::One(&k))]));
+        msm_batch(&[(&te, Scalars::One(&k)), (&tu, Scalars::One(&c))])
+    });
     encode_ciphertexts(&ku, &ke)
 }
 
 fn scale_with(ciphertexts: &[u8], ks: Scalars<'_>) -> Result<Vec<u8>> {
     let (us, es) = decode_ciphertexts("ciphertexts", ciphertexts)?;
-    let tu = OddTables::new(&us);
-    let te = OddTables::new(&es);
-    encode_ciphertexts(&msm_batch(&[(&tu, ks)]), &msm_batch(&[(&te, ks)]))
+    encode_ciphertexts(&mul_points(&us, ks), &mul_points(&es, ks))
 }
 
 /// `(k·uᵢ, k·eᵢ)` for one scalar `k`.
@@ -552,8 +591,30 @@ pub fn sort_blocks(data: &[u8], block: usize) -> Result<Vec<u8>> {
             "block size must be at least 1".into(),
         ));
     }
-    count("data", data, block)?;
-    let mut blocks: Vec<&[u8]> = data.chunks_exact(block).collect();
-    blocks.sort_unstable();
-    Ok(blocks.concat())
+    let n = count("data", data, block)?;
+    let mut order = block_order(n)?;
+    order.sort_unstable_by(|&a, &b| block_at(data, block, a).cmp(block_at(data, block, b)));
+    Ok(gather_blocks(data, block, &order))
+}
+
+/// `0..n` as `u32` indices (4 bytes per record of scratch), refusing more than `u32::MAX`.
+pub fn block_order(n: usize) -> Result<Vec<u32>> {
+    let n = u32::try_from(n)
+        .map_err(|_| CryptoError::Limit(format!("{n} records is more than one call takes")))?;
+    Ok((0..n).collect())
+}
+
+/// Record `i` of `data`.
+pub fn block_at(data: &[u8], block: usize, i: u32) -> &[u8] {
+    let i = i as usize;
+    &data[i * block..(i + 1) * block]
+}
+
+/// The records of `data` in `order`.
+pub fn gather_blocks(data: &[u8], block: usize, order: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for &i in order {
+        out.extend_from_slice(block_at(data, block, i));
+    }
+    out
 }

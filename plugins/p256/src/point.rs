@@ -171,6 +171,21 @@ impl Jacobian {
         })
     }
 
+    /// The affine point of a Jacobian point whose `Z` is 1 or 0 (one built from an affine
+    /// point by at most one step from the identity), without an inversion.
+    pub(crate) fn to_affine_unchecked(&self) -> Option<Affine> {
+        if self.is_identity() {
+            None
+        } else if self.z == Fe::ONE {
+            Some(Affine {
+                x: self.x,
+                y: self.y,
+            })
+        } else {
+            self.to_affine()
+        }
+    }
+
     pub fn neg(&self) -> Jacobian {
         Jacobian {
             x: self.x,

@@ -538,3 +538,23 @@ fn exceptional_cases_in_large_batches() {
     let z = ops::is_zero(&x, &cts).unwrap();
     assert!(z[12] && !z[11] && !z[13]);
 }
+
+/// Spec §2.2: the combined key `Y = y₁ + y₂ + y₃` of the any-sketch crypto README, and the
+/// reference test keys' `y = x·G` (duchies 2 and 3 of the reference's test key set).
+#[test]
+fn combined_key_and_key_pairs() {
+    let y1 = h("02d1432ca007a6c6d739fce2d21feb56d9a2c35cf968265f9093c4b691e11386b3");
+    let y2 = h("039ef370ff4d216225401781d88a03f5a670a5040e6333492cb4e0cd991abbd5a3");
+    let y3 = h("02d0f25ab445fc9c29e7e2509adc93308430f432522ffa93c2ae737ceb480b66d7");
+    let y = ops::add(&ops::add(&y1, &y2).unwrap(), &y3).unwrap();
+    assert_eq!(
+        hex::encode(&y),
+        "02505d7b3ac4c3c387c74132ab677a3421e883b90d4c83dc766e400fe67acc1f04"
+    );
+    let g = FixedTable::new(&Affine::generator());
+    let x2 = h("31cc32e7cd53ff24f2b64ae8c531099af9867ebf5d9a659f742459947caa29b0");
+    let x3 = h("338cce0306416b70e901436cb9eca5ac758e8ff41d7b58dabadf8726608ca6cc");
+    assert_eq!(ops::mul_fixed(&g, &x2).unwrap(), y2);
+    assert_eq!(ops::mul_fixed(&g, &x3).unwrap(), y3);
+    assert_eq!(ops::mul(&hex::decode(G).unwrap(), &x3).unwrap(), y3);
+}
