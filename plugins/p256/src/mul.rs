@@ -423,7 +423,7 @@ pub fn msm_batch(terms: &[(&OddTables, Scalars<'_>)]) -> Vec<Option<Affine>> {
         start.push(acc);
     }
     let start = if terms.len() == 1 {
-        start.iter().map(|j| j.to_affine_unchecked()).collect()
+        start.iter().map(|j| j.affine_if_z_one()).collect()
     } else {
         crate::point::normalize_batch(&start)
     };

@@ -173,7 +173,7 @@ impl Jacobian {
 
     /// The affine point of a Jacobian point whose `Z` is 1 or 0 (one built from an affine
     /// point by at most one step from the identity), without an inversion.
-    pub(crate) fn to_affine_unchecked(&self) -> Option<Affine> {
+    pub(crate) fn affine_if_z_one(&self) -> Option<Affine> {
         if self.is_identity() {
             None
         } else if self.z == Fe::ONE {
