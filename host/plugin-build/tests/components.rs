@@ -35,7 +35,7 @@ fn world_of(c: &Component) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[test]
 fn every_component_exists_under_plugin_dir() {
-    assert_eq!(COMPONENTS.len(), 9);
+    assert_eq!(COMPONENTS.len(), 10);
     for c in COMPONENTS {
         let path = Path::new(c.path);
         assert!(path.is_absolute(), "{}", c.path);
@@ -55,6 +55,7 @@ fn every_component_exists_under_plugin_dir() {
         halo_plugin_build::PANICKER,
         halo_plugin_build::ECHO,
         halo_plugin_build::HOSTILE,
+        halo_plugin_build::EC_BENCH,
         halo_plugin_build::WRONG_MAJOR,
     ];
     assert_eq!(
