@@ -109,22 +109,10 @@ struct Inputs {
     key_point: Vec<u8>,
 }
 
-fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
-    let mut s = seed;
-    move |buf: &mut [u8]| {
-        for b in buf.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (s >> 33) as u8;
-        }
-    }
-}
-
 fn inputs(n: usize, seed: u64) -> Inputs {
     use halo_p256::mul::FixedTable;
     use halo_p256::point::Affine;
-    let mut r = rng(seed);
+    let mut r = halo_p256::vectors::lcg(seed);
     let g = FixedTable::new(&Affine::generator());
     let mut scalars = ops::random_scalars(n, &mut r);
     // Edge scalars: 1, 2, n − 1, n − 2.
@@ -316,58 +304,7 @@ fn bad_input_gives_the_same_error_from_host_and_pure() {
 fn known_answers_through_the_import() {
     let rt = runtime_with(|_| {});
     let p = load(&rt);
-    let rows: &[(&str, u32, &str)] = &[
-        (
-            "unit_ec_point",
-            1,
-            "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f",
-        ),
-        (
-            "destroyed_register_key",
-            2,
-            "02d81de426f38abb05329fce20be825d7cf5205dd08f079a803a65fc2310fc6fd8",
-        ),
-        (
-            "blinded_histogram_noise_register_key",
-            2,
-            "024172667e46664192c54799e79864b0d20032c5c018d615f8e08ce30d82e5177b",
-        ),
-        (
-            "publisher_noise_register_id",
-            1,
-            "02997f76808179780ce6b213aec014715248cbd6b33f5547159cbf000ae4234fea",
-        ),
-        (
-            "padding_noise_register_id",
-            2,
-            "02ee69c57a30345a6483abb2da124b7d195f396bc578bf1812210e4ef57f35e635",
-        ),
-        (
-            "flag_zero_base",
-            1,
-            "0202c950f1dde9eeff4f0b528428ff5800e952d916d36e94c0656a566a1f3f166d",
-        ),
-        (
-            "0",
-            2,
-            "028a2a67c0fe908916515ff0c6216925dfc1ecb52f057494b17518763c65bec25c",
-        ),
-        (
-            "1",
-            3,
-            "02cdbe79a27ed481eabdfbecd25eed5776de902fc584a95282c1cdf3d9995502f8",
-        ),
-        (
-            "123",
-            1,
-            "020f00afbcc74f5a659c179ce2f0ba1b489a151b82acda8d1e5fa42ae089e087f6",
-        ),
-        (
-            "-1",
-            3,
-            "02c6a3564d6888e53b4e68c7c2767099e40939b283146a079d898ed8fa2515aebf",
-        ),
-    ];
+    let rows = halo_p256::vectors::HASH_TO_CURVE;
     let msgs: Vec<&[u8]> = rows.iter().map(|r| r.0.as_bytes()).collect();
     let out = same(&p, "hash-to-curve", &msgs).unwrap();
     let (points, tries) = out.split_at(rows.len() * 33);
@@ -386,36 +323,19 @@ fn known_answers_through_the_import() {
     // v·P1 (spec §2.3/§2.4).
     let p1 = &points[..33];
     let table = same(&p, "multiples", &[p1, &u32be(11)]).unwrap();
-    for (v, want) in [
-        (
-            2usize,
-            "02e4cf8de8ffc654f67981f9bf40e14666bc1ae1058a4cf02430a7605a5072c996",
-        ),
-        (
-            3,
-            "021d41f6362c7984a929b261eee33de455b2a4e134f5ad296d9f77ea20cea524a0",
-        ),
-        (
-            10,
-            "0371100c6c0eb74964bbdc35d99792607b18f236d7d57b4f02758484c5eb0cb837",
-        ),
-        (
-            11,
-            "02545581e7541d30fa3f5db7e760367451acb8319fe175c8c775431b7596b928ef",
-        ),
-    ] {
+    for &(v, want) in halo_p256::vectors::MULTIPLES_OF_P1 {
         assert_eq!(hex::encode(&table[(v - 1) * 33..v * 33]), want, "{v}·P1");
     }
     // The combined key of spec §2.2.
     let ys = [
-        hex::decode("02d1432ca007a6c6d739fce2d21feb56d9a2c35cf968265f9093c4b691e11386b3").unwrap(),
-        hex::decode("039ef370ff4d216225401781d88a03f5a670a5040e6333492cb4e0cd991abbd5a3").unwrap(),
-        hex::decode("02d0f25ab445fc9c29e7e2509adc93308430f432522ffa93c2ae737ceb480b66d7").unwrap(),
+        hex::decode(halo_p256::vectors::COMBINED_KEY.0[0]).unwrap(),
+        hex::decode(halo_p256::vectors::COMBINED_KEY.0[1]).unwrap(),
+        hex::decode(halo_p256::vectors::COMBINED_KEY.0[2]).unwrap(),
     ];
     let y12 = same(&p, "add", &[&ys[0], &ys[1]]).unwrap();
     assert_eq!(
         hex::encode(same(&p, "add", &[&y12, &ys[2]]).unwrap()),
-        "02505d7b3ac4c3c387c74132ab677a3421e883b90d4c83dc766e400fe67acc1f04"
+        halo_p256::vectors::COMBINED_KEY.1
     );
     // The ElGamal / blind walk-through of spec §7 (3).
     let s = |v: u64| halo_p256::scalar::Scalar::from_u64(v).to_be_bytes();
@@ -424,20 +344,11 @@ fn known_answers_through_the_import() {
     let u = same(&p, "fixed-mul", &[b"", &s(0x42)]).unwrap();
     let ry = same(&p, "fixed-mul", &[&y, &s(0x42)]).unwrap();
     let e = same(&p, "add", &[&m, &ry]).unwrap();
-    assert_eq!(
-        hex::encode(&u),
-        "0227dc812de9374f35b5ff02901dd3f0225bddad4dafed3f1dfcc068c9e0f5ab7b"
-    );
-    assert_eq!(
-        hex::encode(&e),
-        "02f202f56da35f6bb8743f52ed950d25ee932660932860dca3ec01bb92afa87015"
-    );
+    assert_eq!(hex::encode(&u), halo_p256::vectors::WALK_THROUGH_U);
+    assert_eq!(hex::encode(&e), halo_p256::vectors::WALK_THROUGH_E);
     let ct = [u, e].concat();
     let b = same(&p, "blind", &[&s(0x1111), &s(0x5555), &ct]).unwrap();
-    assert_eq!(
-        hex::encode(&b),
-        "03f8049a7d0cab281ae0b33b97c396b1993998b5e83891e9f6ebd732a4a5e46229022f7ea552ed61f2707ee7c284c5602b0d22ad1f25913c1a4ffa735e0e7e45f589"
-    );
+    assert_eq!(hex::encode(&b), halo_p256::vectors::WALK_THROUGH_BLINDED);
     let b2 = same(&p, "partial-decrypt", &[&s(0x2222), &b]).unwrap();
     let plain = same(&p, "decrypt", &[&s(0x3333), &b2]).unwrap();
     assert_eq!(plain, same(&p, "mul", &[&m, &s(0x5555)]).unwrap());

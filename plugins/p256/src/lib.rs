@@ -7,3 +7,4 @@ pub mod mul;
 pub mod ops;
 pub mod point;
 pub mod scalar;
+pub mod vectors;

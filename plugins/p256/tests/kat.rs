@@ -21,58 +21,7 @@ fn scalar(v: u64) -> [u8; 32] {
 /// Spec §2.3: every row, point and `tries`.
 #[test]
 fn hash_to_curve_rows() {
-    let rows: &[(&str, u32, &str)] = &[
-        (
-            "unit_ec_point",
-            1,
-            "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f",
-        ),
-        (
-            "destroyed_register_key",
-            2,
-            "02d81de426f38abb05329fce20be825d7cf5205dd08f079a803a65fc2310fc6fd8",
-        ),
-        (
-            "blinded_histogram_noise_register_key",
-            2,
-            "024172667e46664192c54799e79864b0d20032c5c018d615f8e08ce30d82e5177b",
-        ),
-        (
-            "publisher_noise_register_id",
-            1,
-            "02997f76808179780ce6b213aec014715248cbd6b33f5547159cbf000ae4234fea",
-        ),
-        (
-            "padding_noise_register_id",
-            2,
-            "02ee69c57a30345a6483abb2da124b7d195f396bc578bf1812210e4ef57f35e635",
-        ),
-        (
-            "flag_zero_base",
-            1,
-            "0202c950f1dde9eeff4f0b528428ff5800e952d916d36e94c0656a566a1f3f166d",
-        ),
-        (
-            "0",
-            2,
-            "028a2a67c0fe908916515ff0c6216925dfc1ecb52f057494b17518763c65bec25c",
-        ),
-        (
-            "1",
-            3,
-            "02cdbe79a27ed481eabdfbecd25eed5776de902fc584a95282c1cdf3d9995502f8",
-        ),
-        (
-            "123",
-            1,
-            "020f00afbcc74f5a659c179ce2f0ba1b489a151b82acda8d1e5fa42ae089e087f6",
-        ),
-        (
-            "-1",
-            3,
-            "02c6a3564d6888e53b4e68c7c2767099e40939b283146a079d898ed8fa2515aebf",
-        ),
-    ];
+    let rows = halo_p256::vectors::HASH_TO_CURVE;
     for (input, tries, want) in rows {
         let (p, t) = hash_to_curve(input.as_bytes());
         assert_eq!(hex::encode(p.encode()), *want, "H({input})");
@@ -89,29 +38,8 @@ fn hash_to_curve_rows() {
 fn integer_points() {
     let p1 = h("0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f");
     let table = ops::multiples(&p1, 11).unwrap();
-    let want = [
-        (
-            1,
-            "0295eff36ee6834b476823392ce1f31aeda2c10edf2fdb5a4b2a708a600f18876f",
-        ),
-        (
-            2,
-            "02e4cf8de8ffc654f67981f9bf40e14666bc1ae1058a4cf02430a7605a5072c996",
-        ),
-        (
-            3,
-            "021d41f6362c7984a929b261eee33de455b2a4e134f5ad296d9f77ea20cea524a0",
-        ),
-        (
-            10,
-            "0371100c6c0eb74964bbdc35d99792607b18f236d7d57b4f02758484c5eb0cb837",
-        ),
-        (
-            11,
-            "02545581e7541d30fa3f5db7e760367451acb8319fe175c8c775431b7596b928ef",
-        ),
-    ];
-    for (v, hexp) in want {
+    let want = halo_p256::vectors::MULTIPLES_OF_P1;
+    for &(v, hexp) in want {
         assert_eq!(
             hex::encode(&table[(v - 1) * 33..v * 33]),
             hexp,
@@ -144,22 +72,13 @@ fn elgamal_and_blind_walk_through() {
     let u = ops::mul_fixed(&gt, &scalar(0x42)).unwrap();
     let ry = ops::mul(&y, &scalar(0x42)).unwrap();
     let e = ops::add(&m.encode(), &ry).unwrap();
-    assert_eq!(
-        hex::encode(&u),
-        "0227dc812de9374f35b5ff02901dd3f0225bddad4dafed3f1dfcc068c9e0f5ab7b"
-    );
-    assert_eq!(
-        hex::encode(&e),
-        "02f202f56da35f6bb8743f52ed950d25ee932660932860dca3ec01bb92afa87015"
-    );
+    assert_eq!(hex::encode(&u), halo_p256::vectors::WALK_THROUGH_U);
+    assert_eq!(hex::encode(&e), halo_p256::vectors::WALK_THROUGH_E);
     let ct = [u.clone(), e.clone()].concat();
     let blinded = ops::blind(&scalar(0x1111), &scalar(0x5555), &ct).unwrap();
     assert_eq!(
         hex::encode(&blinded),
-        concat!(
-            "03f8049a7d0cab281ae0b33b97c396b1993998b5e83891e9f6ebd732a4a5e46229",
-            "022f7ea552ed61f2707ee7c284c5602b0d22ad1f25913c1a4ffa735e0e7e45f589"
-        )
+        halo_p256::vectors::WALK_THROUGH_BLINDED
     );
     let after2 = ops::partial_decrypt(&scalar(0x2222), &blinded).unwrap();
     let plain = ops::decrypt(&scalar(0x3333), &after2).unwrap();
@@ -171,21 +90,10 @@ fn elgamal_and_blind_walk_through() {
 }
 
 /// A deterministic "random" source for tests.
-fn test_rng(seed: u64) -> impl FnMut(&mut [u8]) {
-    let mut s = seed;
-    move |buf: &mut [u8]| {
-        for b in buf.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (s >> 33) as u8;
-        }
-    }
-}
 
 #[test]
 fn elgamal_properties() {
-    let mut rng = test_rng(7);
+    let mut rng = halo_p256::vectors::lcg(7);
     let g = FixedTable::new(&Affine::generator());
     let x = ops::random_scalars(1, &mut rng);
     let y = ops::mul_fixed(&g, &x).unwrap();
@@ -240,7 +148,7 @@ fn elgamal_properties() {
 /// blinding, commute as the spec says.
 #[test]
 fn layered_keys_and_blinding_commute() {
-    let mut rng = test_rng(11);
+    let mut rng = halo_p256::vectors::lcg(11);
     let g = FixedTable::new(&Affine::generator());
     let x1 = ops::random_scalars(1, &mut rng);
     let x2 = ops::random_scalars(1, &mut rng);
@@ -299,7 +207,7 @@ fn p256_encode(p: &p256::ProjectivePoint) -> Vec<u8> {
 /// Every multiplication path agrees with RustCrypto `p256`, on random and edge scalars.
 #[test]
 fn multiplication_agrees_with_rustcrypto() {
-    let mut rng = test_rng(3);
+    let mut rng = halo_p256::vectors::lcg(3);
     let n_minus = |v: u64| Scalar::from_u64(v).neg();
     let mut scalars: Vec<Scalar> = vec![
         Scalar::from_u64(1),
@@ -543,14 +451,11 @@ fn exceptional_cases_in_large_batches() {
 /// reference test keys' `y = x·G` (duchies 2 and 3 of the reference's test key set).
 #[test]
 fn combined_key_and_key_pairs() {
-    let y1 = h("02d1432ca007a6c6d739fce2d21feb56d9a2c35cf968265f9093c4b691e11386b3");
-    let y2 = h("039ef370ff4d216225401781d88a03f5a670a5040e6333492cb4e0cd991abbd5a3");
-    let y3 = h("02d0f25ab445fc9c29e7e2509adc93308430f432522ffa93c2ae737ceb480b66d7");
+    let y1 = h(halo_p256::vectors::COMBINED_KEY.0[0]);
+    let y2 = h(halo_p256::vectors::COMBINED_KEY.0[1]);
+    let y3 = h(halo_p256::vectors::COMBINED_KEY.0[2]);
     let y = ops::add(&ops::add(&y1, &y2).unwrap(), &y3).unwrap();
-    assert_eq!(
-        hex::encode(&y),
-        "02505d7b3ac4c3c387c74132ab677a3421e883b90d4c83dc766e400fe67acc1f04"
-    );
+    assert_eq!(hex::encode(&y), halo_p256::vectors::COMBINED_KEY.1);
     let g = FixedTable::new(&Affine::generator());
     let x2 = h("31cc32e7cd53ff24f2b64ae8c531099af9867ebf5d9a659f742459947caa29b0");
     let x3 = h("338cce0306416b70e901436cb9eca5ac758e8ff41d7b58dabadf8726608ca6cc");

@@ -11,18 +11,6 @@ use halo_p256::point::Affine;
 use halo_p256::scalar::Scalar;
 use proptest::prelude::*;
 
-fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
-    let mut s = seed;
-    move |buf: &mut [u8]| {
-        for b in buf.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (s >> 33) as u8;
-        }
-    }
-}
-
 fn generator() -> &'static FixedTable {
     static G: std::sync::OnceLock<FixedTable> = std::sync::OnceLock::new();
     G.get_or_init(|| FixedTable::new(&Affine::generator()))
@@ -33,7 +21,7 @@ proptest! {
 
     #[test]
     fn encryption_layers_and_blinding(seed in any::<u64>(), n in 1usize..40) {
-        let mut r = rng(seed);
+        let mut r = halo_p256::vectors::lcg(seed);
         let g = generator();
         let x1 = ops::random_scalars(1, &mut r);
         let x2 = ops::random_scalars(1, &mut r);
@@ -72,7 +60,7 @@ proptest! {
 
     #[test]
     fn batches_equal_single_multiplications(seed in any::<u64>(), n in 0usize..70) {
-        let mut r = rng(seed);
+        let mut r = halo_p256::vectors::lcg(seed);
         let g = generator();
         let ks = ops::random_scalars(n, &mut r);
         let pts = ops::mul_fixed(g, &ops::random_scalars(n, &mut r)).unwrap();
@@ -95,7 +83,7 @@ proptest! {
 
     #[test]
     fn encodings_round_trip(seed in any::<u64>(), bytes in proptest::collection::vec(any::<u8>(), 33)) {
-        let mut r = rng(seed);
+        let mut r = halo_p256::vectors::lcg(seed);
         let k = ops::random_scalars(1, &mut r);
         let p = ops::mul_fixed(generator(), &k).unwrap();
         let a = Affine::decode(&p).unwrap();

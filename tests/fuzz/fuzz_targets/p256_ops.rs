@@ -18,15 +18,6 @@ struct Input<'a> {
     n: u16,
 }
 
-fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
-    let mut s = seed;
-    move |buf: &mut [u8]| {
-        for x in buf.iter_mut() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *x = (s >> 33) as u8;
-        }
-    }
-}
 
 fn check_points(r: Result<Vec<u8>, ops::CryptoError>, n: Option<usize>) {
     if let Ok(v) = r {
@@ -49,7 +40,7 @@ fuzz_target!(|inp: Input| {
     let (a, b, c) = (inp.a, inp.b, inp.c);
     static G: std::sync::OnceLock<FixedTable> = std::sync::OnceLock::new();
     let g = G.get_or_init(|| FixedTable::new(&Affine::generator()));
-    let mut r = rng(inp.n as u64);
+    let mut r = halo_p256::vectors::lcg(inp.n as u64);
     match inp.op % 16 {
         0 => check_points(ops::mul(a, b), Some(a.len() / 33)),
         1 => check_points(ops::mul_each(a, b), Some(a.len() / 33)),
