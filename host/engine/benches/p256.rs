@@ -83,15 +83,7 @@ struct Data {
 }
 
 fn data(n: usize) -> Data {
-    let mut s = 0x5eed_u64 ^ n as u64;
-    let mut rng = move |b: &mut [u8]| {
-        for x in b.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *x = (s >> 33) as u8;
-        }
-    };
+    let mut rng = halo_p256::vectors::lcg(0x5eed ^ n as u64);
     let g = FixedTable::new(&Affine::generator());
     let scalars = ops::random_scalars(n, &mut rng);
     let points = ops::mul_fixed(&g, &ops::random_scalars(n, &mut rng)).unwrap();

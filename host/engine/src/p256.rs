@@ -331,6 +331,12 @@ use wasmtime::component::Resource;
 
 use crate::host::HostState;
 
+/// What an ElGamal operation runs over: elements of an argument, or a count.
+enum KeyedInput<'a> {
+    Elements(&'a str, &'a [u8], usize),
+    Count(u32),
+}
+
 /// A ciphertext operation keyed by one scalar: `op(scalar, ciphertexts)`.
 pub type ScalarOp = fn(&[u8], &[u8]) -> Result<Vec<u8>, CryptoError>;
 
@@ -531,15 +537,26 @@ impl HostState {
         Ok((self.p256.generator(), self.handle(key)?))
     }
 
-    pub fn elgamal_encrypt(
+    /// An operation under an ElGamal key over `n` elements of `unit` bytes of `data` (none:
+    /// `n` from a count), each giving a 66-byte ciphertext.
+    fn with_key(
         &mut self,
         key: &Resource<FixedBaseHandle>,
-        plaintexts: &[u8],
+        input: KeyedInput<'_>,
+        op: impl Fn(
+            &ElGamalKey<'_>,
+            std::ops::Range<usize>,
+            &mut dyn ops::RandomSource,
+        ) -> Result<Vec<u8>, CryptoError>
+        + Sync,
     ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
         let (g, y) = self.elgamal_key(key)?;
-        let n = match check_count("plaintexts", plaintexts, POINT_LEN) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
+        let n = match input {
+            KeyedInput::Elements(argument, data, unit) => match check_count(argument, data, unit) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e)),
+            },
+            KeyedInput::Count(n) => n as usize,
         };
         if let Err(e) = self.output_fits(n as u128 * CIPHERTEXT_LEN as u128) {
             return Ok(Err(e));
@@ -549,8 +566,19 @@ impl HostState {
                 generator: &g.table,
                 key: &y.table,
             };
-            ops::encrypt(&k, piece(plaintexts, POINT_LEN, &r), &mut rng())
+            op(&k, r, &mut rng())
         })?)
+    }
+
+    pub fn elgamal_encrypt(
+        &mut self,
+        key: &Resource<FixedBaseHandle>,
+        plaintexts: &[u8],
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        let input = KeyedInput::Elements("plaintexts", plaintexts, POINT_LEN);
+        self.with_key(key, input, |k, r, rng| {
+            ops::encrypt(k, piece(plaintexts, POINT_LEN, &r), rng)
+        })
     }
 
     pub fn elgamal_encrypt_zero(
@@ -558,17 +586,9 @@ impl HostState {
         key: &Resource<FixedBaseHandle>,
         count: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
-        let (g, y) = self.elgamal_key(key)?;
-        if let Err(e) = self.output_fits(count as u128 * CIPHERTEXT_LEN as u128) {
-            return Ok(Err(e));
-        }
-        Ok(self.p256.run(count as usize, self.deadline, |r| {
-            let k = ElGamalKey {
-                generator: &g.table,
-                key: &y.table,
-            };
-            ops::encrypt_zero(&k, r.len(), &mut rng())
-        })?)
+        self.with_key(key, KeyedInput::Count(count), |k, r, rng| {
+            ops::encrypt_zero(k, r.len(), rng)
+        })
     }
 
     pub fn elgamal_rerandomize(
@@ -576,18 +596,10 @@ impl HostState {
         key: &Resource<FixedBaseHandle>,
         cts: &[u8],
     ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
-        let (g, y) = self.elgamal_key(key)?;
-        let n = match check_count("ciphertexts", cts, CIPHERTEXT_LEN) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.p256.run(n, self.deadline, |r| {
-            let k = ElGamalKey {
-                generator: &g.table,
-                key: &y.table,
-            };
-            ops::rerandomize(&k, piece(cts, CIPHERTEXT_LEN, &r), &mut rng())
-        })?)
+        let input = KeyedInput::Elements("ciphertexts", cts, CIPHERTEXT_LEN);
+        self.with_key(key, input, |k, r, rng| {
+            ops::rerandomize(k, piece(cts, CIPHERTEXT_LEN, &r), rng)
+        })
     }
 
     pub fn elgamal_partial_decrypt_rerandomize(
@@ -596,21 +608,15 @@ impl HostState {
         key: &Resource<FixedBaseHandle>,
         cts: &[u8],
     ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
-        let (g, y) = self.elgamal_key(key)?;
         if let Err(e) = ops::scalar("secret", secret) {
+            // The key handle is checked first (a bad handle is a trap, not data).
+            self.elgamal_key(key)?;
             return Ok(Err(e));
         }
-        let n = match check_count("ciphertexts", cts, CIPHERTEXT_LEN) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self.p256.run(n, self.deadline, |r| {
-            let k = ElGamalKey {
-                generator: &g.table,
-                key: &y.table,
-            };
-            ops::partial_decrypt_rerandomize(secret, &k, piece(cts, CIPHERTEXT_LEN, &r), &mut rng())
-        })?)
+        let input = KeyedInput::Elements("ciphertexts", cts, CIPHERTEXT_LEN);
+        self.with_key(key, input, |k, r, rng| {
+            ops::partial_decrypt_rerandomize(secret, k, piece(cts, CIPHERTEXT_LEN, &r), rng)
+        })
     }
 
     /// The ciphertext operations keyed by one scalar argument: decrypt, partial decrypt,

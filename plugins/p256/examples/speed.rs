@@ -7,15 +7,7 @@ use halo_p256::point::Affine;
 use std::time::Instant;
 
 fn main() {
-    let mut s = 1u64;
-    let mut rng = move |b: &mut [u8]| {
-        for x in b.iter_mut() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *x = (s >> 33) as u8;
-        }
-    };
+    let mut rng = halo_p256::vectors::lcg(1);
     let g = FixedTable::new(&Affine::generator());
     for n in [1usize, 1000] {
         let ks = ops::random_scalars(n, &mut rng);
