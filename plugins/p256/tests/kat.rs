@@ -315,6 +315,12 @@ fn decoding_rejects_bad_input() {
     assert!(Affine::decode(&e).is_some());
     e[0] = 4;
     assert!(Affine::decode(&e).is_none(), "wrong prefix");
+    // The "compact" form (tag 05, x only), which RustCrypto accepts and the reference does
+    // not (found by the p256_points fuzz target).
+    e[0] = 5;
+    assert!(Affine::decode(&e).is_none(), "compact tag");
+    e[0] = 0;
+    assert!(Affine::decode(&e).is_none(), "identity tag");
     e[0] = 2;
     e[1..].copy_from_slice(&[0xff; 32]);
     assert!(Affine::decode(&e).is_none(), "x ≥ p");
