@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use halo_plugin_sdk::identity::{self, IdentityError};
+use halo_plugin_sdk::identity;
 use halo_plugin_sdk::proto::api::v2alpha::fulfill_requisition_request::{Header, header};
 use halo_plugin_sdk::proto::halo::v1::measurement_spec::Type as MeasurementType;
 use halo_plugin_sdk::proto::halo::v1::{MeasurementSpec, RandomSeed, SignedMessage};
@@ -29,9 +29,7 @@ use hmss_core::wire::{
     decode_aggregation_input, decode_frequency_vector_as, encode_aggregation_input,
 };
 use hmss_core::{HmssError, Modulus, OffsetKeystream, Prng, Register, SEED_LEN, Seed};
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
-use rand_core::SeedableRng;
+use hpke::Deserializable;
 
 /// Protocol id.
 pub const ID: &str = "hmss";
@@ -55,13 +53,10 @@ pub const AGGREGATION_PHASE_INPUT: i32 = 3;
 
 /// HPKE `info` for the EDP's seed.
 pub const SEED_INFO: &[u8] = b"halo-hmss-seed";
-/// HPKE `info` for the result.
-pub const RESULT_INFO: &[u8] = b"halo-hmss-result";
+pub use halo_plugin_result::{RESULT_INFO, open, public_key, result_json, seal};
+use halo_plugin_result::identity_err;
 
-type Kem = X25519HkdfSha256;
-type Kdf = hpke::kdf::HkdfSha256;
-type Aead = hpke::aead::AesGcm256;
-const ENC_LEN: usize = 32;
+type Kem = halo_plugin_result::Kem;
 
 /// Seed sent between the non-aggregators (halo-system §4.3).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -97,16 +92,6 @@ pub struct HmssState {
     #[prost(bytes = "vec", tag = "2")]
     pub secret_key: Vec<u8>,
 }
-
-/// There is no OS randomness in a component: every draw goes through the host's `random`
-/// import. getrandom (a transitive dependency of hpke) is given a backend that always fails.
-#[cfg(target_arch = "wasm32")]
-fn no_getrandom(_: &mut [u8]) -> Result<(), getrandom::Error> {
-    Err(getrandom::Error::UNSUPPORTED)
-}
-
-#[cfg(target_arch = "wasm32")]
-getrandom::register_custom_getrandom!(no_getrandom);
 
 /// The HMSS protocol plugin.
 pub struct Hmss;
@@ -323,54 +308,6 @@ fn load_state(
     let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(&st.secret_key)
         .map_err(|e| StageError::permanent(format!("state: secret key: {e:?}")))?;
     Ok((seed, sk))
-}
-
-/// The raw X25519 public key for a 32-byte secret.
-pub fn public_key(secret: &[u8]) -> Result<Vec<u8>, StageError> {
-    let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(secret)
-        .map_err(|e| StageError::permanent(format!("secret key: {e:?}")))?;
-    Ok(Kem::sk_to_pk(&sk).to_bytes().to_vec())
-}
-
-/// HPKE base-mode seal to a raw X25519 public key: `enc ‖ ciphertext`. The ephemeral key
-/// comes from a ChaCha20 RNG seeded with `rng_seed`.
-pub fn seal(
-    recipient: &[u8],
-    info: &[u8],
-    plaintext: &[u8],
-    rng_seed: [u8; 32],
-) -> Result<Vec<u8>, StageError> {
-    let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient)
-        .map_err(|e| StageError::invalid_input(format!("public key: {e:?}")))?;
-    let mut rng = rand_chacha::ChaCha20Rng::from_seed(rng_seed);
-    let (enc, ct) = hpke::single_shot_seal::<Aead, Kdf, Kem, _>(
-        &OpModeS::Base,
-        &pk,
-        info,
-        plaintext,
-        &[],
-        &mut rng,
-    )
-    .map_err(|e| StageError::permanent(format!("hpke seal: {e:?}")))?;
-    let mut out = enc.to_bytes().to_vec();
-    out.extend(ct);
-    Ok(out)
-}
-
-/// Opens `enc ‖ ciphertext` with a raw X25519 secret key.
-pub fn open(
-    sk: &<Kem as hpke::Kem>::PrivateKey,
-    info: &[u8],
-    sealed: &[u8],
-) -> Result<Vec<u8>, StageError> {
-    if sealed.len() < ENC_LEN {
-        return Err(StageError::invalid_input("sealed message too short"));
-    }
-    let (enc, ct) = sealed.split_at(ENC_LEN);
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(enc)
-        .map_err(|e| StageError::invalid_input(format!("hpke enc: {e:?}")))?;
-    hpke::single_shot_open::<Aead, Kdf, Kem>(&OpModeR::Base, sk, &enc, info, ct, &[])
-        .map_err(|e| StageError::invalid_input(format!("hpke open: {e:?}")))
 }
 
 fn non_aggregator(role: Role) -> Result<NonAggregatorRole, StageError> {
@@ -665,15 +602,6 @@ fn shuffle_phase_with<R: Register>(
     Ok(encode_aggregation_input(&out, register_count))
 }
 
-/// An identity failure as a stage error: a bad signature fails the computation, an
-/// unavailable check is retried.
-fn identity_err(what: String) -> impl FnOnce(IdentityError) -> StageError {
-    move |e| match e {
-        IdentityError::Invalid(m) => StageError::InvalidInput(format!("{what}: {m}")),
-        IdentityError::Unavailable(m) => StageError::Transient(format!("{what}: {m}")),
-    }
-}
-
 /// The data provider (`dataProviders/{dp}`) the Kingdom recorded for requisition `id` of this
 /// computation.
 fn requisition_owner(ctx: &ComputationContext, id: &str) -> Result<String, StageError> {
@@ -743,19 +671,6 @@ fn check_len(have: usize, got: usize, what: &str) -> Result<(), StageError> {
     }
 }
 
-/// The result: `{"reach":n,"frequency":{"1":p1,...},"frequency_vector_size":m}`, the message
-/// of a `SignedMessage` signed by the aggregator and sealed to the measurement consumer.
-pub fn result_json(reach: i64, distribution: &BTreeMap<u32, f64>, register_count: i64) -> String {
-    let freq = distribution
-        .iter()
-        .map(|(k, v)| format!("\"{k}\":{v:?}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    format!(
-        "{{\"reach\":{reach},\"frequency\":{{{freq}}},\"frequency_vector_size\":{register_count}}}"
-    )
-}
-
 fn aggregation_phase(
     ctx: &ComputationContext,
     inputs: &[StageInput],
@@ -766,29 +681,13 @@ fn aggregation_phase(
     } else {
         aggregate_with::<u32>(&p, inputs)?
     };
-    let json = result_json(reach, &distribution, register_count);
-    // Signed with the aggregator's key, then sealed to the consumer (halo-system §8.3).
-    let signature =
-        identity::sign(json.as_bytes()).map_err(identity_err("signing the result".to_string()))?;
-    let signed = SignedMessage {
-        message: json.into_bytes(),
-        signature: signature.signature,
-        signature_algorithm_oid: signature.algorithm_oid,
-        certificate: signature.certificate,
-    };
-    let key = p.spec.measurement_public_key.clone();
-    let encrypted = seal(
-        &key,
-        RESULT_INFO,
-        &signed.encode_to_vec(),
-        random::random_array::<32>(),
-    )?;
+    let json = result_json(reach, &distribution, Some(register_count));
     Ok(StageOutcome {
         next_stage: COMPLETE,
-        result: Some(ComputationResult {
-            encrypted_result: encrypted,
-            result_public_key: key,
-        }),
+        result: Some(halo_plugin_result::sealed_result(
+            json,
+            &p.spec.measurement_public_key,
+        )?),
         ..Default::default()
     })
 }

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
+use halo_plugin_sdk::identity::IdentityError;
 use halo_plugin_sdk::proto::api::v2alpha::EncryptedMessage;
 use halo_plugin_sdk::proto::system::v1alpha::computation::MpcProtocolConfig;
 use halo_plugin_sdk::proto::system::v1alpha::{
@@ -288,7 +289,7 @@ fn reach_and_frequency_no_noise_is_exact() {
     let s = spec(false, 3, 1.0, 1e-9);
     let json = run(&s, SysNoise::None, [&V1, &V2, &V3]);
     let (reach, dist) = truth(3, [&V1, &V2, &V3]);
-    assert_eq!(json, result_json(reach, &dist, 10));
+    assert_eq!(json, result_json(reach, &dist, Some(10)));
     assert!(
         json.starts_with("{\"reach\":7,\"frequency\":{\"1\":"),
         "{json}"
@@ -302,7 +303,7 @@ fn reach_only_no_noise_is_exact() {
     let s = spec(true, 1, 1.0, 1e-9);
     let json = run(&s, SysNoise::None, [&a, &bb, &c]);
     let (reach, _) = truth(1, [&a, &bb, &c]);
-    assert_eq!(json, result_json(reach, &BTreeMap::new(), 10));
+    assert_eq!(json, result_json(reach, &BTreeMap::new(), Some(10)));
     assert_eq!(
         json,
         "{\"reach\":7,\"frequency\":{},\"frequency_vector_size\":10}"

@@ -1,0 +1,203 @@
+//! `ro-llv2`: reach-only Liquid Legions v2 (halo-system §4.2, mpc-crypto §4 and errata E3), as
+//! a duchy plugin. The math is in `llv2-core`, the glue shared with LLv2 in `llv2-common`;
+//! every P-256 operation goes to the host's batched `crypto` import.
+
+use halo_plugin_sdk::p256::{CIPHERTEXT_LEN, Crypto, Host};
+use halo_plugin_sdk::prelude::*;
+use llv2_common::{
+    Variant, core_err, estimate, load_confirmed, noise_rng, params, requisition_data, result,
+    ring_position, setup_inputs, single_peer_input,
+};
+use llv2_core::protocol::{self as core, RoAggregation};
+
+/// Protocol id.
+pub const ID: &str = "ro-llv2";
+/// Plugin version.
+pub const VERSION: &str = "1.0.0";
+
+/// Stage numbers of the system `ReachOnlyLiquidLegionsV2Stage` enum (halo-system §4.2).
+pub const INITIALIZATION_PHASE: i32 = 1;
+pub const WAIT_REQUISITIONS_AND_KEY_SET: i32 = 2;
+pub const CONFIRMATION_PHASE: i32 = 3;
+pub const WAIT_TO_START: i32 = 4;
+pub const WAIT_SETUP_PHASE_INPUTS: i32 = 5;
+pub const SETUP_PHASE: i32 = 6;
+pub const WAIT_EXECUTION_PHASE_INPUTS: i32 = 7;
+pub const EXECUTION_PHASE: i32 = 8;
+pub const COMPLETE: i32 = 9;
+
+/// AdvanceComputation descriptions (`ReachOnlyLiquidLegionsV2.Description`).
+pub const SETUP_PHASE_INPUT: i32 = 1;
+pub const EXECUTION_PHASE_INPUT: i32 = 2;
+
+const VARIANT: Variant = Variant::ReachOnly;
+
+/// The reach-only LLv2 protocol plugin.
+pub struct RoLlv2;
+
+halo_plugin_sdk::export!(RoLlv2);
+
+/// The stage table of halo-system §4.2.
+pub fn stages() -> Vec<StageInfo> {
+    StageTable::new()
+        .queued(INITIALIZATION_PHASE, "INITIALIZATION_PHASE", &[], false)
+        .wait_kingdom(
+            WAIT_REQUISITIONS_AND_KEY_SET,
+            "WAIT_REQUISITIONS_AND_KEY_SET",
+            KingdomState::PendingParticipantConfirmation,
+            CONFIRMATION_PHASE,
+        )
+        .queued(CONFIRMATION_PHASE, "CONFIRMATION_PHASE", &[], false)
+        .wait_kingdom(
+            WAIT_TO_START,
+            "WAIT_TO_START",
+            KingdomState::PendingComputation,
+            SETUP_PHASE,
+        )
+        .wait_inputs(
+            WAIT_SETUP_PHASE_INPUTS,
+            "WAIT_SETUP_PHASE_INPUTS",
+            SETUP_PHASE_INPUT,
+            InputSource::Roles(vec![Role::NonAggregator]),
+            SETUP_PHASE,
+        )
+        .queued(SETUP_PHASE, "SETUP_PHASE", &[SETUP_PHASE_INPUT], true)
+        .wait_inputs(
+            WAIT_EXECUTION_PHASE_INPUTS,
+            "WAIT_EXECUTION_PHASE_INPUTS",
+            EXECUTION_PHASE_INPUT,
+            InputSource::AnyOne,
+            EXECUTION_PHASE,
+        )
+        .queued(EXECUTION_PHASE, "EXECUTION_PHASE", &[EXECUTION_PHASE_INPUT], false)
+        .terminal(COMPLETE, "COMPLETE")
+        .build()
+}
+
+fn register(c: &Host, point: &[u8]) -> Result<<Host as Crypto>::FixedBase, StageError> {
+    c.register(point)
+        .map_err(|e| StageError::permanent(format!("state: key: {e:?}")))
+}
+
+fn setup_phase(ctx: &ComputationContext, inputs: &[StageInput]) -> Result<StageOutcome, StageError> {
+    let p = params(ctx, VARIANT)?;
+    let st = load_confirmed(ctx)?;
+    let ring = ring_position(ctx, &st)?;
+    let c = Host;
+    let y = register(&c, &st.combined_key)?;
+    let requisitions = requisition_data(inputs);
+    // The aggregator's inputs: each non-aggregator's registers, then its trailing noise
+    // ciphertext (halo-system §4.2).
+    let (mut others, mut received) = (Vec::new(), Vec::new());
+    if ctx.role == Role::Aggregator {
+        for blob in setup_inputs(inputs, &st, SETUP_PHASE_INPUT)? {
+            let (crv, noise) = core::ro_split(blob).map_err(core_err)?;
+            others.extend_from_slice(crv);
+            received.extend_from_slice(noise);
+        }
+    }
+    debug_assert!(received.len().is_multiple_of(CIPHERTEXT_LEN));
+    let out = core::ro_setup(
+        &c,
+        &y,
+        &requisitions,
+        &others,
+        &received,
+        p.sketches,
+        p.reach_noise.as_ref(),
+        &mut noise_rng(),
+    )
+    .map_err(core_err)?;
+    let (to, description) = if ctx.role == Role::Aggregator {
+        (ring.first, EXECUTION_PHASE_INPUT)
+    } else {
+        (ring.aggregator, SETUP_PHASE_INPUT)
+    };
+    Ok(StageOutcome {
+        next_stage: WAIT_EXECUTION_PHASE_INPUTS,
+        sends: vec![Outgoing {
+            to,
+            description,
+            payload: out,
+        }],
+        ..Default::default()
+    })
+}
+
+fn execution_phase(
+    ctx: &ComputationContext,
+    inputs: &[StageInput],
+) -> Result<StageOutcome, StageError> {
+    let p = params(ctx, VARIANT)?;
+    let st = load_confirmed(ctx)?;
+    let ring = ring_position(ctx, &st)?;
+    let input = single_peer_input(inputs, &ring.previous, EXECUTION_PHASE_INPUT)?;
+    let c = Host;
+    if ctx.role != Role::Aggregator {
+        let out = core::ro_execution(&c, &st.secret_key, input).map_err(core_err)?;
+        return Ok(StageOutcome {
+            next_stage: COMPLETE,
+            sends: vec![Outgoing {
+                to: ring.next,
+                description: EXECUTION_PHASE_INPUT,
+                payload: out,
+            }],
+            ..Default::default()
+        });
+    }
+    let active = core::ro_execution_at_aggregator(
+        &c,
+        &st.secret_key,
+        input,
+        &RoAggregation {
+            duchies: p.duchies,
+            sketches: p.sketches,
+            noise: p.reach_noise.as_ref(),
+        },
+    )
+    .map_err(core_err)?;
+    let reach = estimate(&p, active)?;
+    Ok(StageOutcome {
+        next_stage: COMPLETE,
+        result: Some(result(&p, reach, &Default::default())?),
+        ..Default::default()
+    })
+}
+
+impl Protocol for RoLlv2 {
+    fn describe() -> Description {
+        Description {
+            id: ID.into(),
+            version: VERSION.into(),
+            serves: SystemProtocol::ReachOnlyLiquidLegionsV2,
+            stages: stages(),
+        }
+    }
+
+    fn start(ctx: ComputationContext) -> Result<StartOutcome, StageError> {
+        llv2_common::start(&ctx, VARIANT, INITIALIZATION_PHASE)
+    }
+
+    fn execute(
+        ctx: ComputationContext,
+        stage: i32,
+        inputs: Vec<StageInput>,
+    ) -> Result<StageOutcome, StageError> {
+        match stage {
+            INITIALIZATION_PHASE => {
+                llv2_common::initialization(&ctx, VARIANT, WAIT_REQUISITIONS_AND_KEY_SET)
+            }
+            CONFIRMATION_PHASE => llv2_common::confirmation(
+                &ctx,
+                VARIANT,
+                WAIT_SETUP_PHASE_INPUTS,
+                WAIT_TO_START,
+            ),
+            SETUP_PHASE => setup_phase(&ctx, &inputs),
+            EXECUTION_PHASE => execution_phase(&ctx, &inputs),
+            other => Err(StageError::permanent(format!(
+                "stage {other} is not a queued stage"
+            ))),
+        }
+    }
+}
