@@ -43,6 +43,22 @@ const PLUGINS: &[Plugin] = &[
         wit: "halo:mpc@1.2.0",
     },
     Plugin {
+        konst: "LLV2",
+        package: "llv2",
+        features: &[],
+        id: "llv2",
+        version: "1.0.0",
+        wit: "halo:mpc@1.2.0",
+    },
+    Plugin {
+        konst: "RO_LLV2",
+        package: "ro-llv2",
+        features: &[],
+        id: "ro-llv2",
+        version: "1.0.0",
+        wit: "halo:mpc@1.2.0",
+    },
+    Plugin {
         konst: "TEST_SUM_V1_0",
         package: "test-sum",
         // Built against the older WIT minor: the host serves both.

@@ -272,6 +272,37 @@ pub async fn start_hmss_cluster(dir: &std::path::Path) -> Result<Cluster> {
     Cluster::start(ClusterOptions::new(&dir.join("c"), factory)).await
 }
 
+/// A cluster whose duchies serve the given built components (copied into one plugin
+/// directory), with `data_providers` data providers `edp1..`.
+pub async fn start_plugin_cluster(
+    dir: &std::path::Path,
+    components: &[&str],
+    data_providers: usize,
+) -> Result<Cluster> {
+    init_logging();
+    let pdir = dir.join("plugins");
+    std::fs::create_dir_all(&pdir)?;
+    for c in components {
+        let path = std::path::Path::new(c);
+        let name = path
+            .file_name()
+            .ok_or_else(|| anyhow::anyhow!("{c} has no file name"))?;
+        std::fs::copy(path, pdir.join(name))?;
+    }
+    let runtime = halo_engine::Runtime::new(halo_engine::EngineConfig {
+        cache_dir: Some(dir.join("cache")),
+        ..halo_engine::EngineConfig::default()
+    })?;
+    let reg =
+        halo_registry::PluginRegistry::open(runtime, halo_registry::RegistryConfig::new(&pdir))?;
+    anyhow::ensure!(reg.refused().is_empty(), "refused: {:?}", reg.refused());
+    let shared: Arc<dyn ProtocolRegistry> = reg;
+    let factory: RegistryFn = Arc::new(move |_| shared.clone());
+    let mut options = ClusterOptions::new(&dir.join("c"), factory);
+    options.data_providers = (1..=data_providers).map(|i| format!("edp{i}")).collect();
+    Cluster::start(options).await
+}
+
 /// One AdvanceComputation body chunk.
 pub fn advance_chunk(data: &[u8]) -> halo_proto::system::v1alpha::AdvanceComputationRequest {
     use halo_proto::system::v1alpha::advance_computation_request::{BodyChunk, Payload};

@@ -30,9 +30,9 @@ pub enum DemoProtocol {
     Hmss,
     /// A secret-free protocol that exercises the host (plaintext vectors, summed).
     TestSum,
-    /// Liquid Legions v2 (not built yet).
+    /// Liquid Legions v2 (reach and frequency).
     Llv2,
-    /// Reach-only Liquid Legions v2 (not built yet).
+    /// Reach-only Liquid Legions v2.
     RoLlv2,
 }
 
@@ -51,19 +51,17 @@ impl DemoProtocol {
         match self {
             DemoProtocol::Hmss => Ok("hmss"),
             DemoProtocol::TestSum => Ok("test-sum"),
-            DemoProtocol::Llv2 | DemoProtocol::RoLlv2 => bail!(
-                "--protocol {}: the Liquid Legions v2 plugins are not built yet; use --protocol \
-                 hmss (the default) or test-sum",
-                self.as_str()
-            ),
+            DemoProtocol::Llv2 => Ok("llv2"),
+            DemoProtocol::RoLlv2 => Ok("ro-llv2"),
         }
     }
 }
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Protocol: `hmss` (Honest Majority Share Shuffle) or `test-sum` (a secret-free
-    /// protocol that exercises the host). `llv2` and `ro-llv2` are not available yet.
+    /// Protocol: `hmss` (Honest Majority Share Shuffle), `llv2` (Liquid Legions v2),
+    /// `ro-llv2` (reach-only Liquid Legions v2) or `test-sum` (a secret-free protocol that
+    /// exercises the host).
     #[arg(long, value_enum, default_value_t = DemoProtocol::Hmss)]
     protocol: DemoProtocol,
     /// Plugin directory shared by the three duchies, used as it is (the protocol's plugin id
@@ -83,10 +81,20 @@ pub struct DemoArgs {
     /// Largest frequency reported (and largest per-provider frequency).
     #[arg(long, default_value_t = 3)]
     max_frequency: u32,
-    /// Measure reach only (HMSS).
+    /// Measure reach only (HMSS, LLv2; ro-llv2 always does).
     #[arg(long)]
     reach_only: bool,
-    /// Noise the duchies add (HMSS).
+    /// Liquid Legions sketch size (registers). Default: the population size `--registers`
+    /// (about twice the audience), at most 2^24.
+    #[arg(long)]
+    sketch_size: Option<i64>,
+    /// Liquid Legions sketch decay rate.
+    #[arg(long, default_value_t = 12.0)]
+    decay_rate: f64,
+    /// VID sampling interval width (LLv2, ro-llv2, HMSS): the reach is scaled by 1/width.
+    #[arg(long, default_value_t = 1.0)]
+    vid_sampling_width: f32,
+    /// Noise the duchies add.
     #[arg(long, value_enum, default_value_t = Noise::None)]
     noise: Noise,
     /// DP epsilon (with noise).
@@ -123,6 +131,11 @@ struct Outcome {
     expected_frequency: BTreeMap<String, f64>,
     /// N: frequency buckets reported (0 for reach-only).
     buckets: u32,
+    /// The population's ground truth (for LLv2 the expected values are the estimator on the
+    /// union sketch, which the MPC reproduces exactly without noise; the truth differs by the
+    /// estimator's error).
+    true_reach: i64,
+    true_frequency: BTreeMap<String, f64>,
 }
 
 /// Where `halo demo` takes its plugin from.
@@ -280,7 +293,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     let outcome = match args.protocol {
         DemoProtocol::TestSum => run_test_sum(&cluster, &stage_names, &args).await?,
-        _ => run_hmss(&cluster, &stage_names, &args).await?,
+        DemoProtocol::Llv2 | DemoProtocol::RoLlv2 => {
+            run_llv2(&cluster, &stage_names, &args).await?
+        }
+        DemoProtocol::Hmss => run_hmss(&cluster, &stage_names, &args).await?,
     };
     let wall = started.elapsed().as_secs_f64();
     let gid = outcome
@@ -296,6 +312,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "expected_reach": outcome.expected_reach,
             "frequency": report::json(&outcome.frequency),
             "expected_frequency": report::json(&outcome.expected_frequency),
+            "true_reach": outcome.true_reach,
+            "true_frequency": report::json(&outcome.true_frequency),
             "wall_seconds": wall,
             "plugin": plugin_from.display().to_string(),
             "stages": stage_times_json(&stages),
@@ -554,6 +572,7 @@ async fn run_hmss(
         noise: args.noise.mechanism(),
         epsilon: args.epsilon,
         delta: args.delta,
+        ring_modulus: hmss_ring_modulus(args)?,
         ..HmssRequest::default()
     };
     let mut rng = rand::rng();
@@ -619,6 +638,158 @@ async fn run_hmss(
     };
     let (expected_reach, expected) =
         halo_sim::hmss::truth(&vectors, request.effective_max_frequency());
+    let expected_frequency = report::complete(&expected, buckets);
+    Ok(Outcome {
+        name: m.name().to_string(),
+        computation: m.computation().to_string(),
+        reach: result.reach,
+        expected_reach,
+        frequency: report::complete(&result.frequency, buckets),
+        expected_frequency: expected_frequency.clone(),
+        buckets,
+        true_reach: expected_reach,
+        true_frequency: expected_frequency,
+    })
+}
+
+/// Largest ring modulus the demo picks for HMSS.
+const MAX_RING_MODULUS: u32 = 65_521;
+
+/// The HMSS ring modulus for the demo's population: the smallest prime `q ≥ 127` with
+/// `q > 1 + maximum frequency × providers` (every combined register and the sentinel must fit,
+/// mpc-crypto §6.1), or an error naming the limit.
+fn hmss_ring_modulus(args: &DemoArgs) -> Result<i32> {
+    let mf = if args.reach_only { 1 } else { args.max_frequency };
+    let need = u64::from(mf) * args.providers as u64 + 2;
+    let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let q = (need.max(127)..)
+        .find(|&n| is_prime(n))
+        .filter(|&q| q <= u64::from(MAX_RING_MODULUS))
+        .ok_or_else(|| {
+            anyhow!(
+                "--max-frequency {mf} × --providers {} needs a ring modulus above {}, more \
+                 than the demo's limit of {MAX_RING_MODULUS}",
+                args.providers,
+                need - 1
+            )
+        })?;
+    Ok(q as i32)
+}
+
+/// Largest sketch the Liquid Legions plugins accept.
+const MAX_SKETCH_SIZE: i64 = 1 << 24;
+
+/// The Liquid Legions v2 request the demo makes for `args`: the sketch sized to the
+/// population, or an error naming the limit.
+fn llv2_request(args: &DemoArgs) -> Result<halo_sim::llv2::Llv2Request> {
+    let sketch_size = match args.sketch_size {
+        Some(m) => m,
+        None => i64::try_from(args.registers)
+            .unwrap_or(i64::MAX)
+            .max(1000),
+    };
+    if !(1..=MAX_SKETCH_SIZE).contains(&sketch_size) {
+        bail!(
+            "sketch size {sketch_size} is out of range: the Liquid Legions plugins accept 1 to \
+             {MAX_SKETCH_SIZE} registers (pass --sketch-size, or fewer --registers)"
+        );
+    }
+    if !(args.decay_rate > 1.0 && args.decay_rate <= 1000.0) {
+        bail!("--decay-rate {} must be in (1, 1000]", args.decay_rate);
+    }
+    if !(args.vid_sampling_width > 0.0 && args.vid_sampling_width <= 1.0) {
+        bail!("--vid-sampling-width {} must be in (0, 1]", args.vid_sampling_width);
+    }
+    if args.max_frequency > 1000 {
+        bail!("--max-frequency {} is above the plugins' limit of 1000", args.max_frequency);
+    }
+    Ok(halo_sim::llv2::Llv2Request {
+        reach_only_protocol: args.protocol == DemoProtocol::RoLlv2,
+        reach_only: args.reach_only,
+        max_frequency: args.max_frequency,
+        noise: args.noise.mechanism(),
+        epsilon: args.epsilon,
+        delta: args.delta,
+        decay_rate: args.decay_rate,
+        sketch_size,
+        vid_sampling_start: 0.0,
+        vid_sampling_width: args.vid_sampling_width,
+    })
+}
+
+async fn run_llv2(
+    cluster: &Cluster,
+    registry: &Arc<dyn ProtocolRegistry>,
+    args: &DemoArgs,
+) -> Result<Outcome> {
+    let request = llv2_request(args)?;
+    let mut rng = rand::rng();
+    let mc_id = cluster.options.measurement_consumer.clone();
+    let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer(mc_id.clone()))?;
+    let m = halo_sim::llv2::create_llv2_measurement(
+        mc_ch.clone(),
+        &mc_id,
+        &cluster.options.data_providers,
+        &request,
+        &mut rng,
+    )
+    .await?;
+    let created = Instant::now();
+    if !args.json {
+        eprintln!(
+            "measurement {} created ({}; sketch size {}, decay rate {})",
+            m.name(),
+            m.computation(),
+            request.sketch_size,
+            request.decay_rate
+        );
+    }
+    let progress =
+        (!args.json).then(|| Progress::start(cluster, registry, m.computation(), created));
+    let vectors = halo_sim::hmss::population(
+        args.seed,
+        args.providers,
+        args.registers,
+        args.max_frequency,
+        OVERLAP,
+    );
+    let providers = async {
+        for (dp, vector) in cluster.options.data_providers.iter().zip(&vectors) {
+            let who = Principal::DataProvider(dp.clone());
+            let done = halo_sim::llv2::fulfill_llv2_requisitions_until(
+                cluster.kingdom_channel(&who)?,
+                cluster.identity(&who)?,
+                &cluster.trust,
+                |duchy: &str| cluster.duchy_channel(&who, duchy),
+                vector,
+                true,
+                Instant::now() + REQUISITION_WAIT,
+            )
+            .await?;
+            if !args.json {
+                for f in done {
+                    eprintln!(
+                        "{:>7.2}s  {dp:<10}  fulfilled {} at {} ({} registers, {} bytes)",
+                        created.elapsed().as_secs_f64(),
+                        f.requisition,
+                        f.duchy,
+                        f.registers,
+                        f.bytes
+                    );
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    let finished = until_done(providers, m.wait(mc_ch.clone(), RESULT_WAIT)).await;
+    if let Some(p) = progress {
+        p.stop().await;
+    }
+    let result = m.open(mc_ch, &cluster.trust, &finished?).await?;
+    let mf = request.effective_max_frequency();
+    let buckets = if mf > 1 { mf } else { 0 };
+    let (expected_reach, expected) = halo_sim::llv2::expected(&vectors, &request)?;
+    let (true_reach, truth) = halo_sim::hmss::truth(&vectors, mf);
     Ok(Outcome {
         name: m.name().to_string(),
         computation: m.computation().to_string(),
@@ -627,6 +798,8 @@ async fn run_hmss(
         frequency: report::complete(&result.frequency, buckets),
         expected_frequency: report::complete(&expected, buckets),
         buckets,
+        true_reach,
+        true_frequency: report::complete(&truth, buckets),
     })
 }
 
@@ -771,6 +944,8 @@ async fn run_test_sum(
         frequency: report::proportions(&counts, reach, buckets),
         expected_frequency: report::proportions(&expected, expected_reach, buckets),
         buckets,
+        true_reach: expected_reach,
+        true_frequency: report::proportions(&expected, expected_reach, buckets),
     })
 }
 

@@ -8,6 +8,8 @@
 //! | const | component | world |
 //! |---|---|---|
 //! | [`HMSS`] | `hmss-1.0.0.wasm`: Honest Majority Share Shuffle | `halo:mpc@1.2.0` |
+//! | [`LLV2`] | `llv2-1.0.0.wasm`: Liquid Legions v2, reach and frequency | `halo:mpc@1.2.0` |
+//! | [`RO_LLV2`] | `ro-llv2-1.0.0.wasm`: reach-only Liquid Legions v2 | `halo:mpc@1.2.0` |
 //! | [`TEST_SUM_V1_0`] | `test-sum-1.0.0.wasm` (feature `wit-1-0`) | `halo:mpc@1.0.0` |
 //! | [`TEST_SUM_V1_1`] | `test-sum-1.1.0.wasm` (feature `v1_1`) | `halo:mpc@1.1.0` |
 //! | [`RUNAWAY`] | `runaway-1.0.0.wasm`: `execute` loops forever | `halo:mpc@1.2.0` |

@@ -35,7 +35,7 @@ fn world_of(c: &Component) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[test]
 fn every_component_exists_under_plugin_dir() {
-    assert_eq!(COMPONENTS.len(), 10);
+    assert_eq!(COMPONENTS.len(), 12);
     for c in COMPONENTS {
         let path = Path::new(c.path);
         assert!(path.is_absolute(), "{}", c.path);
@@ -48,6 +48,8 @@ fn every_component_exists_under_plugin_dir() {
     }
     let consts = [
         halo_plugin_build::HMSS,
+        halo_plugin_build::LLV2,
+        halo_plugin_build::RO_LLV2,
         halo_plugin_build::TEST_SUM_V1_0,
         halo_plugin_build::TEST_SUM_V1_1,
         halo_plugin_build::RUNAWAY,

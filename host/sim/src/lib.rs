@@ -5,6 +5,7 @@
 
 pub mod edp;
 pub mod hmss;
+pub mod llv2;
 pub mod mc;
 pub mod remote;
 pub mod retry;

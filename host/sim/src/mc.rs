@@ -363,6 +363,20 @@ pub async fn create_hmss_measurement_until<R: CryptoRng>(
 }
 
 impl HmssMeasurement {
+    /// A measurement created with `secret_key` (its result is sealed to the matching public
+    /// key); Liquid Legions v2 results are sealed the same way.
+    pub fn new(
+        created: CreatedMeasurement,
+        spec: admin::MeasurementSpec,
+        secret_key: [u8; crate::hmss::KEY_LEN],
+    ) -> Self {
+        HmssMeasurement {
+            created,
+            spec,
+            secret_key,
+        }
+    }
+
     /// `measurementConsumers/{mc}/measurements/{m}`.
     pub fn name(&self) -> &str {
         &self.created.measurement.name

@@ -3,6 +3,7 @@
 //! `ro-llv2` plugins and by the data-provider simulator.
 //!
 //! Modules:
+//! * [`edp`] — the data provider's encrypted sketch (§1.3);
 //! * [`sketch`] — FarmHash fingerprints, the register-index distribution, VID sampling and the
 //!   plaintext sketch a data provider builds (§1.1–1.2);
 //! * [`estimator`] — the reach estimator with the reference's quirks (§1.4) and the plaintext
@@ -13,6 +14,7 @@
 
 #![deny(missing_docs)]
 
+pub mod edp;
 pub mod estimator;
 pub mod noise;
 pub mod protocol;
