@@ -1,13 +1,15 @@
-//! `halo edp`: an HMSS data provider against running servers. It builds its frequency vector
-//! from the synthetic population model (`halo_sim::hmss::population`), waits for its
-//! requisitions at the Kingdom and fulfils every one at the duchy the Kingdom names.
+//! `halo edp`: a data provider against running servers. It takes its audience from the
+//! synthetic population model (`halo_sim::hmss::population`), waits for its requisitions at
+//! the Kingdom and fulfils every one at the duchy the Kingdom names: an HMSS frequency vector
+//! secret-shared, or a Liquid Legions v2 sketch encrypted under the duchies' combined key
+//! (after checking each duchy's signature on its key).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use halo_identity::Principal;
-use halo_sim::edp::HmssFulfilment;
+use halo_protocol::SystemProtocol;
 
 use crate::parse_peer;
 
@@ -72,7 +74,7 @@ impl PopulationArgs {
     }
 }
 
-/// Data-provider simulator (HMSS): fulfils this provider's requisitions.
+/// Data-provider simulator (HMSS, LLv2, RO-LLv2): fulfils this provider's requisitions.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "halo edp")]
 pub struct EdpArgs {
@@ -104,8 +106,22 @@ pub struct EdpArgs {
     pub once: bool,
 }
 
-/// Runs the data provider: prints one line per fulfilled requisition and returns them.
-pub async fn run(args: EdpArgs) -> Result<Vec<HmssFulfilment>> {
+/// One fulfilled requisition.
+#[derive(Debug, Clone)]
+pub struct Fulfilled {
+    /// `dataProviders/{dp}/requisitions/{r}`.
+    pub requisition: String,
+    /// The duchy the data went to.
+    pub duchy: String,
+    /// Registers sent (HMSS frequency-vector entries; LLv2 sketch registers).
+    pub registers: usize,
+    /// Bytes of the body.
+    pub bytes: usize,
+}
+
+/// Runs the data provider: HMSS or Liquid Legions v2 (reach-only or not), whichever its
+/// requisitions are for; prints one line per fulfilled requisition and returns them.
+pub async fn run(args: EdpArgs) -> Result<Vec<Fulfilled>> {
     let index = args.population.index_of(&args.id, args.index)?;
     let mut vectors = args.population.vectors()?;
     let vector = vectors.swap_remove(index);
@@ -124,17 +140,63 @@ pub async fn run(args: EdpArgs) -> Result<Vec<HmssFulfilment>> {
             None => "listing requisitions once".to_string(),
         }
     );
-    let mut rng = rand::rng();
-    let done = halo_sim::edp::fulfill_hmss_requisitions_until(
-        remote.kingdom_channel(&who)?,
-        remote.identity(&who)?,
-        |duchy: &str| remote.duchy_channel(&who, duchy),
-        &vector,
-        !args.once,
-        deadline,
-        &mut rng,
-    )
-    .await?;
+    let kingdom = remote.kingdom_channel(&who)?;
+    // Which protocol: the first listed requisition's (polling until one is listed).
+    let listed = loop {
+        let reqs = halo_sim::edp::list_until(kingdom.clone(), &args.id, deadline).await?;
+        if !reqs.is_empty() || args.once || Instant::now() >= deadline {
+            break reqs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let liquid_legions = listed.first().is_some_and(|r| {
+        r.computation
+            .as_ref()
+            .and_then(|c| c.mpc_protocol_config.as_ref())
+            .and_then(|m| m.protocol.as_ref())
+            .and_then(|p| SystemProtocol::of_mpc_config(p).ok())
+            .is_some_and(|p| p != SystemProtocol::HonestMajorityShareShuffle)
+    });
+    let done: Vec<Fulfilled> = if liquid_legions {
+        halo_sim::llv2::fulfill_llv2_requisitions_until(
+            kingdom,
+            remote.identity(&who)?,
+            remote.trust(),
+            |duchy: &str| remote.duchy_channel(&who, duchy),
+            &vector,
+            !args.once,
+            deadline,
+        )
+        .await?
+        .into_iter()
+        .map(|f| Fulfilled {
+            requisition: f.requisition,
+            duchy: f.duchy,
+            registers: f.registers,
+            bytes: f.bytes,
+        })
+        .collect()
+    } else {
+        let mut rng = rand::rng();
+        halo_sim::edp::fulfill_hmss_requisitions_until(
+            kingdom,
+            remote.identity(&who)?,
+            |duchy: &str| remote.duchy_channel(&who, duchy),
+            &vector,
+            !args.once,
+            deadline,
+            &mut rng,
+        )
+        .await?
+        .into_iter()
+        .map(|f| Fulfilled {
+            requisition: f.requisition,
+            duchy: f.duchy,
+            registers: f.registers,
+            bytes: f.bytes,
+        })
+        .collect()
+    };
     if done.is_empty() {
         println!("{}: no requisition to fulfil", args.id);
     }

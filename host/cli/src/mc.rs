@@ -78,6 +78,15 @@ pub struct McArgs {
     /// DP delta (with noise).
     #[arg(long, env = "HALO_DELTA", default_value_t = 1e-9)]
     pub delta: f64,
+    /// Protocol: hmss, llv2 or ro-llv2.
+    #[arg(long, env = "HALO_PROTOCOL", value_enum, default_value_t = McProtocol::Hmss)]
+    pub protocol: McProtocol,
+    /// Liquid Legions sketch decay rate (llv2, ro-llv2).
+    #[arg(long, env = "HALO_DECAY_RATE", default_value_t = 12.0)]
+    pub decay_rate: f64,
+    /// Liquid Legions sketch size in registers (llv2, ro-llv2).
+    #[arg(long, env = "HALO_SKETCH_SIZE", default_value_t = 100_000)]
+    pub sketch_size: i64,
     /// Ring modulus of the secret shares (must exceed 1 + max frequency × providers).
     #[arg(long, env = "HALO_RING_MODULUS", default_value_t = 127)]
     pub ring_modulus: i32,
@@ -114,6 +123,17 @@ pub struct McArgs {
     pub truth_overlap: f64,
 }
 
+/// The protocol `halo mc` measures with.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum McProtocol {
+    /// Honest Majority Share Shuffle.
+    Hmss,
+    /// Liquid Legions v2 (reach and frequency).
+    Llv2,
+    /// Reach-only Liquid Legions v2.
+    RoLlv2,
+}
+
 /// What `halo mc` measured.
 #[derive(Debug, Clone)]
 pub struct McReport {
@@ -128,6 +148,31 @@ pub struct McReport {
 }
 
 impl McArgs {
+    /// The Liquid Legions v2 request (for `--protocol llv2 | ro-llv2`).
+    pub fn llv2_request(&self) -> halo_sim::llv2::Llv2Request {
+        halo_sim::llv2::Llv2Request {
+            reach_only_protocol: self.protocol == McProtocol::RoLlv2,
+            reach_only: self.reach_only,
+            max_frequency: self.max_frequency,
+            noise: self.noise.mechanism(),
+            epsilon: self.epsilon,
+            delta: self.delta,
+            decay_rate: self.decay_rate,
+            sketch_size: self.sketch_size,
+            vid_sampling_start: self.vid_sampling_start,
+            vid_sampling_width: self.vid_sampling_width,
+        }
+    }
+
+    /// Frequency buckets the measurement reports (0 for reach).
+    pub fn buckets(&self) -> u32 {
+        if self.reach_only || self.protocol == McProtocol::RoLlv2 {
+            0
+        } else {
+            self.max_frequency
+        }
+    }
+
     pub fn request(&self) -> HmssRequest {
         HmssRequest {
             reach_only: self.reach_only,
@@ -167,6 +212,11 @@ impl McArgs {
                 })?;
             ours.push(std::mem::take(&mut vectors[i]));
         }
+        if self.protocol != McProtocol::Hmss {
+            // What Liquid Legions reproduces exactly without noise: the estimator on the union
+            // of the providers' sketches.
+            return halo_sim::llv2::expected(&ours, &self.llv2_request()).map(Some);
+        }
         Ok(Some(halo_sim::hmss::truth(
             &ours,
             self.request().effective_max_frequency(),
@@ -190,15 +240,30 @@ pub async fn run(args: McArgs) -> Result<McReport> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_secs);
     let mut rng = rand::rng();
-    let m = halo_sim::mc::create_hmss_measurement_until(
-        kingdom.clone(),
-        &args.id,
-        &args.data_providers,
-        &request,
-        deadline,
-        &mut rng,
-    )
-    .await?;
+    let m = match args.protocol {
+        McProtocol::Hmss => {
+            halo_sim::mc::create_hmss_measurement_until(
+                kingdom.clone(),
+                &args.id,
+                &args.data_providers,
+                &request,
+                deadline,
+                &mut rng,
+            )
+            .await?
+        }
+        McProtocol::Llv2 | McProtocol::RoLlv2 => {
+            halo_sim::llv2::create_llv2_measurement_until(
+                kingdom.clone(),
+                &args.id,
+                &args.data_providers,
+                &args.llv2_request(),
+                deadline,
+                &mut rng,
+            )
+            .await?
+        }
+    };
     let created = format!(
         "measurement {} ({}) created over {}; waiting for the result",
         m.name(),
@@ -222,11 +287,7 @@ pub async fn run(args: McArgs) -> Result<McReport> {
         computation: m.computation().to_string(),
         result,
         truth,
-        buckets: if args.reach_only {
-            0
-        } else {
-            args.max_frequency
-        },
+        buckets: args.buckets(),
         wall_seconds: started.elapsed().as_secs_f64(),
     };
     print(&report, &args);

@@ -237,7 +237,8 @@ cache_dir = "plugin-cache"
         for entry in fs::read_dir(built).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-            if name.starts_with("hmss-") && name.ends_with(".wasm") {
+            let ours = ["hmss-", "llv2-", "ro-llv2-"];
+            if ours.iter().any(|p| name.starts_with(p)) && name.ends_with(".wasm") {
                 fs::copy(&path, plugins.join(&name)).unwrap();
             }
         }
@@ -295,75 +296,85 @@ async fn four_named_duchies_from_toml_with_file_identities_measure_exactly() {
         duchy_flags.push("--duchy".to_string());
         duchy_flags.push(format!("{d}={}", dep.duchy_url(d)));
     }
-    let mut providers = Vec::new();
-    for e in PROVIDERS {
-        let mut argv: Vec<String> = [
-            "edp",
+    for protocol in ["hmss", "llv2"] {
+        let mut providers = Vec::new();
+        for e in PROVIDERS {
+            let mut argv: Vec<String> = [
+                "edp",
+                "--pki",
+                pki,
+                "--kingdom",
+                &kingdom,
+                "--id",
+                e,
+                "--seed",
+                "7",
+                "--providers",
+                "2",
+                "--registers",
+                &registers,
+                "--max-frequency",
+                "4",
+                "--wait-secs",
+                timeout,
+            ]
+            .map(String::from)
+            .to_vec();
+            argv.extend(duchy_flags.iter().cloned());
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            providers.push(spawn(tmp.path(), &format!("{e}-{protocol}"), &argv));
+        }
+        let mc = McCli::try_parse_from([
+            "mc",
             "--pki",
             pki,
             "--kingdom",
             &kingdom,
-            "--id",
-            e,
-            "--seed",
-            "7",
-            "--providers",
-            "2",
-            "--registers",
-            &registers,
+            "--protocol",
+            protocol,
+            "--sketch-size",
+            "20000",
+            "--data-providers",
+            "edp1,edp2",
             "--max-frequency",
             "4",
-            "--wait-secs",
+            "--noise",
+            "none",
+            "--truth-seed",
+            "7",
+            "--truth-providers",
+            "2",
+            "--truth-registers",
+            &registers,
+            "--timeout-secs",
             timeout,
-        ]
-        .map(String::from)
-        .to_vec();
-        argv.extend(duchy_flags.iter().cloned());
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        providers.push(spawn(tmp.path(), e, &argv));
-    }
-    let mc = McCli::try_parse_from([
-        "mc",
-        "--pki",
-        pki,
-        "--kingdom",
-        &kingdom,
-        "--data-providers",
-        "edp1,edp2",
-        "--max-frequency",
-        "4",
-        "--noise",
-        "none",
-        "--truth-seed",
-        "7",
-        "--truth-providers",
-        "2",
-        "--truth-registers",
-        &registers,
-        "--timeout-secs",
-        timeout,
-    ])
-    .unwrap()
-    .args;
-    let report = match halo_cli::mc::run(mc).await {
-        Ok(r) => r,
-        Err(e) => {
-            for p in &procs {
-                eprintln!("==== {} ====\n{}", p.name, p.log());
+        ])
+        .unwrap()
+        .args;
+        let report = match halo_cli::mc::run(mc).await {
+            Ok(r) => r,
+            Err(e) => {
+                for p in procs.iter().chain(&providers) {
+                    eprintln!("==== {} ====\n{}", p.name, p.log());
+                }
+                panic!("{protocol} measurement failed: {e:#}");
             }
-            panic!("measurement failed: {e:#}");
+        };
+        // HMSS: the population's truth; LLv2: the estimator on the union sketch.
+        let (reach, distribution) = report.truth.clone().unwrap();
+        assert!(reach > 0);
+        assert_eq!(report.result.reach, reach, "{protocol} reach");
+        assert_eq!(report.buckets, 4);
+        for (k, v) in &distribution {
+            let got = report.result.frequency.get(k).copied().unwrap_or(0.0);
+            assert!(
+                (got - v).abs() < 1e-12,
+                "{protocol} frequency {k}: {got} vs {v}"
+            );
         }
-    };
-    let (reach, distribution) = report.truth.clone().unwrap();
-    assert!(reach > 0);
-    assert_eq!(report.result.reach, reach, "reach");
-    assert_eq!(report.buckets, 4);
-    for (k, v) in &distribution {
-        let got = report.result.frequency.get(k).copied().unwrap_or(0.0);
-        assert!((got - v).abs() < 1e-12, "frequency {k}: {got} vs {v}");
-    }
-    for p in &providers {
-        assert!(p.log().contains("fulfilled"), "{}:\n{}", p.name, p.log());
+        for p in &providers {
+            assert!(p.log().contains("fulfilled"), "{}:\n{}", p.name, p.log());
+        }
     }
 
     // The idle duchy took part in nothing: it saw no computation, and said so at start-up.
@@ -377,21 +388,21 @@ async fn four_named_duchies_from_toml_with_file_identities_measure_exactly() {
         !log.contains("computation recorded"),
         "spare.4 took part in a computation:\n{log}"
     );
-    // Every participant knew its role from the roles file.
-    for (d, role) in [
-        ("eu-west", "FirstNonAggregator"),
-        ("us-east.2", "SecondNonAggregator"),
-        ("agg", "Aggregator"),
+    // Every participant knew its role from the roles file (HMSS, then LLv2).
+    for (d, roles) in [
+        ("eu-west", ["FirstNonAggregator", "NonAggregator"]),
+        ("us-east.2", ["SecondNonAggregator", "NonAggregator"]),
+        ("agg", ["Aggregator", "Aggregator"]),
     ] {
         let log = procs.iter().find(|p| p.name == d).unwrap().log();
-        let recorded = log
+        let recorded: Vec<&str> = log
             .lines()
-            .find(|l| l.contains("computation recorded"))
-            .unwrap_or_else(|| panic!("{d} recorded no computation:\n{log}"));
-        assert!(
-            recorded.contains(&format!("role={role}")),
-            "{d}: {recorded}"
-        );
+            .filter(|l| l.contains("computation recorded"))
+            .collect();
+        assert_eq!(recorded.len(), 2, "{d}: {recorded:?}\n{log}");
+        for (line, role) in recorded.iter().zip(roles) {
+            assert!(line.contains(&format!("role={role}")), "{d}: {line}");
+        }
     }
 }
 

@@ -168,6 +168,19 @@ pub async fn create_llv2_measurement<R: CryptoRng>(
     request: &Llv2Request,
     rng: &mut R,
 ) -> Result<HmssMeasurement> {
+    let deadline = Instant::now() + retry::DEFAULT_BUDGET;
+    create_llv2_measurement_until(kingdom, mc, data_providers, request, deadline, rng).await
+}
+
+/// [`create_llv2_measurement`], retrying transient failures until `deadline`.
+pub async fn create_llv2_measurement_until<R: CryptoRng>(
+    kingdom: Channel,
+    mc: &str,
+    data_providers: &[String],
+    request: &Llv2Request,
+    deadline: Instant,
+    rng: &mut R,
+) -> Result<HmssMeasurement> {
     ensure!(!data_providers.is_empty(), "at least one data provider is required");
     let (secret_key, public_key) = crate::hmss::measurement_keypair(rng);
     let spec = request.spec(&public_key)?;
@@ -178,7 +191,7 @@ pub async fn create_llv2_measurement<R: CryptoRng>(
         data_providers,
         Some(request.protocol_config()),
     );
-    let measurement = send_create(kingdom, &new.request, Instant::now() + retry::DEFAULT_BUDGET)
+    let measurement = send_create(kingdom, &new.request, deadline)
         .await
         .with_context(|| format!("{mc}: creating the measurement at the Kingdom"))?;
     Ok(HmssMeasurement::new(

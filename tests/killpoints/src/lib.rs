@@ -84,13 +84,22 @@ pub enum Protocol {
     HmssReach,
     /// The test protocol `test-sum` (its wasm plugin; this crate's client roles).
     TestSum,
+    /// Liquid Legions v2, reach and frequency (`llv2` plugin, `halo edp` / `halo mc`).
+    Llv2,
+    /// Reach-only Liquid Legions v2 (`ro-llv2` plugin).
+    RoLlv2,
 }
 
+/// Sketch size of the Liquid Legions measurements (the population reaches ~2 000 VIDs).
+pub const LLV2_SKETCH_SIZE: i64 = 20_000;
+
 impl Protocol {
-    pub const ALL: [Protocol; 3] = [
+    pub const ALL: [Protocol; 5] = [
         Protocol::HmssReachFrequency,
         Protocol::HmssReach,
         Protocol::TestSum,
+        Protocol::Llv2,
+        Protocol::RoLlv2,
     ];
 
     pub fn name(self) -> &'static str {
@@ -98,6 +107,8 @@ impl Protocol {
             Protocol::HmssReachFrequency => "hmss-rf",
             Protocol::HmssReach => "hmss-reach",
             Protocol::TestSum => "test-sum",
+            Protocol::Llv2 => "llv2",
+            Protocol::RoLlv2 => "ro-llv2",
         }
     }
 
@@ -105,15 +116,29 @@ impl Protocol {
         Protocol::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| anyhow!("unknown protocol {s:?} (hmss-rf, hmss-reach, test-sum)"))
+            .ok_or_else(|| {
+                anyhow!("unknown protocol {s:?} (hmss-rf, hmss-reach, test-sum, llv2, ro-llv2)")
+            })
     }
 
     /// The component the duchies' plugin directory holds (the only one, so the duchies serve
-    /// the HMSS system protocol with it).
+    /// the system protocol with it).
     pub fn plugin_file(self) -> &'static str {
         match self {
             Protocol::HmssReachFrequency | Protocol::HmssReach => "hmss-1.0.0.wasm",
             Protocol::TestSum => "test-sum-1.1.0.wasm",
+            Protocol::Llv2 => "llv2-1.0.0.wasm",
+            Protocol::RoLlv2 => "ro-llv2-1.0.0.wasm",
+        }
+    }
+
+    /// The `halo mc --protocol` value, for the protocols `halo mc` / `halo edp` run.
+    fn mc_protocol(self) -> Option<&'static str> {
+        match self {
+            Protocol::HmssReachFrequency | Protocol::HmssReach => Some("hmss"),
+            Protocol::Llv2 => Some("llv2"),
+            Protocol::RoLlv2 => Some("ro-llv2"),
+            Protocol::TestSum => None,
         }
     }
 }
@@ -1078,6 +1103,7 @@ struct Outcome {
 /// One run: the specs of every process, the incarnations started.
 struct Run<'h> {
     h: &'h Harness,
+    protocol: Protocol,
     dir: PathBuf,
     target: Option<Target>,
     specs: Vec<Spec>,
@@ -1179,9 +1205,16 @@ impl<'h> Run<'h> {
         let client_env = vec![("RUST_LOG".to_string(), "warn".to_string())];
         // The consumer first: it creates the measurement the providers wait for.
         match protocol {
-            Protocol::HmssReachFrequency | Protocol::HmssReach => {
+            Protocol::HmssReachFrequency
+            | Protocol::HmssReach
+            | Protocol::Llv2
+            | Protocol::RoLlv2 => {
                 let mut mc: Vec<String> = vec![
                     "mc".into(),
+                    "--protocol".into(),
+                    protocol.mc_protocol().unwrap_or("hmss").into(),
+                    "--sketch-size".into(),
+                    LLV2_SKETCH_SIZE.to_string(),
                     "--pki".into(),
                     s(&h.pki),
                     "--kingdom".into(),
@@ -1302,6 +1335,7 @@ impl<'h> Run<'h> {
         fs::write(dir.join("commands.txt"), cmdline)?;
         Ok(Run {
             h,
+            protocol,
             dir: dir.to_path_buf(),
             target: target.cloned(),
             specs,
@@ -1509,7 +1543,7 @@ impl<'h> Run<'h> {
                 }
                 if name == "mc" {
                     let text = fs::read_to_string(&out_file).unwrap_or_default();
-                    match check_result(&text, self.h.opts.registers) {
+                    match check_result_for(self.protocol, &text, self.h.opts.registers) {
                         Ok(note) => {
                             result_at = Some(now);
                             result_note = note;
@@ -1646,10 +1680,41 @@ pub fn population(registers: usize) -> Vec<Vec<u32>> {
     halo_sim::hmss::population(SEED, PROVIDERS.len(), registers, MAX_FREQUENCY, OVERLAP)
 }
 
+/// [`check_result`] for `protocol`: Liquid Legions' expected values are the estimator on the
+/// union of the providers' sketches (what the MPC reproduces exactly without noise),
+/// recomputed here from the population; the others' are the population's ground truth.
+pub fn check_result_for(protocol: Protocol, stdout: &str, registers: usize) -> Result<String> {
+    if !matches!(protocol, Protocol::Llv2 | Protocol::RoLlv2) {
+        return check_result(stdout, registers);
+    }
+    let request = halo_sim::llv2::Llv2Request {
+        reach_only_protocol: protocol == Protocol::RoLlv2,
+        max_frequency: MAX_FREQUENCY,
+        sketch_size: LLV2_SKETCH_SIZE,
+        ..Default::default()
+    };
+    let (reach, freq) = halo_sim::llv2::expected(&population(registers), &request)?;
+    check_result_against(stdout, reach, &freq)
+}
+
 /// Checks the consumer's JSON (the last `{…}` line of its stdout): SUCCEEDED, reach equal to
 /// the expected reach (which must itself equal the population's, computed here), and every
 /// frequency bucket equal to the expected one. Returns a one-line summary.
 pub fn check_result(stdout: &str, registers: usize) -> Result<String> {
+    let vectors = population(registers);
+    let ours = (0..registers)
+        .filter(|&i| vectors.iter().any(|v| v.get(i).is_some_and(|x| *x > 0)))
+        .count() as i64;
+    check_result_against(stdout, ours, &BTreeMap::new())
+}
+
+/// The consumer's JSON against a reach the harness computed (and, if not empty, its
+/// frequency distribution).
+fn check_result_against(
+    stdout: &str,
+    ours: i64,
+    our_frequency: &BTreeMap<String, f64>,
+) -> Result<String> {
     // (A libtest child prints `test client_role ... ` before it.)
     let line = stdout
         .lines()
@@ -1666,18 +1731,21 @@ pub fn check_result(stdout: &str, registers: usize) -> Result<String> {
     let expected = v["expected_reach"]
         .as_i64()
         .ok_or_else(|| anyhow!("no expected_reach in {line}"))?;
-    let vectors = population(registers);
-    let ours = (0..registers)
-        .filter(|&i| vectors.iter().any(|v| v.get(i).is_some_and(|x| *x > 0)))
-        .count() as i64;
     ensure!(
         expected == ours,
-        "the consumer's ground truth reach {expected} is not the population's {ours}"
+        "the consumer's expected reach {expected} is not the one computed here, {ours}"
     );
     ensure!(reach == expected, "reach {reach}, expected {expected}");
     let empty = serde_json::Map::new();
     let f = v["frequency"].as_object().unwrap_or(&empty);
     let e = v["expected_frequency"].as_object().unwrap_or(&empty);
+    for (k, b) in our_frequency {
+        let a = e.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        ensure!(
+            (a - b).abs() <= 1e-9,
+            "the consumer's expected bucket {k} is {a}, computed here {b}"
+        );
+    }
     let keys: std::collections::BTreeSet<&String> = f.keys().chain(e.keys()).collect();
     for k in keys {
         let a = f.get(k).and_then(|x| x.as_f64()).unwrap_or(0.0);
