@@ -277,7 +277,15 @@ async fn llv2_invalid_parameters_fail_with_a_clear_message() {
                 decay_rate: 1.0,
                 ..base.clone()
             },
-            "sketch decay_rate 1 must be in (1, 1000]",
+            "sketch decay_rate 1 must be in (1, 700]",
+        ),
+        (
+            Llv2Request {
+                noise: NoiseMechanism::Geometric,
+                delta: 2.0,
+                ..base.clone()
+            },
+            "delta 2 must be in (0, 1]",
         ),
         (
             Llv2Request {

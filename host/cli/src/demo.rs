@@ -335,6 +335,26 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             Some((outcome.expected_reach, &outcome.expected_frequency)),
             outcome.buckets,
         );
+        if matches!(args.protocol, DemoProtocol::Llv2 | DemoProtocol::RoLlv2) {
+            println!(
+                "(\"truth\" above is the sketch estimate the protocol computes exactly without \
+                 noise; the population's ground truth is reach {}{})",
+                outcome.true_reach,
+                if outcome.buckets > 0 {
+                    format!(
+                        ", frequency {}",
+                        outcome
+                            .true_frequency
+                            .iter()
+                            .map(|(k, v)| format!("{k}: {v:.4}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         println!("stage seconds per duchy:");
         for (d, per) in &stages {
             let line = per

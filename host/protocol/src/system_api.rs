@@ -198,26 +198,10 @@ impl SystemProtocol {
     // ---- the Kingdom's protocol-dependent decisions -----------------------------------------
 
     /// Whether the Kingdom assigns each requisition to one fulfilling duchy when the
-    /// computation is created. Every protocol does: HMSS to one of the non-aggregators (they
-    /// hold the shares), Liquid Legions v2 to any participant (spread over the ring, the
-    /// aggregator included). The data provider must fulfil it there, and only that duchy may
-    /// report it fulfilled.
+    /// computation is created (HMSS: one of the non-aggregators), rather than letting the
+    /// data provider fulfil it at any participant (LLv2).
     pub fn assigns_fulfilling_duchy(self) -> bool {
-        true
-    }
-
-    /// The duchies requisitions are spread over, given the aggregator and the other
-    /// participants in order.
-    pub fn fulfilling_candidates<'a>(
-        self,
-        aggregator: &'a str,
-        non_aggregators: &'a [String],
-    ) -> Vec<&'a str> {
-        let mut out: Vec<&str> = non_aggregators.iter().map(String::as_str).collect();
-        if !matches!(self, SystemProtocol::HonestMajorityShareShuffle) {
-            out.push(aggregator);
-        }
-        out
+        matches!(self, SystemProtocol::HonestMajorityShareShuffle)
     }
 
     /// A participant's state once it has set its requisition params: HMSS participants need
@@ -328,16 +312,7 @@ mod tests {
     fn kingdom_decisions() {
         use SystemProtocol::*;
         assert!(HonestMajorityShareShuffle.assigns_fulfilling_duchy());
-        assert!(LiquidLegionsV2.assigns_fulfilling_duchy());
-        let others = vec!["w1".to_string(), "w2".to_string()];
-        assert_eq!(
-            HonestMajorityShareShuffle.fulfilling_candidates("agg", &others),
-            ["w1", "w2"]
-        );
-        assert_eq!(
-            ReachOnlyLiquidLegionsV2.fulfilling_candidates("agg", &others),
-            ["w1", "w2", "agg"]
-        );
+        assert!(!LiquidLegionsV2.assigns_fulfilling_duchy());
         assert_eq!(
             HonestMajorityShareShuffle.participant_state_after_params(),
             ParticipantState::Ready

@@ -305,11 +305,18 @@ pub async fn llv2_requisition(
         admin::measurement_spec::Type::ReachAndFrequency if !reach_only_protocol => {
             u32::try_from(spec.maximum_frequency)
                 .ok()
-                .filter(|&f| f >= 1)
+                .filter(|f| (1..=1000).contains(f))
                 .ok_or_else(|| anyhow!("requisition {}: bad maximum_frequency", r.name))?
         }
-        _ => 1,
+        admin::measurement_spec::Type::Reach => 1,
+        other => bail!("requisition {}: measurement type {other:?} is not for Liquid Legions", r.name),
     };
+    ensure!(
+        config.elliptic_curve_id == P256_CURVE_ID,
+        "requisition {}: elliptic curve {} is not P-256 ({P256_CURVE_ID})",
+        r.name,
+        config.elliptic_curve_id
+    );
     let pure = Pure::<OsRandom>::new();
     let generator = pure.fixed_point(&pure.generator());
     let mut combined: Option<Vec<u8>> = None;
@@ -367,6 +374,25 @@ pub async fn llv2_requisition(
     })
 }
 
+/// The participant a Liquid Legions requisition is sent to when the Kingdom names none: one
+/// of the computation's participants, chosen by a hash of the requisition's name (so the
+/// providers of one computation spread over the ring, and a retry picks the same duchy).
+pub fn fulfilling_duchy(r: &admin::DataProviderRequisition) -> Result<String> {
+    let c = r
+        .computation
+        .as_ref()
+        .ok_or_else(|| anyhow!("requisition {} carries no computation", r.name))?;
+    let mut duchies: Vec<&str> = c
+        .computation_participants
+        .iter()
+        .map(|p| p.name.rsplit('/').next().unwrap_or_default())
+        .collect();
+    duchies.sort_unstable();
+    ensure!(!duchies.is_empty(), "requisition {}: no participants", r.name);
+    let h = llv2_core::sketch::fingerprint64(r.name.as_bytes());
+    Ok(duchies[(h % duchies.len() as u64) as usize].to_string())
+}
+
 /// One fulfilled LLv2 requisition.
 #[derive(Debug, Clone)]
 pub struct Llv2Fulfilment {
@@ -416,11 +442,12 @@ where
     let mut done = Vec::with_capacity(reqs.len());
     for r in &reqs {
         let q = llv2_requisition(kingdom.clone(), trust, r, deadline).await?;
-        ensure!(
-            !r.fulfilling_duchy.is_empty(),
-            "requisition {} names no fulfilling duchy",
-            r.name
-        );
+        // The reference lets a Liquid Legions data provider fulfil at any participant
+        // (halo-system §8.1); the Kingdom names none. Spread by requisition name.
+        let target = match r.fulfilling_duchy.as_str() {
+            "" => fulfilling_duchy(r)?,
+            named => named.to_string(),
+        };
         let plain = sketch(
             vector,
             &q.sketch,
@@ -438,13 +465,13 @@ where
         })
         .await
         .context("the encryption task")??;
-        let channel = duchy(&r.fulfilling_duchy)?;
+        let channel = duchy(&target)?;
         fulfill_until(channel, r, None, &body, CHUNK_SIZE, deadline)
             .await
-            .with_context(|| format!("{edp}: fulfilling {} at duchy {}", r.name, r.fulfilling_duchy))?;
+            .with_context(|| format!("{edp}: fulfilling {} at duchy {target}", r.name))?;
         done.push(Llv2Fulfilment {
             requisition: r.name.clone(),
-            duchy: r.fulfilling_duchy.clone(),
+            duchy: target,
             registers,
             bytes: body.len(),
         });

@@ -32,6 +32,8 @@ pub use halo_plugin_result::{result_json, sealed_result};
 pub const P256_CURVE_ID: i32 = 415;
 /// Largest maximum frequency accepted (the SKA matrix has `MF − 1` rows per register).
 pub const MAX_MAXIMUM_FREQUENCY: u32 = 1000;
+/// Largest decay rate accepted (the estimator needs `e^a` finite).
+pub const MAX_DECAY_RATE: f64 = 700.0;
 /// Largest sketch accepted (registers).
 pub const MAX_SKETCH_SIZE: i64 = 1 << 24;
 /// Most participants in a ring.
@@ -118,9 +120,9 @@ fn dp(p: &Option<DifferentialPrivacyParams>, what: &str) -> Result<DpParams, Sta
             p.epsilon
         )));
     }
-    if !(p.delta > 0.0 && p.delta.is_finite()) {
+    if !(p.delta > 0.0 && p.delta <= 1.0) {
         return Err(StageError::invalid_input(format!(
-            "{what} DP params: delta {} must be > 0",
+            "{what} DP params: delta {} must be in (0, 1]",
             p.delta
         )));
     }
@@ -161,9 +163,10 @@ pub fn params(ctx: &ComputationContext, variant: Variant) -> Result<Params, Stag
     let sketch = config
         .sketch_params
         .ok_or_else(|| StageError::invalid_input("sketch_params missing"))?;
-    if !(sketch.decay_rate > 1.0 && sketch.decay_rate.is_finite() && sketch.decay_rate <= 1000.0) {
+    // e^a must be finite for the estimator (a ≤ 709.78).
+    if !(sketch.decay_rate > 1.0 && sketch.decay_rate <= MAX_DECAY_RATE) {
         return Err(StageError::invalid_input(format!(
-            "sketch decay_rate {} must be in (1, 1000]",
+            "sketch decay_rate {} must be in (1, {MAX_DECAY_RATE}]",
             sketch.decay_rate
         )));
     }
@@ -634,8 +637,16 @@ pub fn single_peer_input<'a>(
 }
 
 /// The data of every requisition fulfilled at this duchy, concatenated in requisition-id
-/// order (LLv2 requisitions carry no protocol header fields).
-pub fn requisition_data(inputs: &[StageInput]) -> Vec<u8> {
+/// order (LLv2 requisitions carry no protocol header fields). Each requisition must be a whole
+/// number of `register_len`-byte registers on its own (two malformed ones could otherwise
+/// shift an honest one's registers), and the requisitions present must be exactly those the
+/// Kingdom records as fulfilled here (halo-system §4.1 confirmation (b)): one that is missing
+/// would silently drop out of the result.
+pub fn requisition_data(
+    ctx: &ComputationContext,
+    inputs: &[StageInput],
+    register_len: usize,
+) -> Result<Vec<u8>, StageError> {
     let mut reqs: Vec<(&str, &[u8])> = inputs
         .iter()
         .filter_map(|i| match &i.origin {
@@ -644,7 +655,32 @@ pub fn requisition_data(inputs: &[StageInput]) -> Vec<u8> {
         })
         .collect();
     reqs.sort_by(|a, b| a.0.cmp(b.0));
-    reqs.into_iter().flat_map(|r| r.1.to_vec()).collect()
+    for (id, data) in &reqs {
+        if !data.len().is_multiple_of(register_len) {
+            return Err(StageError::invalid_input(format!(
+                "requisition {id}: {} bytes is not a whole number of {register_len}-byte \
+                 registers",
+                data.len()
+            )));
+        }
+    }
+    let computation = ctx.computation()?;
+    let prefix = format!("computations/{}/requisitions/", ctx.global_id);
+    let here = format!("/participants/{}", ctx.duchy_id);
+    let mut expected: Vec<&str> = computation
+        .requisitions
+        .iter()
+        .filter(|r| r.fulfilling_computation_participant.ends_with(&here))
+        .filter_map(|r| r.name.strip_prefix(&prefix))
+        .collect();
+    expected.sort_unstable();
+    let got: Vec<&str> = reqs.iter().map(|r| r.0).collect();
+    if got != expected {
+        return Err(StageError::invalid_input(format!(
+            "the requisitions fulfilled here are {got:?}, but the Kingdom records {expected:?}"
+        )));
+    }
+    Ok(reqs.into_iter().flat_map(|r| r.1.to_vec()).collect())
 }
 
 /// The setup inputs the aggregator received from the non-aggregators under `description`,
@@ -694,4 +730,60 @@ pub fn result(p: &Params, reach: i64, distribution: &BTreeMap<u32, f64>) -> Resu
 /// The reach estimate of `active` registers (mpc-crypto §1.4).
 pub fn estimate(p: &Params, active: i64) -> Result<i64, StageError> {
     llv2_core::protocol::reach(p.decay_rate, p.sketch_size, active, p.width).map_err(core_err)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use halo_plugin_sdk::proto::system::v1alpha::{Computation, Requisition};
+
+    fn ctx(fulfilled_here: &[&str], elsewhere: &[&str]) -> ComputationContext {
+        let req = |id: &str, duchy: &str| Requisition {
+            name: format!("computations/g/requisitions/{id}"),
+            fulfilling_computation_participant: format!("computations/g/participants/{duchy}"),
+            ..Default::default()
+        };
+        let mut requisitions: Vec<Requisition> =
+            fulfilled_here.iter().map(|id| req(id, "w1")).collect();
+        requisitions.extend(elsewhere.iter().map(|id| req(id, "w2")));
+        ComputationContext {
+            global_id: "g".into(),
+            duchy_id: "w1".into(),
+            role: Role::NonAggregator,
+            protocol: SystemProtocol::LiquidLegionsV2,
+            computation: Computation {
+                requisitions,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            participants: vec![],
+            state: vec![],
+            attempt: 1,
+        }
+    }
+
+    fn input(id: &str, len: usize) -> StageInput {
+        StageInput {
+            origin: InputOrigin::Requisition((id.into(), vec![])),
+            data: vec![7; len],
+        }
+    }
+
+    #[test]
+    fn requisitions_are_checked_one_by_one_and_against_the_kingdom() {
+        let c = ctx(&["a", "b"], &["c"]);
+        let ok = requisition_data(&c, &[input("b", 198), input("a", 396)], 198).unwrap();
+        assert_eq!(ok.len(), 594);
+        // Two malformed blobs whose total is whole registers: refused, naming one.
+        let e = requisition_data(&c, &[input("a", 198 + 66), input("b", 132)], 198).unwrap_err();
+        assert!(e.message().contains("requisition a"), "{e:?}");
+        // A requisition the Kingdom records here but that is missing, or one from elsewhere.
+        let e = requisition_data(&c, &[input("a", 198)], 198).unwrap_err();
+        assert!(e.message().contains("the Kingdom records"), "{e:?}");
+        let e = requisition_data(&c, &[input("a", 198), input("b", 0), input("c", 198)], 198)
+            .unwrap_err();
+        assert!(e.message().contains("the Kingdom records"), "{e:?}");
+        assert!(requisition_data(&ctx(&[], &["c"]), &[], 198).unwrap().is_empty());
+    }
 }

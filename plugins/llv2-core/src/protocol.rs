@@ -47,6 +47,11 @@ pub const PADDING_NOISE_ID: &str = "padding_noise_register_id";
 /// crypto calls anyway; this gives a clear message first).
 pub const MAX_ELEMENTS: usize = 1 << 24;
 
+/// Most elements of the frequency (SKA) matrix (66 bytes each: 264 MiB).
+pub const MAX_MATRIX_ELEMENTS: usize = 1 << 22;
+/// Matrix elements built per batch of crypto calls.
+const MATRIX_CHUNK: usize = 1 << 16;
+
 /// A stage failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -458,6 +463,8 @@ fn same_key_aggregation<C: Crypto>(
         }
         start = end;
     }
+    // Largest groups first: the members of round t below are then a prefix.
+    groups.sort_by_key(|m| std::cmp::Reverse(m.len()));
     let g = groups.len();
     if g == 0 {
         return Ok(Vec::new());
@@ -472,7 +479,7 @@ fn same_key_aggregation<C: Crypto>(
     // Members beyond the first, one round per position: fa += r_i·(K_i − K_0), cnt += C_i.
     let largest = groups.iter().map(|m| m.len()).max().unwrap_or(1);
     for t in 1..largest {
-        let members: Vec<usize> = (0..g).filter(|&j| groups[j].len() > t).collect();
+        let members: Vec<usize> = (0..g).take_while(|&j| groups[j].len() > t).collect();
         let ki: Vec<u8> = members.iter().flat_map(|&j| key(groups[j][t]).to_vec()).collect();
         let k0s: Vec<u8> = members
             .iter()
@@ -510,13 +517,32 @@ fn same_key_aggregation<C: Crypto>(
     let shifted = c
         .ciphertext_add(&consts, &fa_minus_k0.repeat(2))
         .map_err(crypto("flags"))?;
-    // One destructor call for r·fa, fb and fc.
+    // cnt += r·fa. For a single-register group fa is a fresh encryption of zero, so r·fa is
+    // just another one: re-randomizing the count (two fixed-base multiplications) gives the
+    // same distribution as the reference's destructor (two variable-base ones).
+    let multi: Vec<usize> = (0..g).filter(|&j| groups[j].len() > 1).collect();
+    let fa_multi: Vec<u8> = multi
+        .iter()
+        .flat_map(|&j| fa[j * CIPHERTEXT_LEN..(j + 1) * CIPHERTEXT_LEN].to_vec())
+        .collect();
+    // One destructor call for r·fa (larger groups), fb and fc.
     let scaled = c
-        .scale_random(&[fa.as_slice(), &shifted].concat())
+        .scale_random(&[fa_multi.as_slice(), &shifted].concat())
         .map_err(crypto("destructor"))?;
-    let (r_fa, flags_bc) = scaled.split_at(g * CIPHERTEXT_LEN);
+    let (r_fa, flags_bc) = scaled.split_at(multi.len() * CIPHERTEXT_LEN);
     let (fb, fc) = flags_bc.split_at(g * CIPHERTEXT_LEN);
-    let cnt = c.ciphertext_add(&cnt, r_fa).map_err(crypto("count"))?;
+    let mut cnt = c.rerandomize(y, &cnt).map_err(crypto("count"))?;
+    if !multi.is_empty() {
+        let cnt_multi: Vec<u8> = multi
+            .iter()
+            .flat_map(|&j| cnt[j * CIPHERTEXT_LEN..(j + 1) * CIPHERTEXT_LEN].to_vec())
+            .collect();
+        let sums = c.ciphertext_add(&cnt_multi, r_fa).map_err(crypto("count"))?;
+        for (m, &j) in multi.iter().enumerate() {
+            cnt[j * CIPHERTEXT_LEN..(j + 1) * CIPHERTEXT_LEN]
+                .copy_from_slice(&sums[m * CIPHERTEXT_LEN..(m + 1) * CIPHERTEXT_LEN]);
+        }
+    }
     interleave(&[
         (&fa, CIPHERTEXT_LEN),
         (fb, CIPHERTEXT_LEN),
@@ -748,19 +774,30 @@ pub fn execution_two_at_aggregator<C: Crypto>(
             multiples.extend_from_slice(&acc);
         }
         let bases = c.negate(&multiples).map_err(crypto("count bases"))?;
-        let counts: Vec<u8> = valid
-            .iter()
-            .flat_map(|&i| tuples[i * TUPLE_LEN + 3 * CIPHERTEXT_LEN..(i + 1) * TUPLE_LEN].to_vec())
-            .collect();
-        let mut lhs = Vec::with_capacity(valid.len() * rows * CIPHERTEXT_LEN);
-        for cnt in counts.chunks_exact(CIPHERTEXT_LEN) {
-            for _ in 0..rows {
-                lhs.extend_from_slice(cnt);
-            }
+        let elements = valid.len().saturating_mul(rows);
+        if elements > MAX_MATRIX_ELEMENTS {
+            return Err(invalid(format!(
+                "the frequency matrix would have {} valid tuples × {rows} = {elements} \
+                 elements, more than the {MAX_MATRIX_ELEMENTS} a stage can hold",
+                valid.len()
+            )));
         }
-        let rhs = bases.repeat(valid.len());
-        let shifted = c.ciphertext_add(&lhs, &rhs).map_err(crypto("SKA matrix"))?;
-        matrix = c.scale_random(&shifted).map_err(crypto("SKA matrix"))?;
+        matrix.reserve_exact(elements * CIPHERTEXT_LEN);
+        // Column chunks, so only the matrix itself is held whole.
+        let per_chunk = (MATRIX_CHUNK / rows).max(1);
+        for chunk in valid.chunks(per_chunk) {
+            let mut lhs = Vec::with_capacity(chunk.len() * rows * CIPHERTEXT_LEN);
+            for &i in chunk {
+                let cnt = &tuples[i * TUPLE_LEN + 3 * CIPHERTEXT_LEN..(i + 1) * TUPLE_LEN];
+                for _ in 0..rows {
+                    lhs.extend_from_slice(cnt);
+                }
+            }
+            let rhs = bases.repeat(chunk.len());
+            let shifted = c.ciphertext_add(&lhs, &rhs).map_err(crypto("SKA matrix"))?;
+            drop((lhs, rhs));
+            matrix.extend(c.scale_random(&shifted).map_err(crypto("SKA matrix"))?);
+        }
     }
     Ok(PhaseTwo {
         active,

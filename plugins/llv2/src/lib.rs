@@ -126,7 +126,7 @@ fn setup_phase(ctx: &ComputationContext, inputs: &[StageInput]) -> Result<StageO
     let ring = ring_position(ctx, &st)?;
     let c = Host;
     let y = register(&c, &st.combined_key)?;
-    let requisitions = requisition_data(inputs);
+    let requisitions = requisition_data(ctx, inputs, core::REGISTER_LEN)?;
     let others = if ctx.role == Role::Aggregator {
         setup_inputs(inputs, &st, SETUP_PHASE_INPUT)?.concat()
     } else {

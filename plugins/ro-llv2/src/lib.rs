@@ -85,7 +85,7 @@ fn setup_phase(ctx: &ComputationContext, inputs: &[StageInput]) -> Result<StageO
     let ring = ring_position(ctx, &st)?;
     let c = Host;
     let y = register(&c, &st.combined_key)?;
-    let requisitions = requisition_data(inputs);
+    let requisitions = requisition_data(ctx, inputs, core::RO_REGISTER_LEN)?;
     // The aggregator's inputs: each non-aggregator's registers, then its trailing noise
     // ciphertext (halo-system §4.2).
     let (mut others, mut received) = (Vec::new(), Vec::new());

@@ -203,12 +203,10 @@ impl Measurements for MeasurementsService {
                 fresh_id(tx.conn(), "requisitions", "external_requisition_id").await?;
             let fulfilling_duchy = match protocol.assigns_fulfilling_duchy() {
                 true => {
-                    // Spread requisitions over the candidates by id.
-                    let candidates =
-                        protocol.fulfilling_candidates(&roles.aggregator, &roles.non_aggregators);
-                    let n = candidates.len().max(1) as i64;
+                    // Spread requisitions over the non-aggregators by id.
+                    let n = roles.non_aggregators.len().max(1) as i64;
                     let index = usize::try_from(requisition_id.rem_euclid(n)).unwrap_or(0);
-                    candidates.get(index).map(|d| d.to_string())
+                    roles.non_aggregators.get(index).cloned()
                 }
                 false => None,
             };
