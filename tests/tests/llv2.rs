@@ -29,14 +29,9 @@ async fn measure(
     let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer("mc1".into()))?;
     // One requisition per vector, for the first `vectors.len()` data providers.
     let providers = &cluster.options.data_providers[..vectors.len()];
-    let m = halo_sim::llv2::create_llv2_measurement(
-        mc_ch.clone(),
-        "mc1",
-        providers,
-        request,
-        &mut rng,
-    )
-    .await?;
+    let m =
+        halo_sim::llv2::create_llv2_measurement(mc_ch.clone(), "mc1", providers, request, &mut rng)
+            .await?;
     for (dp, vector) in providers.iter().zip(vectors) {
         let who = Principal::DataProvider(dp.clone());
         let done = halo_sim::llv2::fulfill_llv2_requisitions_until(
@@ -51,7 +46,8 @@ async fn measure(
         .await?;
         assert_eq!(done.len(), 1, "{done:?}");
     }
-    m.result(mc_ch, &cluster.trust, Duration::from_secs(180)).await
+    m.result(mc_ch, &cluster.trust, Duration::from_secs(180))
+        .await
 }
 
 fn population(seed: u64, providers: usize, registers: usize, mf: u32) -> Vec<Vec<u32>> {
@@ -183,8 +179,12 @@ async fn llv2_noise_stays_within_the_derived_bound() {
         } else {
             Mechanism::DiscreteGaussian
         };
-        let reach_noise = llv2_core::noise::global_reach_noiser(&dp, 3, m).unwrap().unwrap();
-        let freq_noise = llv2_core::noise::frequency_noiser(&dp, 3, m).unwrap().unwrap();
+        let reach_noise = llv2_core::noise::global_reach_noiser(&dp, 3, m)
+            .unwrap()
+            .unwrap();
+        let freq_noise = llv2_core::noise::frequency_noiser(&dp, 3, m)
+            .unwrap()
+            .unwrap();
         let mut r = request(ro, if ro { 1 } else { mf }, size, 1.0);
         r.noise = mechanism;
         r.epsilon = epsilon;
@@ -313,7 +313,12 @@ async fn llv2_invalid_parameters_fail_with_a_clear_message() {
         .await
         .unwrap();
         let done = m.wait(mc_ch.clone(), TIMEOUT).await.unwrap();
-        assert_eq!(done.state, State::Failed as i32, "{}", mc::state_name(done.state));
+        assert_eq!(
+            done.state,
+            State::Failed as i32,
+            "{}",
+            mc::state_name(done.state)
+        );
         assert!(
             done.failure_message.contains(expected),
             "failure message {:?} does not say {expected:?}",

@@ -75,9 +75,11 @@ pub struct DemoArgs {
     /// Number of data providers.
     #[arg(long, default_value_t = 3)]
     providers: usize,
-    /// Registers (population slots) per frequency vector.
-    #[arg(long, default_value_t = 100_000)]
-    registers: usize,
+    /// Population slots (VIDs) per data provider. Default: 100,000 for HMSS and test-sum,
+    /// 20,000 for the Liquid Legions protocols (about 10,000 people reached and a sketch of
+    /// 20,000 registers: every register costs tens of elliptic-curve multiplications).
+    #[arg(long)]
+    registers: Option<usize>,
     /// Largest frequency reported (and largest per-provider frequency).
     #[arg(long, default_value_t = 3)]
     max_frequency: u32,
@@ -115,6 +117,16 @@ pub struct DemoArgs {
     /// Leave the servers running after the measurement (Ctrl-C stops them).
     #[arg(long)]
     keep_running: bool,
+}
+
+impl DemoArgs {
+    /// `--registers`, or the protocol's default.
+    fn registers(&self) -> usize {
+        self.registers.unwrap_or(match self.protocol {
+            DemoProtocol::Llv2 | DemoProtocol::RoLlv2 => 20_000,
+            DemoProtocol::Hmss | DemoProtocol::TestSum => 100_000,
+        })
+    }
 }
 
 /// Overlap of the demo's synthetic population (see `halo_sim::hmss::population`).
@@ -228,7 +240,7 @@ fn plugin_dir(source: &PluginSource, out: &Path) -> Result<PathBuf> {
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let id = args.protocol.plugin_id()?;
-    if args.providers == 0 || args.registers == 0 {
+    if args.providers == 0 || args.registers() == 0 {
         bail!("--providers and --registers must be positive");
     }
     if args.max_frequency == 0 {
@@ -317,7 +329,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             "wall_seconds": wall,
             "plugin": plugin_from.display().to_string(),
             "stages": stage_times_json(&stages),
-            "registers": args.registers,
+            "registers": args.registers(),
             "providers": args.providers,
             "noise": args.noise.as_str(),
         });
@@ -390,10 +402,9 @@ fn print_keep_running(cluster: &Cluster, args: &DemoArgs, dir: &Path) {
             "  (a temporary directory: it is deleted when the demo exits; use --out DIR to keep it)"
         );
     }
-    if args.protocol != DemoProtocol::Hmss {
+    if args.protocol == DemoProtocol::TestSum {
         eprintln!(
-            "`halo edp` and `halo mc` run HMSS; these duchies load only the {} plugin",
-            args.protocol.as_str()
+            "`halo edp` and `halo mc` do not run test-sum; these duchies load only its plugin"
         );
         return;
     }
@@ -409,10 +420,18 @@ fn print_keep_running(cluster: &Cluster, args: &DemoArgs, dir: &Path) {
         args.max_frequency,
         args.seed,
         args.providers,
-        args.registers
+        args.registers()
     );
     if args.reach_only {
         mc.push_str(" --reach-only");
+    }
+    if args.protocol != DemoProtocol::Hmss {
+        let sketch = llv2_request(args).map(|r| r.sketch_size).unwrap_or(100_000);
+        mc.push_str(&format!(
+            " --protocol {} --sketch-size {sketch} --decay-rate {}",
+            args.protocol.as_str(),
+            args.decay_rate
+        ));
     }
     if args.noise != Noise::None {
         mc.push_str(&format!(
@@ -433,7 +452,7 @@ fn print_keep_running(cluster: &Cluster, args: &DemoArgs, dir: &Path) {
             duchies.join(" "),
             args.seed,
             args.providers,
-            args.registers,
+            args.registers(),
             args.max_frequency
         );
     }
@@ -615,7 +634,7 @@ async fn run_hmss(
     let vectors = halo_sim::hmss::population(
         args.seed,
         args.providers,
-        args.registers,
+        args.registers(),
         args.max_frequency,
         OVERLAP,
     );
@@ -679,9 +698,18 @@ const MAX_RING_MODULUS: u32 = 65_521;
 /// `q > 1 + maximum frequency × providers` (every combined register and the sentinel must fit,
 /// mpc-crypto §6.1), or an error naming the limit.
 fn hmss_ring_modulus(args: &DemoArgs) -> Result<i32> {
-    let mf = if args.reach_only { 1 } else { args.max_frequency };
+    let mf = if args.reach_only {
+        1
+    } else {
+        args.max_frequency
+    };
     let need = u64::from(mf) * args.providers as u64 + 2;
-    let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let is_prime = |n: u64| {
+        n >= 2
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    };
     let q = (need.max(127)..)
         .find(|&n| is_prime(n))
         .filter(|&q| q <= u64::from(MAX_RING_MODULUS))
@@ -704,7 +732,7 @@ const MAX_SKETCH_SIZE: i64 = 1 << 24;
 fn llv2_request(args: &DemoArgs) -> Result<halo_sim::llv2::Llv2Request> {
     let sketch_size = match args.sketch_size {
         Some(m) => m,
-        None => i64::try_from(args.registers)
+        None => i64::try_from(args.registers())
             .unwrap_or(i64::MAX)
             .max(1000),
     };
@@ -718,10 +746,16 @@ fn llv2_request(args: &DemoArgs) -> Result<halo_sim::llv2::Llv2Request> {
         bail!("--decay-rate {} must be in (1, 1000]", args.decay_rate);
     }
     if !(args.vid_sampling_width > 0.0 && args.vid_sampling_width <= 1.0) {
-        bail!("--vid-sampling-width {} must be in (0, 1]", args.vid_sampling_width);
+        bail!(
+            "--vid-sampling-width {} must be in (0, 1]",
+            args.vid_sampling_width
+        );
     }
     if args.max_frequency > 1000 {
-        bail!("--max-frequency {} is above the plugins' limit of 1000", args.max_frequency);
+        bail!(
+            "--max-frequency {} is above the plugins' limit of 1000",
+            args.max_frequency
+        );
     }
     Ok(halo_sim::llv2::Llv2Request {
         reach_only_protocol: args.protocol == DemoProtocol::RoLlv2,
@@ -769,7 +803,7 @@ async fn run_llv2(
     let vectors = halo_sim::hmss::population(
         args.seed,
         args.providers,
-        args.registers,
+        args.registers(),
         args.max_frequency,
         OVERLAP,
     );
@@ -879,7 +913,7 @@ async fn run_test_sum(
     args: &DemoArgs,
 ) -> Result<Outcome> {
     let vectors: Vec<Vec<u32>> = (0..args.providers)
-        .map(|i| population(args.seed, i, args.registers, args.max_frequency))
+        .map(|i| population(args.seed, i, args.registers(), args.max_frequency))
         .collect();
     let mc_id = cluster.options.measurement_consumer.clone();
     let mc_ch = cluster.kingdom_channel(&Principal::MeasurementConsumer(mc_id.clone()))?;
@@ -909,7 +943,7 @@ async fn run_test_sum(
                     api::fulfill_requisition_request::header::Protocol::HonestMajorityShareShuffle(
                         api::fulfill_requisition_request::header::HonestMajorityShareShuffle {
                             secret_seed: None,
-                            register_count: args.registers as i64,
+                            register_count: args.registers() as i64,
                             data_provider_certificate: String::new(),
                         },
                     );
@@ -949,7 +983,7 @@ async fn run_test_sum(
         .collect();
     let mut expected: BTreeMap<String, f64> = BTreeMap::new();
     let mut expected_reach = 0i64;
-    for r in 0..args.registers {
+    for r in 0..args.registers() {
         let f: u32 = vectors.iter().map(|v| v[r]).sum();
         if f > 0 {
             expected_reach += 1;

@@ -111,6 +111,8 @@ pub struct EdpArgs {
 pub struct Fulfilled {
     /// `dataProviders/{dp}/requisitions/{r}`.
     pub requisition: String,
+    /// `computations/{c}`.
+    pub computation: String,
     /// The duchy the data went to.
     pub duchy: String,
     /// Registers sent (HMSS frequency-vector entries; LLv2 sketch registers).
@@ -171,6 +173,7 @@ pub async fn run(args: EdpArgs) -> Result<Vec<Fulfilled>> {
         .into_iter()
         .map(|f| Fulfilled {
             requisition: f.requisition,
+            computation: f.computation,
             duchy: f.duchy,
             registers: f.registers,
             bytes: f.bytes,
@@ -191,6 +194,7 @@ pub async fn run(args: EdpArgs) -> Result<Vec<Fulfilled>> {
         .into_iter()
         .map(|f| Fulfilled {
             requisition: f.requisition,
+            computation: f.computation,
             duchy: f.duchy,
             registers: f.registers,
             bytes: f.bytes,

@@ -24,7 +24,9 @@ use rand::{CryptoRng, RngCore};
 use tonic::transport::Channel;
 
 use crate::edp::{fulfill_until, list_until};
-use crate::mc::{CreatedMeasurement, HmssMeasurement, fetch_certificate_until, new_measurement, send_create};
+use crate::mc::{
+    CreatedMeasurement, HmssMeasurement, fetch_certificate_until, new_measurement, send_create,
+};
 use crate::retry;
 
 /// The sampling-indicator size data providers use (production value, mpc-crypto §1.1).
@@ -181,7 +183,10 @@ pub async fn create_llv2_measurement_until<R: CryptoRng>(
     deadline: Instant,
     rng: &mut R,
 ) -> Result<HmssMeasurement> {
-    ensure!(!data_providers.is_empty(), "at least one data provider is required");
+    ensure!(
+        !data_providers.is_empty(),
+        "at least one data provider is required"
+    );
     let (secret_key, public_key) = crate::hmss::measurement_keypair(rng);
     let spec = request.spec(&public_key)?;
     let new = new_measurement(
@@ -231,7 +236,14 @@ pub fn expected(
     let params = request.sketch_params();
     let sketches: Vec<Vec<PlainRegister>> = vectors
         .iter()
-        .map(|v| sketch(v, &params, request.vid_sampling_start, request.vid_sampling_width))
+        .map(|v| {
+            sketch(
+                v,
+                &params,
+                request.vid_sampling_start,
+                request.vid_sampling_width,
+            )
+        })
         .collect();
     let refs: Vec<&[PlainRegister]> = sketches.iter().map(Vec::as_slice).collect();
     let u = union(&refs);
@@ -282,10 +294,17 @@ pub async fn llv2_requisition(
         .computation
         .as_ref()
         .ok_or_else(|| anyhow!("requisition {} carries no computation", r.name))?;
-    let (config, reach_only_protocol) = match c.mpc_protocol_config.as_ref().and_then(|m| m.protocol.as_ref()) {
+    let (config, reach_only_protocol) = match c
+        .mpc_protocol_config
+        .as_ref()
+        .and_then(|m| m.protocol.as_ref())
+    {
         Some(MpcProtocol::LiquidLegionsV2(l)) => (l, false),
         Some(MpcProtocol::ReachOnlyLiquidLegionsV2(l)) => (l, true),
-        _ => bail!("requisition {} is not a Liquid Legions v2 requisition", r.name),
+        _ => bail!(
+            "requisition {} is not a Liquid Legions v2 requisition",
+            r.name
+        ),
     };
     let spec = admin::MeasurementSpec::decode(c.measurement_spec.as_slice())
         .with_context(|| format!("requisition {}: measurement spec", r.name))?;
@@ -309,7 +328,10 @@ pub async fn llv2_requisition(
                 .ok_or_else(|| anyhow!("requisition {}: bad maximum_frequency", r.name))?
         }
         admin::measurement_spec::Type::Reach => 1,
-        other => bail!("requisition {}: measurement type {other:?} is not for Liquid Legions", r.name),
+        other => bail!(
+            "requisition {}: measurement type {other:?} is not for Liquid Legions",
+            r.name
+        ),
     };
     ensure!(
         config.elliptic_curve_id == P256_CURVE_ID,
@@ -332,11 +354,14 @@ pub async fn llv2_requisition(
             .as_ref()
             .ok_or_else(|| anyhow!("participant {duchy} has published no key yet"))?;
         let key = match params.protocol.as_ref() {
-            Some(ParamsProtocol::LiquidLegionsV2(k)) | Some(ParamsProtocol::ReachOnlyLiquidLegionsV2(k)) => k,
+            Some(ParamsProtocol::LiquidLegionsV2(k))
+            | Some(ParamsProtocol::ReachOnlyLiquidLegionsV2(k)) => k,
             _ => bail!("participant {duchy} has published no Liquid Legions v2 key"),
         };
         let certificate = &params.duchy_certificate;
-        let owner = halo_duchy::identity::certificate_owner(certificate).map_err(|e| anyhow!(e))?.0;
+        let owner = halo_duchy::identity::certificate_owner(certificate)
+            .map_err(|e| anyhow!(e))?
+            .0;
         ensure!(
             owner == Principal::Duchy(duchy.to_string()),
             "participant {duchy}: key signed with certificate {certificate:?}, not one of {duchy}'s"
@@ -356,13 +381,18 @@ pub async fn llv2_requisition(
         let g = pure
             .compress(&k.generator)
             .map_err(|e| anyhow!("participant {duchy}: generator: {e:?}"))?;
-        ensure!(g == generator, "participant {duchy}: the generator is not P-256's");
+        ensure!(
+            g == generator,
+            "participant {duchy}: the generator is not P-256's"
+        );
         let y = pure
             .compress(&k.element)
             .map_err(|e| anyhow!("participant {duchy}: key: {e:?}"))?;
         combined = Some(match combined {
             None => y,
-            Some(acc) => pure.add(&acc, &y).map_err(|e| anyhow!("combining keys: {e:?}"))?,
+            Some(acc) => pure
+                .add(&acc, &y)
+                .map_err(|e| anyhow!("combining keys: {e:?}"))?,
         });
     }
     Ok(Llv2Requisition {
@@ -388,7 +418,11 @@ pub fn fulfilling_duchy(r: &admin::DataProviderRequisition) -> Result<String> {
         .map(|p| p.name.rsplit('/').next().unwrap_or_default())
         .collect();
     duchies.sort_unstable();
-    ensure!(!duchies.is_empty(), "requisition {}: no participants", r.name);
+    ensure!(
+        !duchies.is_empty(),
+        "requisition {}: no participants",
+        r.name
+    );
     let h = llv2_core::sketch::fingerprint64(r.name.as_bytes());
     Ok(duchies[(h % duchies.len() as u64) as usize].to_string())
 }
@@ -397,6 +431,8 @@ pub fn fulfilling_duchy(r: &admin::DataProviderRequisition) -> Result<String> {
 #[derive(Debug, Clone)]
 pub struct Llv2Fulfilment {
     pub requisition: String,
+    /// `computations/{c}`.
+    pub computation: String,
     pub duchy: String,
     /// Registers of the sketch.
     pub registers: usize,
@@ -435,7 +471,10 @@ where
             return Ok(Vec::new());
         }
         if Instant::now() >= deadline {
-            bail!("{edp}: no requisition to fulfil after {:.0}s", start.elapsed().as_secs_f64())
+            bail!(
+                "{edp}: no requisition to fulfil after {:.0}s",
+                start.elapsed().as_secs_f64()
+            )
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -471,6 +510,11 @@ where
             .with_context(|| format!("{edp}: fulfilling {} at duchy {target}", r.name))?;
         done.push(Llv2Fulfilment {
             requisition: r.name.clone(),
+            computation: r
+                .computation
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_default(),
             duchy: target,
             registers,
             bytes: body.len(),

@@ -53,8 +53,8 @@ pub const AGGREGATION_PHASE_INPUT: i32 = 3;
 
 /// HPKE `info` for the EDP's seed.
 pub const SEED_INFO: &[u8] = b"halo-hmss-seed";
-pub use halo_plugin_result::{RESULT_INFO, open, public_key, result_json, seal};
 use halo_plugin_result::identity_err;
+pub use halo_plugin_result::{RESULT_INFO, open, public_key, result_json, seal};
 
 type Kem = halo_plugin_result::Kem;
 

@@ -144,7 +144,10 @@ fn noiser(
 pub fn params(ctx: &ComputationContext, variant: Variant) -> Result<Params, StageError> {
     let computation = ctx.computation()?;
     let spec = ctx.measurement_spec()?;
-    let config: Llv2Config = match (variant, computation.mpc_protocol_config.and_then(|c| c.protocol)) {
+    let config: Llv2Config = match (
+        variant,
+        computation.mpc_protocol_config.and_then(|c| c.protocol),
+    ) {
         (Variant::ReachAndFrequency, Some(MpcProtocol::LiquidLegionsV2(c)))
         | (Variant::ReachOnly, Some(MpcProtocol::ReachOnlyLiquidLegionsV2(c))) => c,
         _ => {
@@ -252,19 +255,33 @@ pub fn params(ctx: &ComputationContext, variant: Variant) -> Result<Params, Stag
         (None, None)
     } else {
         let mpc = config.mpc_noise.ok_or_else(|| {
-            StageError::invalid_input("noise is on but mpc_noise (blinded histogram, publisher) is missing")
+            StageError::invalid_input(
+                "noise is on but mpc_noise (blinded histogram, publisher) is missing",
+            )
         })?;
         let bh = dp(&mpc.blinded_histogram_noise, "blinded histogram")?;
         let publisher = dp(&mpc.publisher_noise, "publisher")?;
         let reach = dp(&spec.reach_privacy_params, "reach")?;
         let reach_noise = ReachNoise {
-            blind_histogram: noiser(blind_histogram_noiser(&bh, duchies, mechanism), "blinded histogram")?,
-            publisher: noiser(publisher_noiser(&publisher, sketches, duchies, mechanism), "publisher")?,
-            global_reach: noiser(global_reach_noiser(&reach, duchies, mechanism), "global reach")?,
+            blind_histogram: noiser(
+                blind_histogram_noiser(&bh, duchies, mechanism),
+                "blinded histogram",
+            )?,
+            publisher: noiser(
+                publisher_noiser(&publisher, sketches, duchies, mechanism),
+                "publisher",
+            )?,
+            global_reach: noiser(
+                global_reach_noiser(&reach, duchies, mechanism),
+                "global reach",
+            )?,
         };
         let frequency = if maximum_frequency > 1 {
             let f = dp(&spec.frequency_privacy_params, "frequency")?;
-            Some(noiser(frequency_noiser(&f, duchies, mechanism), "frequency")?)
+            Some(noiser(
+                frequency_noiser(&f, duchies, mechanism),
+                "frequency",
+            )?)
         } else {
             None
         };
@@ -342,14 +359,21 @@ pub fn load(ctx: &ComputationContext) -> Result<Llv2State, StageError> {
 /// [`load`], after confirmation (ring and keys present).
 pub fn load_confirmed(ctx: &ComputationContext) -> Result<Llv2State, StageError> {
     let st = load(ctx)?;
-    if st.ring.is_empty() || st.combined_key.len() != POINT_LEN || st.partial_key.len() != POINT_LEN {
-        return Err(StageError::permanent("state: the computation was not confirmed"));
+    if st.ring.is_empty() || st.combined_key.len() != POINT_LEN || st.partial_key.len() != POINT_LEN
+    {
+        return Err(StageError::permanent(
+            "state: the computation was not confirmed",
+        ));
     }
     Ok(st)
 }
 
 /// `start`: a fresh ElGamal key pair `(x, x·G)` for this computation (mpc-crypto §2.2).
-pub fn start(ctx: &ComputationContext, variant: Variant, initial_stage: i32) -> Result<StartOutcome, StageError> {
+pub fn start(
+    ctx: &ComputationContext,
+    variant: Variant,
+    initial_stage: i32,
+) -> Result<StartOutcome, StageError> {
     params(ctx, variant)?;
     let c = Host;
     let secret = c
@@ -375,7 +399,11 @@ pub fn start(ctx: &ComputationContext, variant: Variant, initial_stage: i32) -> 
 
 /// INITIALIZATION_PHASE: sign the ElGamal public key with the duchy's consent-signaling key
 /// and publish it as requisition params.
-pub fn initialization(ctx: &ComputationContext, variant: Variant, next: i32) -> Result<StageOutcome, StageError> {
+pub fn initialization(
+    ctx: &ComputationContext,
+    variant: Variant,
+    next: i32,
+) -> Result<StageOutcome, StageError> {
     let st = load(ctx)?;
     let signature = identity::sign(&st.public_key)
         .map_err(identity_err("signing the ElGamal public key".into()))?;
@@ -414,14 +442,20 @@ struct ParticipantKey {
     element: Vec<u8>,
 }
 
-fn participant_key(p: &Participant, variant: Variant, generator: &[u8]) -> Result<ParticipantKey, StageError> {
+fn participant_key(
+    p: &Participant,
+    variant: Variant,
+    generator: &[u8],
+) -> Result<ParticipantKey, StageError> {
     let who = &p.duchy_id;
     let params = RequisitionParams::decode(p.requisition_params.as_slice()).map_err(|e| {
         StageError::invalid_input(format!("participant {who}: requisition params: {e}"))
     })?;
     let llv2 = match (variant, params.protocol) {
         (Variant::ReachAndFrequency, Some(requisition_params::Protocol::LiquidLegionsV2(k)))
-        | (Variant::ReachOnly, Some(requisition_params::Protocol::ReachOnlyLiquidLegionsV2(k))) => k,
+        | (Variant::ReachOnly, Some(requisition_params::Protocol::ReachOnlyLiquidLegionsV2(k))) => {
+            k
+        }
         _ => {
             return Err(StageError::invalid_input(format!(
                 "participant {who} published no {} ElGamal key",
@@ -448,7 +482,9 @@ fn participant_key(p: &Participant, variant: Variant, generator: &[u8]) -> Resul
         &llv2.el_gamal_public_key_signature,
         &llv2.el_gamal_public_key_signature_algorithm_oid,
     )
-    .map_err(identity_err(format!("participant {who}: ElGamal key signature")))?;
+    .map_err(identity_err(format!(
+        "participant {who}: ElGamal key signature"
+    )))?;
     let key = ElGamalPublicKey::decode(llv2.el_gamal_public_key.as_slice()).map_err(|e| {
         StageError::invalid_input(format!("participant {who}: ElGamalPublicKey: {e}"))
     })?;
@@ -512,15 +548,21 @@ pub fn confirmation(
             "the Kingdom lists a different ElGamal key for this duchy",
         ));
     }
-    let aggregators: Vec<&ParticipantKey> = keys.iter().filter(|k| k.role == Role::Aggregator).collect();
+    let aggregators: Vec<&ParticipantKey> =
+        keys.iter().filter(|k| k.role == Role::Aggregator).collect();
     let [aggregator] = aggregators.as_slice() else {
         return Err(StageError::invalid_input(format!(
             "{} aggregators among the participants; Liquid Legions v2 needs one",
             aggregators.len()
         )));
     };
-    if keys.iter().any(|k| k.role != Role::Aggregator && k.role != Role::NonAggregator) {
-        return Err(StageError::invalid_input("a participant has a role Liquid Legions v2 does not use"));
+    if keys
+        .iter()
+        .any(|k| k.role != Role::Aggregator && k.role != Role::NonAggregator)
+    {
+        return Err(StageError::invalid_input(
+            "a participant has a role Liquid Legions v2 does not use",
+        ));
     }
     let non_aggregators: Vec<(&str, &[u8])> = keys
         .iter()
@@ -700,7 +742,9 @@ pub fn setup_inputs<'a>(
             .next()
             .ok_or_else(|| StageError::invalid_input(format!("no setup input from {d}")))?;
         if from_d.next().is_some() {
-            return Err(StageError::invalid_input(format!("more than one setup input from {d}")));
+            return Err(StageError::invalid_input(format!(
+                "more than one setup input from {d}"
+            )));
         }
         out.push(first.data.as_slice());
     }
@@ -709,7 +753,9 @@ pub fn setup_inputs<'a>(
         InputOrigin::Requisition(_) => true,
     });
     if !known {
-        return Err(StageError::invalid_input("a setup input came from a duchy outside the ring"));
+        return Err(StageError::invalid_input(
+            "a setup input came from a duchy outside the ring",
+        ));
     }
     Ok(out)
 }
@@ -723,8 +769,15 @@ pub fn noise_rng() -> hmss_core::Prng<hmss_core::CtrKeystream> {
 }
 
 /// The sealed result `{"reach":n,"frequency":{...}}` for the Kingdom.
-pub fn result(p: &Params, reach: i64, distribution: &BTreeMap<u32, f64>) -> Result<ComputationResult, StageError> {
-    sealed_result(result_json(reach, distribution, None), &p.spec.measurement_public_key)
+pub fn result(
+    p: &Params,
+    reach: i64,
+    distribution: &BTreeMap<u32, f64>,
+) -> Result<ComputationResult, StageError> {
+    sealed_result(
+        result_json(reach, distribution, None),
+        &p.spec.measurement_public_key,
+    )
 }
 
 /// The reach estimate of `active` registers (mpc-crypto §1.4).
@@ -784,6 +837,10 @@ mod tests {
         let e = requisition_data(&c, &[input("a", 198), input("b", 0), input("c", 198)], 198)
             .unwrap_err();
         assert!(e.message().contains("the Kingdom records"), "{e:?}");
-        assert!(requisition_data(&ctx(&[], &["c"]), &[], 198).unwrap().is_empty());
+        assert!(
+            requisition_data(&ctx(&[], &["c"]), &[], 198)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

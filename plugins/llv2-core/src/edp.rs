@@ -32,7 +32,9 @@ pub fn encrypt_sketch<C: Crypto>(
         )));
     }
     if maximum_frequency == 0 {
-        return Err(Error::Invalid("maximum frequency must be at least 1".into()));
+        return Err(Error::Invalid(
+            "maximum frequency must be at least 1".into(),
+        ));
     }
     let mut messages: Vec<Vec<u8>> = registers
         .iter()
@@ -48,7 +50,9 @@ pub fn encrypt_sketch<C: Crypto>(
         messages.push(DESTROYED_REGISTER_KEY.as_bytes().to_vec());
         messages.push(UNIT_POINT.as_bytes().to_vec());
     }
-    let (hashed, _) = c.hash_to_curve(&messages).map_err(crypto("hash to curve"))?;
+    let (hashed, _) = c
+        .hash_to_curve(&messages)
+        .map_err(crypto("hash to curve"))?;
     let n = registers.len();
     let point = |i: usize| &hashed[i * POINT_LEN..(i + 1) * POINT_LEN];
     if reach_only {
@@ -65,10 +69,7 @@ pub fn encrypt_sketch<C: Crypto>(
         plain.extend_from_slice(point(i));
         if r.key > 0 {
             if r.count == 0 {
-                return Err(Error::Invalid(format!(
-                    "register {} has count 0",
-                    r.index
-                )));
+                return Err(Error::Invalid(format!("register {} has count 0", r.index)));
             }
             plain.extend_from_slice(point(next_key));
             next_key += 1;

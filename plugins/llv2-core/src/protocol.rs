@@ -181,7 +181,9 @@ fn interleave(parts: &[(&[u8], usize)]) -> Result<Vec<u8>, Error> {
     let n = first.len() / size.max(1);
     let block: usize = parts.iter().map(|p| p.1).sum();
     if parts.iter().any(|(d, s)| d.len() != n * s) {
-        return Err(Error::Internal("interleave: parts of different lengths".into()));
+        return Err(Error::Internal(
+            "interleave: parts of different lengths".into(),
+        ));
     }
     let mut out = Vec::with_capacity(n * block);
     for i in 0..n {
@@ -204,7 +206,9 @@ fn count_u32(n: usize, what: &str) -> Result<u32, Error> {
 /// The points `H(s)` of the constant strings.
 fn hashed<C: Crypto>(c: &C, strings: &[&str]) -> Result<Vec<u8>, Error> {
     let messages: Vec<Vec<u8>> = strings.iter().map(|s| s.as_bytes().to_vec()).collect();
-    Ok(c.hash_to_curve(&messages).map_err(crypto("hash to curve"))?.0)
+    Ok(c.hash_to_curve(&messages)
+        .map_err(crypto("hash to curve"))?
+        .0)
 }
 
 /// `n` uniformly random points `r·G` (the random noise identifiers, see the module docs).
@@ -258,8 +262,8 @@ fn reach_noise_points<C: Crypto>(
             PADDING_NOISE_ID,
         ],
     )?;
-    let [bh_key, publisher_id, destroyed, padding_id] = [0, 1, 2, 3]
-        .map(|i| constants[i * POINT_LEN..(i + 1) * POINT_LEN].to_vec());
+    let [bh_key, publisher_id, destroyed, padding_id] =
+        [0, 1, 2, 3].map(|i| constants[i * POINT_LEN..(i + 1) * POINT_LEN].to_vec());
     // Blinded histogram: for k = 1..S, N_k ids each repeated k times.
     let mut groups = Vec::with_capacity(sketches as usize);
     for k in 1..=sketches {
@@ -329,10 +333,7 @@ fn destroy_keys_and_counts<C: Crypto>(
     let plain = interleave(&[(&repeat(&destroyed, n), POINT_LEN), (&counts, POINT_LEN)])?;
     let kc = c.encrypt(y, &plain).map_err(crypto("destroy keys"))?;
     let index = gather(registers, REGISTER_LEN, 0, CIPHERTEXT_LEN);
-    interleave(&[
-        (&index, CIPHERTEXT_LEN),
-        (&kc, 2 * CIPHERTEXT_LEN),
-    ])
+    interleave(&[(&index, CIPHERTEXT_LEN), (&kc, 2 * CIPHERTEXT_LEN)])
 }
 
 /// What a setup phase needs to know about the computation.
@@ -429,7 +430,14 @@ pub fn execution_one_at_aggregator<C: Crypto>(
     if maximum_frequency > 1
         && let Some(f) = frequency_noise
     {
-        out.extend(frequency_noise_tuples(c, y, y, maximum_frequency, f.noiser, rng)?);
+        out.extend(frequency_noise_tuples(
+            c,
+            y,
+            y,
+            maximum_frequency,
+            f.noiser,
+            rng,
+        )?);
     }
     sorted(c, out, TUPLE_LEN)
 }
@@ -469,7 +477,8 @@ fn same_key_aggregation<C: Crypto>(
     if g == 0 {
         return Ok(Vec::new());
     }
-    let key = |i: usize| &crv[i * REGISTER_LEN + CIPHERTEXT_LEN..i * REGISTER_LEN + 2 * CIPHERTEXT_LEN];
+    let key =
+        |i: usize| &crv[i * REGISTER_LEN + CIPHERTEXT_LEN..i * REGISTER_LEN + 2 * CIPHERTEXT_LEN];
     let count = |i: usize| &crv[i * REGISTER_LEN + 2 * CIPHERTEXT_LEN..(i + 1) * REGISTER_LEN];
     let k0: Vec<u8> = groups.iter().flat_map(|m| key(m[0]).to_vec()).collect();
     let mut fa = c
@@ -480,14 +489,22 @@ fn same_key_aggregation<C: Crypto>(
     let largest = groups.iter().map(|m| m.len()).max().unwrap_or(1);
     for t in 1..largest {
         let members: Vec<usize> = (0..g).take_while(|&j| groups[j].len() > t).collect();
-        let ki: Vec<u8> = members.iter().flat_map(|&j| key(groups[j][t]).to_vec()).collect();
+        let ki: Vec<u8> = members
+            .iter()
+            .flat_map(|&j| key(groups[j][t]).to_vec())
+            .collect();
         let k0s: Vec<u8> = members
             .iter()
             .flat_map(|&j| k0[j * CIPHERTEXT_LEN..(j + 1) * CIPHERTEXT_LEN].to_vec())
             .collect();
-        let diff = c.ciphertext_sub(&ki, &k0s).map_err(crypto("key difference"))?;
+        let diff = c
+            .ciphertext_sub(&ki, &k0s)
+            .map_err(crypto("key difference"))?;
         let diff = c.scale_random(&diff).map_err(crypto("destructor"))?;
-        let ci: Vec<u8> = members.iter().flat_map(|&j| count(groups[j][t]).to_vec()).collect();
+        let ci: Vec<u8> = members
+            .iter()
+            .flat_map(|&j| count(groups[j][t]).to_vec())
+            .collect();
         let fa_m: Vec<u8> = members
             .iter()
             .flat_map(|&j| fa[j * CIPHERTEXT_LEN..(j + 1) * CIPHERTEXT_LEN].to_vec())
@@ -509,7 +526,10 @@ fn same_key_aggregation<C: Crypto>(
     }
     // The two constant encryptions, once per call.
     let constants = c
-        .encrypt(y, &hashed(c, &[DESTROYED_REGISTER_KEY, BLINDED_HISTOGRAM_KEY])?)
+        .encrypt(
+            y,
+            &hashed(c, &[DESTROYED_REGISTER_KEY, BLINDED_HISTOGRAM_KEY])?,
+        )
         .map_err(crypto("encrypt constants"))?;
     let (e_destroyed, e_bh) = constants.split_at(CIPHERTEXT_LEN);
     let fa_minus_k0 = c.ciphertext_sub(&fa, &k0).map_err(crypto("fa − K0"))?;
@@ -537,7 +557,9 @@ fn same_key_aggregation<C: Crypto>(
             .iter()
             .flat_map(|&j| cnt[j * CIPHERTEXT_LEN..(j + 1) * CIPHERTEXT_LEN].to_vec())
             .collect();
-        let sums = c.ciphertext_add(&cnt_multi, r_fa).map_err(crypto("count"))?;
+        let sums = c
+            .ciphertext_add(&cnt_multi, r_fa)
+            .map_err(crypto("count"))?;
         for (m, &j) in multi.iter().enumerate() {
             cnt[j * CIPHERTEXT_LEN..(j + 1) * CIPHERTEXT_LEN]
                 .copy_from_slice(&sums[m * CIPHERTEXT_LEN..(m + 1) * CIPHERTEXT_LEN]);
@@ -598,12 +620,19 @@ pub fn frequency_noise_tuples<C: Crypto>(
     for (f, &n) in per_frequency.iter().enumerate() {
         let count = &multiples[f * POINT_LEN..(f + 1) * POINT_LEN];
         for _ in 0..n {
-            tuples.push(([Flag::Zero, Flag::Point(take()?), Flag::Point(take()?)], count));
+            tuples.push((
+                [Flag::Zero, Flag::Point(take()?), Flag::Point(take()?)],
+                count,
+            ));
         }
     }
     for _ in 0..destroyed {
         tuples.push((
-            [Flag::Point(take()?), Flag::Point(take()?), Flag::Point(take()?)],
+            [
+                Flag::Point(take()?),
+                Flag::Point(take()?),
+                Flag::Point(take()?),
+            ],
             take()?,
         ));
     }
@@ -682,7 +711,9 @@ pub fn execution_two<C: Crypto>(
         let flags = c
             .partial_decrypt_rerandomize(secret, partial, &flags)
             .map_err(crypto("partial decrypt flags"))?;
-        let counts = c.rerandomize(y, &counts).map_err(crypto("re-randomize counts"))?;
+        let counts = c
+            .rerandomize(y, &counts)
+            .map_err(crypto("re-randomize counts"))?;
         interleave(&[(&flags, 3 * CIPHERTEXT_LEN), (&counts, CIPHERTEXT_LEN)])?
     };
     if maximum_frequency > 1
@@ -740,10 +771,13 @@ pub fn execution_two_at_aggregator<C: Crypto>(
     let zero = if n == 0 {
         Vec::new()
     } else {
-        c.is_zero(secret, &flags).map_err(crypto("flag zero test"))?
+        c.is_zero(secret, &flags)
+            .map_err(crypto("flag zero test"))?
     };
     if zero.len() != 3 * n {
-        return Err(Error::Internal("zero test returned the wrong length".into()));
+        return Err(Error::Internal(
+            "zero test returned the wrong length".into(),
+        ));
     }
     let mut valid = Vec::new();
     let mut blinded_histogram = 0u64;
@@ -1036,8 +1070,9 @@ pub fn ro_execution_at_aggregator<C: Crypto>(
             .decrypt(secret, noise)
             .map_err(crypto("noise ciphertext"))?;
         let bound = match p.noise {
-            Some(n) => 2 * u64::from(n.blind_histogram.mu()) * u64::from(p.sketches)
-                * u64::from(p.duchies),
+            Some(n) => {
+                2 * u64::from(n.blind_histogram.mu()) * u64::from(p.sketches) * u64::from(p.duchies)
+            }
             None => 0,
         };
         let bound = u32::try_from(bound)

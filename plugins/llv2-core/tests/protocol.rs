@@ -11,8 +11,12 @@ use halo_p256::backend::{Crypto, Pure, RandomSource};
 use hmss_core::noise::{DpParams, NoiseMechanism, NoiserOptions};
 use llv2_core::edp::encrypt_sketch;
 use llv2_core::estimator::{frequency_distribution, plaintext_reach};
-use llv2_core::noise::{blind_histogram_noiser, frequency_noiser, global_reach_noiser, publisher_noiser};
-use llv2_core::protocol::{self as p, Baselines, FrequencyNoise, Offsets, ReachNoise, RoAggregation, SetupParams};
+use llv2_core::noise::{
+    blind_histogram_noiser, frequency_noiser, global_reach_noiser, publisher_noiser,
+};
+use llv2_core::protocol::{
+    self as p, Baselines, FrequencyNoise, Offsets, ReachNoise, RoAggregation, SetupParams,
+};
 use llv2_core::sketch::{PlainRegister, SketchParams, build_sketch, union};
 
 thread_local! {
@@ -73,7 +77,10 @@ fn sum(c: &C, points: &[&[u8]]) -> Vec<u8> {
 
 /// A provider's sketch: `n` VIDs from `first`, frequency `1 + vid % max_f`.
 fn provider(first: i64, n: i64, max_f: u64) -> Vec<PlainRegister> {
-    build_sketch((first..first + n).map(|v| (v, 1 + (v as u64) % max_f)), &SKETCH)
+    build_sketch(
+        (first..first + n).map(|v| (v, 1 + (v as u64) % max_f)),
+        &SKETCH,
+    )
 }
 
 struct Noise {
@@ -138,8 +145,12 @@ fn run_llv2(
         blob = p::execution_one(&c, &dj.secret, &y, &blob).unwrap();
         assert_sorted(&blob, p::REGISTER_LEN);
     }
-    let fnoise = noise.frequency.as_ref().map(|noiser| FrequencyNoise { noiser });
-    blob = p::execution_one_at_aggregator(&c, &agg.secret, &y, &blob, s, mf, fnoise, &mut rng).unwrap();
+    let fnoise = noise
+        .frequency
+        .as_ref()
+        .map(|noiser| FrequencyNoise { noiser });
+    blob = p::execution_one_at_aggregator(&c, &agg.secret, &y, &blob, s, mf, fnoise, &mut rng)
+        .unwrap();
     assert_sorted(&blob, p::TUPLE_LEN);
     for (j, dj) in ds.iter().enumerate().take(d - 1) {
         let partial = c.register(&sum(&c, &publics[j + 1..])).unwrap();
@@ -236,7 +247,10 @@ fn expected(sketches: &[Vec<PlainRegister>], mf: u32, width: f32) -> (i64, BTree
 }
 
 fn assert_dist(got: &BTreeMap<u32, f64>, want: &BTreeMap<u32, f64>) {
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
     for (k, v) in want {
         assert!((got[k] - v).abs() < 1e-12, "bucket {k}: {} vs {v}", got[k]);
     }
@@ -245,7 +259,11 @@ fn assert_dist(got: &BTreeMap<u32, f64>, want: &BTreeMap<u32, f64>) {
 #[test]
 fn reach_and_frequency_without_noise_equals_the_plaintext_union() {
     // Overlapping providers: VIDs 0..300, 200..450, 400..420.
-    let sketches = vec![provider(0, 300, 5), provider(200, 250, 3), provider(400, 20, 7)];
+    let sketches = vec![
+        provider(0, 300, 5),
+        provider(200, 250, 3),
+        provider(400, 20, 7),
+    ];
     for mf in [1, 2, 10] {
         let (reach, dist) = run_llv2(&sketches, 3, mf, &NO_NOISE, 1.0);
         let (want_reach, want_dist) = expected(&sketches, mf, 1.0);
@@ -278,7 +296,11 @@ fn offset_noise_is_removed_exactly() {
 
 #[test]
 fn reach_only_without_noise_equals_the_plaintext_union() {
-    let sketches = vec![provider(0, 300, 1), provider(250, 100, 1), provider(5000, 1, 1)];
+    let sketches = vec![
+        provider(0, 300, 1),
+        provider(250, 100, 1),
+        provider(5000, 1, 1),
+    ];
     let (want, _) = expected(&sketches, 1, 0.5);
     assert_eq!(run_ro(&sketches, 3, &NO_NOISE, 0.5), want);
 }
@@ -294,7 +316,10 @@ fn destroyed_registers_leave_the_frequency_but_count_for_reach() {
     };
     let a = build_sketch((0..30).map(|v| (v, 2)), &TINY);
     let b = build_sketch((20..40).map(|v| (v, 1)), &TINY);
-    assert!(a.iter().any(|r| r.key == 0), "the tiny sketch has a destroyed register");
+    assert!(
+        a.iter().any(|r| r.key == 0),
+        "the tiny sketch has a destroyed register"
+    );
     let sketches = vec![a, b];
     let (_, dist) = run_llv2(&sketches, 3, 5, &NO_NOISE, 1.0);
     let refs: Vec<&[PlainRegister]> = sketches.iter().map(|s| s.as_slice()).collect();
@@ -312,10 +337,19 @@ fn malformed_blobs_are_invalid_input() {
         noise: None,
     };
     let bad_len = vec![2u8; 197];
-    assert!(matches!(p::setup(&c, &y, &bad_len, &[], &sp, &mut Offsets), Err(p::Error::Invalid(_))));
+    assert!(matches!(
+        p::setup(&c, &y, &bad_len, &[], &sp, &mut Offsets),
+        Err(p::Error::Invalid(_))
+    ));
     let bad_point = vec![7u8; 198];
-    assert!(matches!(p::setup(&c, &y, &bad_point, &[], &sp, &mut Offsets), Err(p::Error::Invalid(_))));
-    assert!(matches!(p::execution_one(&c, &ds[0].secret, &y, &bad_point), Err(p::Error::Invalid(_))));
+    assert!(matches!(
+        p::setup(&c, &y, &bad_point, &[], &sp, &mut Offsets),
+        Err(p::Error::Invalid(_))
+    ));
+    assert!(matches!(
+        p::execution_one(&c, &ds[0].secret, &y, &bad_point),
+        Err(p::Error::Invalid(_))
+    ));
     assert!(matches!(p::ro_split(&[1u8; 10]), Err(p::Error::Invalid(_))));
     assert!(matches!(
         p::execution_three_at_aggregator(&c, &ds[0].secret, &[0u8; 66 * 5], 5, None),

@@ -120,7 +120,10 @@ fn send(to: String, description: i32, payload: Vec<u8>) -> Vec<Outgoing> {
     }]
 }
 
-fn setup_phase(ctx: &ComputationContext, inputs: &[StageInput]) -> Result<StageOutcome, StageError> {
+fn setup_phase(
+    ctx: &ComputationContext,
+    inputs: &[StageInput],
+) -> Result<StageOutcome, StageError> {
     let p = params(ctx, VARIANT)?;
     let st = load_confirmed(ctx)?;
     let ring = ring_position(ctx, &st)?;
@@ -163,7 +166,9 @@ fn register(c: &Host, point: &[u8]) -> Result<<Host as Crypto>::FixedBase, Stage
 }
 
 fn frequency_noise(p: &Params) -> Option<FrequencyNoise<'_>> {
-    p.frequency_noise.as_ref().map(|noiser| FrequencyNoise { noiser })
+    p.frequency_noise
+        .as_ref()
+        .map(|noiser| FrequencyNoise { noiser })
 }
 
 fn execution_phase_one(
@@ -329,12 +334,9 @@ impl Protocol for Llv2 {
             INITIALIZATION_PHASE => {
                 llv2_common::initialization(&ctx, VARIANT, WAIT_REQUISITIONS_AND_KEY_SET)
             }
-            CONFIRMATION_PHASE => llv2_common::confirmation(
-                &ctx,
-                VARIANT,
-                WAIT_SETUP_PHASE_INPUTS,
-                WAIT_TO_START,
-            ),
+            CONFIRMATION_PHASE => {
+                llv2_common::confirmation(&ctx, VARIANT, WAIT_SETUP_PHASE_INPUTS, WAIT_TO_START)
+            }
             SETUP_PHASE => setup_phase(&ctx, &inputs),
             EXECUTION_PHASE_ONE => execution_phase_one(&ctx, &inputs),
             EXECUTION_PHASE_TWO => execution_phase_two(&ctx, &inputs),

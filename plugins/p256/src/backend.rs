@@ -181,11 +181,7 @@ impl<R: RandomSource + Default> Crypto for Pure<R> {
     }
     fn encrypt_zero(&self, key: &Table, count: u32) -> Result<Vec<u8>> {
         let g = generator_table();
-        crate::ops::encrypt_zero(
-            &Self::key(&g, key),
-            count as usize,
-            &mut R::default(),
-        )
+        crate::ops::encrypt_zero(&Self::key(&g, key), count as usize, &mut R::default())
     }
     fn rerandomize(&self, key: &Table, ciphertexts: &[u8]) -> Result<Vec<u8>> {
         let g = generator_table();
@@ -233,4 +229,3 @@ impl<R: RandomSource + Default> Crypto for Pure<R> {
         crate::ops::sort_blocks(data, block_size as usize)
     }
 }
-

@@ -93,9 +93,9 @@ pub fn result_json(
         .collect::<Vec<_>>()
         .join(",");
     match register_count {
-        Some(m) => format!(
-            "{{\"reach\":{reach},\"frequency\":{{{freq}}},\"frequency_vector_size\":{m}}}"
-        ),
+        Some(m) => {
+            format!("{{\"reach\":{reach},\"frequency\":{{{freq}}},\"frequency_vector_size\":{m}}}")
+        }
         None => format!("{{\"reach\":{reach},\"frequency\":{{{freq}}}}}"),
     }
 }
@@ -111,7 +111,10 @@ pub fn identity_err(what: String) -> impl FnOnce(IdentityError) -> StageError {
 
 /// The result for the Kingdom: `json` signed with the aggregator's key, then sealed to the
 /// consumer's `measurement_public_key` (halo-system §8.3).
-pub fn sealed_result(json: String, measurement_public_key: &[u8]) -> Result<ComputationResult, StageError> {
+pub fn sealed_result(
+    json: String,
+    measurement_public_key: &[u8],
+) -> Result<ComputationResult, StageError> {
     let signature =
         identity::sign(json.as_bytes()).map_err(identity_err("signing the result".to_string()))?;
     let signed = SignedMessage {

@@ -69,7 +69,12 @@ pub fn stages() -> Vec<StageInfo> {
             InputSource::AnyOne,
             EXECUTION_PHASE,
         )
-        .queued(EXECUTION_PHASE, "EXECUTION_PHASE", &[EXECUTION_PHASE_INPUT], false)
+        .queued(
+            EXECUTION_PHASE,
+            "EXECUTION_PHASE",
+            &[EXECUTION_PHASE_INPUT],
+            false,
+        )
         .terminal(COMPLETE, "COMPLETE")
         .build()
 }
@@ -79,7 +84,10 @@ fn register(c: &Host, point: &[u8]) -> Result<<Host as Crypto>::FixedBase, Stage
         .map_err(|e| StageError::permanent(format!("state: key: {e:?}")))
 }
 
-fn setup_phase(ctx: &ComputationContext, inputs: &[StageInput]) -> Result<StageOutcome, StageError> {
+fn setup_phase(
+    ctx: &ComputationContext,
+    inputs: &[StageInput],
+) -> Result<StageOutcome, StageError> {
     let p = params(ctx, VARIANT)?;
     let st = load_confirmed(ctx)?;
     let ring = ring_position(ctx, &st)?;
@@ -187,12 +195,9 @@ impl Protocol for RoLlv2 {
             INITIALIZATION_PHASE => {
                 llv2_common::initialization(&ctx, VARIANT, WAIT_REQUISITIONS_AND_KEY_SET)
             }
-            CONFIRMATION_PHASE => llv2_common::confirmation(
-                &ctx,
-                VARIANT,
-                WAIT_SETUP_PHASE_INPUTS,
-                WAIT_TO_START,
-            ),
+            CONFIRMATION_PHASE => {
+                llv2_common::confirmation(&ctx, VARIANT, WAIT_SETUP_PHASE_INPUTS, WAIT_TO_START)
+            }
             SETUP_PHASE => setup_phase(&ctx, &inputs),
             EXECUTION_PHASE => execution_phase(&ctx, &inputs),
             other => Err(StageError::permanent(format!(

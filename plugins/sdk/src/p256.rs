@@ -19,19 +19,12 @@ pub type Pure = halo_p256::backend::Pure<BufferedRandom>;
 
 /// Random bytes for the pure implementation: the host's `random` import, fetched in blocks.
 #[doc(hidden)]
+#[derive(Default)]
 pub struct BufferedRandom {
     buf: Vec<u8>,
     pos: usize,
 }
 
-impl Default for BufferedRandom {
-    fn default() -> Self {
-        BufferedRandom {
-            buf: Vec::new(),
-            pos: 0,
-        }
-    }
-}
 
 impl halo_p256::ops::RandomSource for BufferedRandom {
     fn fill(&mut self, out: &mut [u8]) {
