@@ -790,10 +790,11 @@ pub fn execution_two_at_aggregator<C: Crypto>(
             blinded_histogram += 1;
         }
     }
-    let mut active = n as i64 - blinded_histogram as i64;
-    active -= baselines.reach.unwrap_or(0) as i64;
-    active -= baselines.frequency_tuples.unwrap_or(0) as i64;
-    let active = active.max(0);
+    let active = (n as u64)
+        .saturating_sub(blinded_histogram)
+        .saturating_sub(baselines.reach.unwrap_or(0))
+        .saturating_sub(baselines.frequency_tuples.unwrap_or(0));
+    let active = i64::try_from(active).unwrap_or(i64::MAX);
     let mut matrix = Vec::new();
     if maximum_frequency > 1 && !valid.is_empty() {
         let rows = (maximum_frequency - 1) as usize;
@@ -1070,9 +1071,10 @@ pub fn ro_execution_at_aggregator<C: Crypto>(
             .decrypt(secret, noise)
             .map_err(crypto("noise ciphertext"))?;
         let bound = match p.noise {
-            Some(n) => {
-                2 * u64::from(n.blind_histogram.mu()) * u64::from(p.sketches) * u64::from(p.duchies)
-            }
+            Some(n) => 2u64
+                .saturating_mul(u64::from(n.blind_histogram.mu()))
+                .saturating_mul(u64::from(p.sketches))
+                .saturating_mul(u64::from(p.duchies)),
             None => 0,
         };
         let bound = u32::try_from(bound)
@@ -1089,7 +1091,7 @@ pub fn ro_execution_at_aggregator<C: Crypto>(
             .chunks_exact(POINT_LEN)
             .position(|t| t == point.as_slice())
             .ok_or_else(|| {
-                Error::Internal(format!(
+                Error::Invalid(format!(
                     "the excessive noise is not a multiple of P1 up to {bound}"
                 ))
             })?;
@@ -1115,9 +1117,10 @@ pub fn ro_execution_at_aggregator<C: Crypto>(
     };
     let mut active = distinct;
     if let Some(noise) = p.noise {
-        active -= 2;
-        active -= excessive;
-        active -= i64::from(p.duchies) * i64::from(noise.global_reach.mu());
+        active = active
+            .saturating_sub(2)
+            .saturating_sub(excessive)
+            .saturating_sub(i64::from(p.duchies) * i64::from(noise.global_reach.mu()));
     }
     Ok(active.max(0))
 }
