@@ -25,7 +25,6 @@ pub struct BufferedRandom {
     pos: usize,
 }
 
-
 impl halo_p256::ops::RandomSource for BufferedRandom {
     fn fill(&mut self, out: &mut [u8]) {
         for b in out.iter_mut() {
