@@ -616,6 +616,52 @@ pub fn confirmation(
     })
 }
 
+/// Stage numbers both Liquid Legions protocols share (halo-system §4.1–4.2: the same values
+/// in `LiquidLegionsV2Stage` and `ReachOnlyLiquidLegionsV2Stage`), and the description of
+/// the setup input.
+pub mod stage {
+    pub const INITIALIZATION_PHASE: i32 = 1;
+    pub const WAIT_REQUISITIONS_AND_KEY_SET: i32 = 2;
+    pub const CONFIRMATION_PHASE: i32 = 3;
+    pub const WAIT_TO_START: i32 = 4;
+    pub const WAIT_SETUP_PHASE_INPUTS: i32 = 5;
+    pub const SETUP_PHASE: i32 = 6;
+    /// `SETUP_PHASE_INPUT` of both `Description` enums.
+    pub const SETUP_PHASE_INPUT: i32 = 1;
+}
+
+/// The stages up to and including SETUP_PHASE, common to both protocols: initialization,
+/// waiting for the keys and requisitions, confirmation, then the aggregator waits for every
+/// non-aggregator's setup output while the non-aggregators wait for the computation to
+/// start; SETUP_PHASE reads the requisitions fulfilled here (and, at the aggregator, the
+/// setup inputs).
+pub fn setup_stages() -> StageTable {
+    use stage::*;
+    StageTable::new()
+        .queued(INITIALIZATION_PHASE, "INITIALIZATION_PHASE", &[], false)
+        .wait_kingdom(
+            WAIT_REQUISITIONS_AND_KEY_SET,
+            "WAIT_REQUISITIONS_AND_KEY_SET",
+            KingdomState::PendingParticipantConfirmation,
+            CONFIRMATION_PHASE,
+        )
+        .queued(CONFIRMATION_PHASE, "CONFIRMATION_PHASE", &[], false)
+        .wait_kingdom(
+            WAIT_TO_START,
+            "WAIT_TO_START",
+            KingdomState::PendingComputation,
+            SETUP_PHASE,
+        )
+        .wait_inputs(
+            WAIT_SETUP_PHASE_INPUTS,
+            "WAIT_SETUP_PHASE_INPUTS",
+            SETUP_PHASE_INPUT,
+            InputSource::Roles(vec![Role::NonAggregator]),
+            SETUP_PHASE,
+        )
+        .queued(SETUP_PHASE, "SETUP_PHASE", &[SETUP_PHASE_INPUT], true)
+}
+
 /// Where this duchy sits in the ring.
 pub struct RingPosition {
     /// Index in the ring.

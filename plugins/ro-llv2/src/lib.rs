@@ -16,18 +16,15 @@ pub const ID: &str = "ro-llv2";
 pub const VERSION: &str = "1.0.0";
 
 /// Stage numbers of the system `ReachOnlyLiquidLegionsV2Stage` enum (halo-system §4.2).
-pub const INITIALIZATION_PHASE: i32 = 1;
-pub const WAIT_REQUISITIONS_AND_KEY_SET: i32 = 2;
-pub const CONFIRMATION_PHASE: i32 = 3;
-pub const WAIT_TO_START: i32 = 4;
-pub const WAIT_SETUP_PHASE_INPUTS: i32 = 5;
-pub const SETUP_PHASE: i32 = 6;
+pub use llv2_common::stage::{
+    CONFIRMATION_PHASE, INITIALIZATION_PHASE, SETUP_PHASE, SETUP_PHASE_INPUT,
+    WAIT_REQUISITIONS_AND_KEY_SET, WAIT_SETUP_PHASE_INPUTS, WAIT_TO_START,
+};
 pub const WAIT_EXECUTION_PHASE_INPUTS: i32 = 7;
 pub const EXECUTION_PHASE: i32 = 8;
 pub const COMPLETE: i32 = 9;
 
 /// AdvanceComputation descriptions (`ReachOnlyLiquidLegionsV2.Description`).
-pub const SETUP_PHASE_INPUT: i32 = 1;
 pub const EXECUTION_PHASE_INPUT: i32 = 2;
 
 const VARIANT: Variant = Variant::ReachOnly;
@@ -39,29 +36,7 @@ halo_plugin_sdk::export!(RoLlv2);
 
 /// The stage table of halo-system §4.2.
 pub fn stages() -> Vec<StageInfo> {
-    StageTable::new()
-        .queued(INITIALIZATION_PHASE, "INITIALIZATION_PHASE", &[], false)
-        .wait_kingdom(
-            WAIT_REQUISITIONS_AND_KEY_SET,
-            "WAIT_REQUISITIONS_AND_KEY_SET",
-            KingdomState::PendingParticipantConfirmation,
-            CONFIRMATION_PHASE,
-        )
-        .queued(CONFIRMATION_PHASE, "CONFIRMATION_PHASE", &[], false)
-        .wait_kingdom(
-            WAIT_TO_START,
-            "WAIT_TO_START",
-            KingdomState::PendingComputation,
-            SETUP_PHASE,
-        )
-        .wait_inputs(
-            WAIT_SETUP_PHASE_INPUTS,
-            "WAIT_SETUP_PHASE_INPUTS",
-            SETUP_PHASE_INPUT,
-            InputSource::Roles(vec![Role::NonAggregator]),
-            SETUP_PHASE,
-        )
-        .queued(SETUP_PHASE, "SETUP_PHASE", &[SETUP_PHASE_INPUT], true)
+    llv2_common::setup_stages()
         .wait_inputs(
             WAIT_EXECUTION_PHASE_INPUTS,
             "WAIT_EXECUTION_PHASE_INPUTS",
