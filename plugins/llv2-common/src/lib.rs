@@ -345,6 +345,32 @@ pub struct Llv2State {
     /// The reach estimate (aggregator, after execution phase two of LLv2).
     #[prost(int64, optional, tag = "6")]
     pub reach: Option<i64>,
+    /// [`parameters_digest`] at confirmation: later stages refuse a computation whose
+    /// parameters the Kingdom changed since.
+    #[prost(bytes = "vec", tag = "7")]
+    pub parameters_digest: Vec<u8>,
+}
+
+/// SHA-256 over what fixes the computation's parameters: the measurement spec, the protocol
+/// configuration and the requisitions' names.
+pub fn parameters_digest(ctx: &ComputationContext) -> Result<Vec<u8>, StageError> {
+    let c = ctx.computation()?;
+    let mut h = Sha256::new();
+    h.update((c.measurement_spec.len() as u64).to_be_bytes());
+    h.update(&c.measurement_spec);
+    let config = c
+        .mpc_protocol_config
+        .map(|m| m.encode_to_vec())
+        .unwrap_or_default();
+    h.update((config.len() as u64).to_be_bytes());
+    h.update(&config);
+    let mut names: Vec<&str> = c.requisitions.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    for n in names {
+        h.update((n.len() as u64).to_be_bytes());
+        h.update(n.as_bytes());
+    }
+    Ok(h.finalize().to_vec())
 }
 
 /// The state of this computation (undecodable: permanent).
@@ -363,6 +389,13 @@ pub fn load_confirmed(ctx: &ComputationContext) -> Result<Llv2State, StageError>
     {
         return Err(StageError::permanent(
             "state: the computation was not confirmed",
+        ));
+    }
+    // (A computation confirmed by an earlier version of this plugin has no digest.)
+    if !st.parameters_digest.is_empty() && parameters_digest(ctx)? != st.parameters_digest {
+        return Err(StageError::invalid_input(
+            "the computation's measurement spec, protocol configuration or requisitions changed \
+             after confirmation",
         ));
     }
     Ok(st)
@@ -604,6 +637,7 @@ pub fn confirmation(
         sum(position + 1)?
     };
     st.ring = ring;
+    st.parameters_digest = parameters_digest(ctx)?;
     Ok(StageOutcome {
         next_stage: if ctx.role == Role::Aggregator {
             next_aggregator
@@ -867,6 +901,30 @@ mod tests {
             origin: InputOrigin::Requisition((id.into(), vec![])),
             data: vec![7; len],
         }
+    }
+
+    #[test]
+    fn parameters_changed_after_confirmation_are_refused() {
+        let mut c = ctx(&["a"], &[]);
+        let st = Llv2State {
+            secret_key: vec![1; 32],
+            ring: vec!["w1".into(), "agg".into()],
+            combined_key: vec![2; POINT_LEN],
+            partial_key: vec![2; POINT_LEN],
+            parameters_digest: parameters_digest(&c).unwrap(),
+            ..Default::default()
+        };
+        c.state = state::encode(&st);
+        assert!(load_confirmed(&c).is_ok());
+        let mut computation = c.computation().unwrap();
+        computation.measurement_spec = b"another spec".to_vec();
+        c.computation = computation.encode_to_vec();
+        let e = load_confirmed(&c).unwrap_err();
+        assert!(e.message().contains("changed after confirmation"), "{e:?}");
+        // A requisition added or renamed.
+        let mut c2 = ctx(&["a", "b"], &[]);
+        c2.state = state::encode(&st);
+        assert!(load_confirmed(&c2).is_err());
     }
 
     #[test]
