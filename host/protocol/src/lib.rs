@@ -367,6 +367,10 @@ pub const MAX_REGISTER_BYTES: u64 = 5;
 /// Liquid Legions v2: bytes of one sketch register (three ElGamal ciphertexts, each two
 /// compressed P-256 points of 33 bytes).
 pub const LLV2_REGISTER_BYTES: u64 = 3 * 2 * 33;
+/// Liquid Legions v2: bytes of one ElGamal ciphertext.
+pub const LLV2_CIPHERTEXT_BYTES: u64 = 2 * 33;
+/// Liquid Legions v2: bytes of one flag-count tuple (four ciphertexts).
+pub const LLV2_TUPLE_BYTES: u64 = 4 * 2 * 33;
 /// Allowance per requisition for what travels beside the registers (sealed seeds, certificate
 /// names, signatures).
 pub const PER_REQUISITION_ALLOWANCE: u64 = 16 << 10;
@@ -399,15 +403,18 @@ pub enum PayloadKind {
 /// * Honest Majority Share Shuffle: a payload is at most one frequency vector —
 ///   `register_count` registers (the header's for a requisition, else the configured
 ///   maximum) of at most [`MAX_REGISTER_BYTES`] each — plus a seed allowance per requisition.
-/// * Liquid Legions v2 (and reach-only): the sketches of all requisitions plus as many noise
-///   registers again, `max_size` registers of [`LLV2_REGISTER_BYTES`] each; one requisition
-///   is one sketch.
+/// * Liquid Legions v2 (and reach-only): per register of the sketch (`max_size`), the largest
+///   of what a stage carries — every requisition's register plus each duchy's noise (setup,
+///   phase one), a flag-count tuple plus each duchy's noise tuples (phase two), `MF − 1`
+///   matrix ciphertexts with the same allowance (phase three); one requisition is one sketch
+///   of [`LLV2_REGISTER_BYTES`] per register.
 /// * Anything else (unknown protocol): the ceiling.
 pub fn payload_bound(
     c: &halo_proto::system::v1alpha::Computation,
     kind: PayloadKind,
     limits: &PayloadLimits,
 ) -> u64 {
+    use halo_proto::prost::Message as _;
     use halo_proto::system::v1alpha::computation::mpc_protocol_config::Protocol as P;
     let requisitions = c.requisitions.len() as u64;
     let protocol = c
@@ -434,13 +441,32 @@ pub fn payload_bound(
                 .and_then(|s| u64::try_from(s.max_size).ok())
                 .filter(|n| *n > 0)
                 .unwrap_or(limits.max_register_count);
-            let sketches = match kind {
-                PayloadKind::StageInput => requisitions.max(1).saturating_mul(2),
-                PayloadKind::Requisition { .. } => 1,
+            let per_register = match kind {
+                PayloadKind::Requisition { .. } => LLV2_REGISTER_BYTES,
+                PayloadKind::StageInput => {
+                    // Stage payloads carry, per sketch register: the sketches of every
+                    // requisition plus each duchy's noise registers (setup, phase one), a
+                    // 264-byte flag-count tuple plus each duchy's noise tuples (phase two),
+                    // or `MF − 1` 66-byte matrix elements (phase three).
+                    let duchies = (c.computation_participants.len() as u64).max(1);
+                    let maximum_frequency = halo_proto::halo::v1::MeasurementSpec::decode(
+                        c.measurement_spec.as_slice(),
+                    )
+                    .ok()
+                    .and_then(|s| u64::try_from(s.maximum_frequency).ok())
+                    .unwrap_or(1)
+                    .max(1);
+                    let setup = LLV2_REGISTER_BYTES
+                        .saturating_mul(requisitions.max(1).saturating_add(duchies + 1));
+                    let tuples = LLV2_TUPLE_BYTES.saturating_mul(duchies + 2);
+                    let matrix = LLV2_CIPHERTEXT_BYTES
+                        .saturating_mul(maximum_frequency - 1)
+                        .saturating_mul(duchies + 2);
+                    setup.max(tuples).max(matrix)
+                }
             };
             max_size
-                .saturating_mul(LLV2_REGISTER_BYTES)
-                .saturating_mul(sketches)
+                .saturating_mul(per_register)
                 .saturating_add(PAYLOAD_ALLOWANCE)
         }
         Some(P::TrusTee(_)) | None => limits.ceiling,
@@ -488,6 +514,7 @@ pub fn requisition_payload_bound(
 #[cfg(test)]
 mod payload_bound_tests {
     use super::*;
+    use halo_proto::prost::Message as _;
     use halo_proto::system::v1alpha::computation::MpcProtocolConfig;
     use halo_proto::system::v1alpha::computation::mpc_protocol_config::{
         self as mpc, Protocol as P, liquid_legions_v2 as llv2,
@@ -541,10 +568,23 @@ mod payload_bound_tests {
             }),
             ..Default::default()
         };
+        // 2 requisitions, no participants listed (1 duchy), MF 1: the setup payload.
         let c = computation(P::LiquidLegionsV2(p), 2);
         assert_eq!(
             payload_bound(&c, PayloadKind::StageInput, &LIMITS),
             1000 * 198 * 4 + (64 << 10)
+        );
+        // Three duchies and MF 20: the phase-three matrix, 19 elements per register.
+        let mut c = computation(P::LiquidLegionsV2(p), 2);
+        c.computation_participants = vec![Default::default(); 3];
+        c.measurement_spec = halo_proto::halo::v1::MeasurementSpec {
+            maximum_frequency: 20,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            payload_bound(&c, PayloadKind::StageInput, &LIMITS),
+            1000 * 66 * 19 * 5 + (64 << 10)
         );
         let c = computation(P::ReachOnlyLiquidLegionsV2(p), 2);
         assert_eq!(
