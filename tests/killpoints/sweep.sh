@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The full kill-point sweep (issue 9): every kill point of HMSS reach-and-frequency, HMSS
-# reach-only and test-sum, each process SIGKILLed there and restarted on its data directory;
+# reach-only, test-sum, LLv2 and reach-only LLv2, each process SIGKILLed there and restarted on its data directory;
 # prints the table (process, point, result, recovery s) and the totals. Runs the ignored
 # `full_sweep` test of host/cli/tests/kill_points.rs, whose `halo` binary honours
 # HALO_CRASH_AT.
 #
-#   tests/killpoints/sweep.sh [--release] [--protocol hmss-rf,hmss-reach,test-sum]
+#   tests/killpoints/sweep.sh [--release] [--protocol hmss-rf,hmss-reach,test-sum,llv2,ro-llv2]
 #                             [--only SUBSTRING] [--limit N] [--keep DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."

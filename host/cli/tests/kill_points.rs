@@ -5,9 +5,9 @@
 //! 2 s later on the same data directory; the measurement must still end SUCCEEDED with the
 //! exact noise-free result. The harness is `tests/killpoints` (compiled in here by path).
 //!
-//! The full sweep (every kill point of HMSS reach-and-frequency, HMSS reach-only and
-//! test-sum, found by a clean traced run; prints the table, fails unless every point
-//! survived):
+//! The full sweep (every kill point of HMSS reach-and-frequency, HMSS reach-only, test-sum,
+//! LLv2 and reach-only LLv2, found by a clean traced run; prints the table, fails unless
+//! every point survived):
 //!
 //! ```text
 //! cargo test -p halo-cli --test kill_points -- --ignored full_sweep --nocapture
@@ -17,7 +17,8 @@
 //! against `process point@k`), `HALO_KILL_LIMIT=N`; `HALO_KILL_KEEP=DIR` keeps every run's
 //! directory (logs, traces, data) under DIR. `tests/killpoints/sweep.sh` wraps this.
 //!
-//! CI runs `ci_subset_survives`: five representative points of HMSS reach-and-frequency.
+//! CI runs `ci_subset_survives` and `ci_subset_survives_llv2`: five representative points of
+//! HMSS reach-and-frequency and of Liquid Legions v2.
 
 use std::path::Path;
 
@@ -82,9 +83,19 @@ fn client_role() {
 /// chosen from a clean run's trace: each must be reached and survived.
 #[test]
 fn ci_subset_survives() {
+    ci_subset(Protocol::HmssReachFrequency);
+}
+
+/// The same five kinds of points in a Liquid Legions v2 reach-and-frequency measurement.
+#[test]
+fn ci_subset_survives_llv2() {
+    ci_subset(Protocol::Llv2);
+}
+
+fn ci_subset(protocol: Protocol) {
     let h = harness(None, false);
     let sel = Selection {
-        protocols: vec![Protocol::HmssReachFrequency],
+        protocols: vec![protocol],
         ci: true,
         ..Selection::default()
     };
