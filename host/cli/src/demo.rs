@@ -240,6 +240,16 @@ fn plugin_dir(source: &PluginSource, out: &Path) -> Result<PathBuf> {
 
 pub async fn run(args: DemoArgs) -> Result<()> {
     let id = args.protocol.plugin_id()?;
+    // Parameters that cannot fit the population are refused before anything starts.
+    match args.protocol {
+        DemoProtocol::Llv2 | DemoProtocol::RoLlv2 => {
+            llv2_request(&args)?;
+        }
+        DemoProtocol::Hmss => {
+            hmss_ring_modulus(&args)?;
+        }
+        DemoProtocol::TestSum => {}
+    }
     if args.providers == 0 || args.registers() == 0 {
         bail!("--providers and --registers must be positive");
     }
@@ -1025,20 +1035,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn liquid_legions_fails_at_once_without_side_effects() {
+    async fn parameters_that_cannot_fit_fail_at_once_without_side_effects() {
         let dir = tempfile::tempdir().unwrap();
-        for p in ["llv2", "ro-llv2"] {
-            let out = dir.path().join(p);
-            let out_arg = out.to_str().unwrap();
-            let d = Demo::try_parse_from(["demo", "--protocol", p, "--out", out_arg]).unwrap();
+        let cases: [(&[&str], &str); 4] = [
+            (
+                &["--protocol", "llv2", "--sketch-size", "0"],
+                "sketch size 0 is out of range",
+            ),
+            (
+                &["--protocol", "ro-llv2", "--registers", "20000000"],
+                "sketch size 20000000 is out of range",
+            ),
+            (
+                &["--protocol", "llv2", "--decay-rate", "1"],
+                "--decay-rate 1 must be",
+            ),
+            (
+                &["--providers", "400", "--max-frequency", "200"],
+                "needs a ring modulus above 80001",
+            ),
+        ];
+        for (i, (flags, expected)) in cases.iter().enumerate() {
+            let out = dir.path().join(i.to_string());
+            let mut argv = vec!["demo", "--out", out.to_str().unwrap()];
+            argv.extend_from_slice(flags);
+            let d = Demo::try_parse_from(argv).unwrap();
             let e = run(d.args).await.unwrap_err().to_string();
-            assert!(
-                e.contains(&format!("--protocol {p}"))
-                    && e.contains("Liquid Legions v2 plugins are not built yet"),
-                "{e}"
-            );
-            assert!(!out.exists(), "{p} created {}", out.display());
+            assert!(e.contains(expected), "{flags:?}: {e}");
+            assert!(!out.exists(), "{flags:?} created {}", out.display());
         }
+    }
+
+    #[test]
+    fn hmss_ring_modulus_fits_the_population() {
+        let q = |providers: &str, mf: &str| {
+            let d = Demo::try_parse_from(["demo", "--providers", providers, "--max-frequency", mf])
+                .unwrap();
+            hmss_ring_modulus(&d.args).unwrap()
+        };
+        assert_eq!(q("3", "3"), 127);
+        // 12 × 15 + 2 = 182 → the next prime is 191 (q must exceed 1 + 180).
+        assert_eq!(q("12", "15"), 191);
     }
 }
 
