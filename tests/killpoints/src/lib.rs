@@ -1733,7 +1733,8 @@ fn check_result_against(
         .ok_or_else(|| anyhow!("no expected_reach in {line}"))?;
     ensure!(
         expected == ours,
-        "the consumer's expected reach {expected} is not the one computed here, {ours}"
+        "the consumer's expected reach (its ground truth) {expected} is not the one computed \
+         here, {ours}"
     );
     ensure!(reach == expected, "reach {reach}, expected {expected}");
     let empty = serde_json::Map::new();
