@@ -6,7 +6,7 @@
 //! scalar multiplication (variable and fixed base, `halo-p256` natively), and the reference
 //! C++ implementation's figures on this kind of machine.
 //!
-//! `cargo bench -p halo-engine --bench llv2` (R = 10 000 and 100 000: minutes);
+//! `cargo bench -p halo-tests --bench llv2_stages` (R = 10 000 and 100 000: minutes);
 //! `-- --quick` (R = 2 000 only), `-- --registers 10000,50000` (any list).
 //!
 //! Inputs: 3 duchies (`worker1`, `worker2`, `aggregator`, ring in that order), ElGamal keys
