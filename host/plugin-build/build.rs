@@ -40,7 +40,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hmss",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "LLV2",
@@ -48,7 +48,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "llv2",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "RO_LLV2",
@@ -56,7 +56,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "ro-llv2",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "TEST_SUM_V1_0",
@@ -81,7 +81,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "runaway",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "HOG",
@@ -89,7 +89,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hog",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "PANICKER",
@@ -97,7 +97,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "panicker",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "ECHO",
@@ -105,7 +105,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "echo",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "HOSTILE",
@@ -113,7 +113,7 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "hostile",
         version: "1.0.0",
-        wit: "halo:mpc@1.2.0",
+        wit: "halo:mpc@1.3.0",
     },
     Plugin {
         konst: "EC_BENCH",
@@ -121,6 +121,15 @@ const PLUGINS: &[Plugin] = &[
         features: &[],
         id: "ec-bench",
         version: "1.0.0",
+        wit: "halo:mpc@1.3.0",
+    },
+    Plugin {
+        konst: "EC_BENCH_V1_2",
+        package: "ec-bench",
+        // The same fixture built against the previous minor: a 1.2 component on a 1.3 host.
+        features: &["wit-1-2"],
+        id: "ec-bench",
+        version: "0.1.0",
         wit: "halo:mpc@1.2.0",
     },
     Plugin {

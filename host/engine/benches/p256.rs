@@ -1,5 +1,5 @@
 //! P-256 through the real component boundary: the `ec-bench` fixture calls the host's
-//! `crypto` import (`halo:mpc@1.2`) or the SDK's pure-guest implementation; the host runs with
+//! `crypto` import (`halo:mpc@1.2`, `@1.3`) or the SDK's pure-guest implementation; the host runs with
 //! one crypto thread and with one per CPU. Beside them, in the same run, the backends measured
 //! natively (ours, OpenSSL 3 through the `openssl` crate, RustCrypto `p256` 0.13) and the
 //! reference's cost model of each composite operation (spec §2.5: every operation round-trips

@@ -1,4 +1,4 @@
-//! The P-256 half of the `crypto` import (`halo:mpc@1.2`): the batch operations of
+//! The P-256 half of the `crypto` import (`halo:mpc@1.2`, and 1.3's shifted destructor): the batch operations of
 //! `halo-p256` split over a thread pool, the per-computation cache of fixed-base tables, and
 //! the per-call limits. The arithmetic is the same crate the plugin SDK runs in the guest, so
 //! a plugin gets the same bytes from either.
@@ -226,6 +226,18 @@ impl P256Service {
         deadline: Instant,
         f: impl Fn(Range<usize>) -> Result<Vec<T>, CryptoError> + Sync,
     ) -> CallResult<Vec<T>> {
+        self.run_in(n, PIECE, deadline, f)
+    }
+
+    /// [`Self::run`] with pieces of at most `piece_size` elements.
+    pub fn run_in<T: Send>(
+        &self,
+        n: usize,
+        piece_size: usize,
+        deadline: Instant,
+        f: impl Fn(Range<usize>) -> Result<Vec<T>, CryptoError> + Sync,
+    ) -> CallResult<Vec<T>> {
+        let piece_size = piece_size.max(1);
         if n > MAX_ELEMENTS_PER_CALL {
             return Ok(Err(CryptoError::Limit(format!(
                 "{n} elements in one call; the host takes at most {MAX_ELEMENTS_PER_CALL}"
@@ -241,13 +253,13 @@ impl P256Service {
         let pieces: Vec<Range<usize>> = match (&self.pool, n >= PARALLEL_MIN) {
             (Some(_), true) => {
                 // At least one piece per thread, at most PIECE elements each.
-                let count = n.div_ceil(PIECE).max(self.limits.threads).min(n);
+                let count = n.div_ceil(piece_size).max(self.limits.threads).min(n);
                 let size = n.div_ceil(count);
                 (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
             }
             _ => (0..n.max(1))
-                .step_by(PIECE)
-                .map(|s| s..(s + PIECE).min(n))
+                .step_by(piece_size)
+                .map(|s| s..(s + piece_size).min(n))
                 .collect(),
         };
         let results: Vec<CallResult<Vec<T>>> = match (&self.pool, pieces.len() > 1) {
@@ -656,6 +668,73 @@ impl HostState {
         let n = guest!(check_count("ciphertexts", cts, CIPHERTEXT_LEN));
         self.p256.run(n, self.deadline, |r| {
             ops::scale_random(piece(cts, CIPHERTEXT_LEN, &r), &mut rng())
+        })
+    }
+
+    /// `rᵢⱼ·(Cᵢ + cⱼ·D)` (WIT 1.3 `elgamal-scale-random-shifted`): pieces of whole
+    /// ciphertexts (each with its `m` results), the multipliers and the shift checked first.
+    pub fn elgamal_scale_random_shifted(
+        &mut self,
+        cts: &[u8],
+        shift: &[u8],
+        multipliers: &[u8],
+    ) -> CallResult<Vec<u8>> {
+        if shift.len() != CIPHERTEXT_LEN {
+            return Ok(Err(CryptoError::BadLength(format!(
+                "shift: a ciphertext is {CIPHERTEXT_LEN} bytes, got {}",
+                shift.len()
+            ))));
+        }
+        guest!(ops::decode_ciphertexts("shift", shift));
+        let n = guest!(check_count("ciphertexts", cts, CIPHERTEXT_LEN));
+        let m = guest!(check_count("multipliers", multipliers, SCALAR_LEN));
+        if let Err(bad) = ops::decode_scalars("multipliers", multipliers) {
+            // A bad ciphertext at or below the bad multiplier's index comes first.
+            let j = match &bad {
+                CryptoError::InvalidScalar { index, .. } => *index as usize,
+                _ => 0,
+            };
+            let upto = n.min(j.saturating_add(1));
+            guest!(ops::decode_ciphertexts(
+                "ciphertexts",
+                &cts[..upto * CIPHERTEXT_LEN]
+            ));
+            return Ok(Err(bad));
+        }
+        let results = n as u128 * m as u128;
+        if results > MAX_ELEMENTS_PER_CALL as u128 {
+            return Ok(Err(CryptoError::Limit(format!(
+                "{n} ciphertexts × {m} multipliers = {results} results in one call; the host \
+                 takes at most {MAX_ELEMENTS_PER_CALL}"
+            ))));
+        }
+        guest!(self.output_fits(results * CIPHERTEXT_LEN as u128));
+        if m == 0 {
+            // Still check every ciphertext, as the pure implementation does.
+            guest!(ops::decode_ciphertexts("ciphertexts", cts));
+            return Ok(Ok(Vec::new()));
+        }
+        // About PIECE·8 results a piece, so the deadline is checked as often as for the other
+        // operations whatever m is.
+        let columns = (PIECE * 8 / m).max(1);
+        self.p256.run_in(n, columns, self.deadline, |r| {
+            let start = r.start;
+            ops::scale_random_shifted(
+                piece(cts, CIPHERTEXT_LEN, &r),
+                shift,
+                multipliers,
+                &mut rng(),
+            )
+            .map_err(|e| match e {
+                // `run_in` adds `start` (the piece's first ciphertext); a result index
+                // needs start·m.
+                CryptoError::Identity { index } => CryptoError::Identity {
+                    index: index.saturating_add(
+                        u32::try_from(start.saturating_mul(m - 1)).unwrap_or(u32::MAX),
+                    ),
+                },
+                e => e,
+            })
         })
     }
 

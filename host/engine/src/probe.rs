@@ -169,13 +169,13 @@ mod tests {
     #[test]
     fn newer_minor_is_served_by_v1() {
         let p = probe(
-            &names(&["halo:mpc/log@1.3.0"]),
-            &names(&["halo:mpc/protocol@1.3.0", "other:thing/x@0.1.0"]),
+            &names(&["halo:mpc/log@1.4.0"]),
+            &names(&["halo:mpc/protocol@1.4.0", "other:thing/x@0.1.0"]),
         )
         .unwrap();
         assert_eq!(p.major, Major::V1);
-        assert_eq!(p.wit_package, "halo:mpc@1.3.0");
-        assert_eq!(p.newer, vec!["halo:mpc@1.3.0".to_string()]);
+        assert_eq!(p.wit_package, "halo:mpc@1.4.0");
+        assert_eq!(p.newer, vec!["halo:mpc@1.4.0".to_string()]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use wasmtime::component::{HasSelf, Linker};
 use crate::host::HostState;
 
 wasmtime::component::bindgen!({
-    path: "../../wit/halo-mpc@1.2.0",
+    path: "../../wit/halo-mpc@1.3.0",
     world: "protocol-plugin",
     imports: {
         // Asking for more randomness than the host hands out is a plugin bug: trap.
@@ -37,7 +37,7 @@ pub const MAJOR: u64 = 1;
 pub const MIN_VERSION: Version = Version::new(1, 0, 0);
 /// Newest version whose every function this host implements. Components built against a
 /// newer 1.x minor load as long as they only use functions this version has.
-pub const MAX_VERSION: Version = Version::new(1, 2, 0);
+pub const MAX_VERSION: Version = Version::new(1, 3, 0);
 
 pub(crate) use self::ProtocolPlugin as Plugin;
 pub(crate) use self::ProtocolPluginPre as PluginPre;
@@ -260,6 +260,20 @@ impl halo::mpc::crypto::Host for HostState {
         ciphertexts: Vec<u8>,
     ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
         guest(HostState::elgamal_scale_random(self, &ciphertexts))
+    }
+
+    fn elgamal_scale_random_shifted(
+        &mut self,
+        ciphertexts: Vec<u8>,
+        shift: Vec<u8>,
+        multipliers: Vec<u8>,
+    ) -> wasmtime::Result<Result<Vec<u8>, CryptoError>> {
+        guest(HostState::elgamal_scale_random_shifted(
+            self,
+            &ciphertexts,
+            &shift,
+            &multipliers,
+        ))
     }
 
     fn elgamal_add(

@@ -1,4 +1,4 @@
-//! The P-256 half of the `crypto` import (`halo:mpc@1.2`) through the real component
+//! The P-256 half of the `crypto` import (`halo:mpc@1.2`, `@1.3`) through the real component
 //! boundary, with the `ec-bench` fixture: the host import and the SDK's pure-guest
 //! implementation give the same bytes (random and edge inputs, and the same errors for bad
 //! input); the spec's known answers hold through the import; the randomized operations keep
@@ -267,6 +267,48 @@ fn bad_input_gives_the_same_error_from_host_and_pure() {
         let want = want.replace("Identity(0)", "Identity { index: 0 }");
         assert!(e.contains(&want), "{op}: {e} does not contain {want}");
     }
+    // The shifted destructor: the shift first, then the lowest bad ciphertext or multiplier
+    // (ciphertext 1300 sits in a later host piece than multiplier 2); an identity result
+    // names its result index (ciphertext 1200, row 1 of 3, in a later piece).
+    let mult: Vec<u8> = (1..=3u64)
+        .flat_map(|j| halo_p256::scalar::Scalar::from_u64(j).neg().to_be_bytes())
+        .collect();
+    let mut bad_mult = mult.clone();
+    bad_mult[64..].copy_from_slice(&[0u8; 32]);
+    // A shift that is none of the ciphertexts (C − 1·C would be an identity row).
+    let other = inputs(1, 99).cts;
+    let shift = &other[..66];
+    let mut bad_shift = shift.to_vec();
+    bad_shift[33] = 7;
+    for (args, want) in [
+        (
+            vec![&x.cts[..], &bad_shift[..], &mult[..]],
+            "InvalidPoint { argument: \"shift\", index: 0 }",
+        ),
+        (vec![&x.cts[..], &shift[..65], &mult[..]], "BadLength"),
+        (
+            vec![&bad_ct[..], shift, &mult[..]],
+            "InvalidPoint { argument: \"ciphertexts\", index: 1300 }",
+        ),
+        (
+            vec![&bad_ct[..], shift, &bad_mult[..]],
+            "InvalidScalar { argument: \"multipliers\", index: 2 }",
+        ),
+        (vec![&x.cts[..], shift, &mult[..31]], "BadLength"),
+    ] {
+        let e = same(&p, "scale-random-shifted", &args).unwrap_err();
+        assert!(
+            e.contains(want),
+            "scale-random-shifted: {e} does not contain {want}"
+        );
+    }
+    // Ciphertext 1200 = 2·shift, multiplier 2 = −2: row 1 of ciphertext 1200 is (O, O).
+    let two = halo_p256::scalar::Scalar::from_u64(2).to_be_bytes();
+    let twice_shift = call(&p, "host", "scale", &[shift, &two]).unwrap();
+    let mut cts = x.cts.clone();
+    cts[1200 * 66..1201 * 66].copy_from_slice(&twice_shift);
+    let e = same(&p, "scale-random-shifted", &[&cts, shift, &mult]).unwrap_err();
+    assert!(e.contains("Identity { index: 3601 }"), "{e}");
     // An identity result early in the batch does not hide a bad input later on (in another
     // host piece): the bad input is reported, as when the whole input is checked first.
     let mut a = x.points.clone();
@@ -383,6 +425,24 @@ fn randomized_operations_keep_their_algebra() {
             [vec![1u8; 1100], vec![0u8; 1100]].concat(),
             "{backend}: scale-random"
         );
+        // The shifted destructor: plaintexts 1·P .. 1100·P (P = the first point), shift
+        // Enc(P), multipliers −1 .. −9: element (i, j) is zero iff i == j. 1100 ciphertexts
+        // × 9 spread over several host pieces.
+        let p1 = &x.points[..33];
+        let plains = c("multiples", &[p1, &u32be(1100)]);
+        let counts = c("encrypt", &[&x.key_point, &plains]);
+        let shift = c("encrypt", &[&x.key_point, p1]);
+        let mult: Vec<u8> = (1..=9u64)
+            .flat_map(|j| halo_p256::scalar::Scalar::from_u64(j).neg().to_be_bytes())
+            .collect();
+        let matrix = c("scale-random-shifted", &[&counts, &shift, &mult]);
+        let zeros = c("is-zero", &[&x.secret, &matrix]);
+        let want: Vec<u8> = (0..1100usize)
+            .flat_map(|i| (0..9usize).map(move |j| u8::from(i == j)))
+            .collect();
+        assert_eq!(zeros, want, "{backend}: scale-random-shifted");
+        let again = c("scale-random-shifted", &[&counts, &shift, &mult]);
+        assert!(matrix.chunks(66).zip(again.chunks(66)).all(|(a, b)| a != b));
         let sum = c("elgamal-add", &[&ct, &z]);
         assert_eq!(c("decrypt", &[&x.secret, &sum]), x.points);
         let diff = c("elgamal-sub", &[&ct, &rr]);
@@ -557,4 +617,59 @@ fn host_cpu_time_counts_against_the_stage_deadline() {
     // The runtime still serves.
     let small = inputs(2, 9);
     same(&p, "mul", &[&small.points, &small.scalars[..32]]).unwrap();
+}
+
+/// A component built against `halo:mpc@1.2.0` (ec-bench 0.1.0, from before 1.3 added
+/// `elgamal-scale-random-shifted`) loads on this 1.3 host through the Linker's semver
+/// fallback, gets the same bytes from its 1.2 imports as from the pure implementation, and
+/// computes the shifted destructor from 1.2's functions with the same algebra.
+#[test]
+fn a_wit_1_2_component_runs_on_the_1_3_host() {
+    let rt = runtime_with(|_| {});
+    let p = rt.load_file(Path::new(plugins::EC_BENCH_V1_2)).unwrap();
+    assert_eq!(p.info().wit_package, "halo:mpc@1.2.0");
+    assert!(
+        p.info()
+            .imports
+            .iter()
+            .any(|i| i == "halo:mpc/crypto@1.2.0"),
+        "{:?}",
+        p.info().imports
+    );
+    let x = inputs(40, 12);
+    assert_eq!(
+        same(&p, "mul-each", &[&x.points, &x.scalars]).unwrap(),
+        same(&load(&rt), "mul-each", &[&x.points, &x.scalars]).unwrap()
+    );
+    let p1 = &x.points[..33];
+    let plains = call(&p, "host", "multiples", &[p1, &u32be(40)]).unwrap();
+    let counts = call(&p, "host", "encrypt", &[&x.key_point, &plains]).unwrap();
+    let shift = call(&p, "host", "encrypt", &[&x.key_point, p1]).unwrap();
+    let mult: Vec<u8> = (1..=4u64)
+        .flat_map(|j| halo_p256::scalar::Scalar::from_u64(j).neg().to_be_bytes())
+        .collect();
+    for backend in ["host", "pure"] {
+        let matrix = call(
+            &p,
+            backend,
+            "scale-random-shifted",
+            &[&counts, &shift, &mult],
+        )
+        .unwrap();
+        let zeros = call(&p, "host", "is-zero", &[&x.secret, &matrix]).unwrap();
+        let want: Vec<u8> = (0..40usize)
+            .flat_map(|i| (0..4usize).map(move |j| u8::from(i == j)))
+            .collect();
+        assert_eq!(zeros, want, "{backend}");
+    }
+    let mut bad = counts.clone();
+    bad[7 * 66 + 40] ^= 0x55;
+    bad[7 * 66 + 33] = 6;
+    let e = call(&p, "host", "scale-random-shifted", &[&bad, &shift, &mult])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("InvalidPoint { argument: \"ciphertexts\", index: 7 }"),
+        "{e}"
+    );
 }

@@ -541,22 +541,22 @@ fn epoch_ticker_holds_only_a_weak_engine() {
     }
 }
 
-/// The hmss component targets halo:mpc@1.2.0 and uses the `identity` import 1.1 added.
+/// The hmss component targets halo:mpc@1.3.0 and uses the `identity` import 1.1 added.
 #[test]
 fn hmss_uses_the_identity_import_of_wit_1_1() {
     let rt = runtime();
     let hmss = load(&rt, plugins::HMSS);
     let info = hmss.info();
-    assert_eq!(info.wit_package, "halo:mpc@1.2.0");
+    assert_eq!(info.wit_package, "halo:mpc@1.3.0");
     assert!(
-        info.imports.iter().any(|i| i == "halo:mpc/identity@1.2.0"),
+        info.imports.iter().any(|i| i == "halo:mpc/identity@1.3.0"),
         "{:?}",
         info.imports
     );
     assert!(
         info.imports
             .iter()
-            .all(|i| i.starts_with("halo:mpc/") && i.ends_with("@1.2.0")),
+            .all(|i| i.starts_with("halo:mpc/") && i.ends_with("@1.3.0")),
         "{:?}",
         info.imports
     );

@@ -35,7 +35,7 @@ fn world_of(c: &Component) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[test]
 fn every_component_exists_under_plugin_dir() {
-    assert_eq!(COMPONENTS.len(), 12);
+    assert_eq!(COMPONENTS.len(), 13);
     for c in COMPONENTS {
         let path = Path::new(c.path);
         assert!(path.is_absolute(), "{}", c.path);
@@ -58,6 +58,7 @@ fn every_component_exists_under_plugin_dir() {
         halo_plugin_build::ECHO,
         halo_plugin_build::HOSTILE,
         halo_plugin_build::EC_BENCH,
+        halo_plugin_build::EC_BENCH_V1_2,
         halo_plugin_build::WRONG_MAJOR,
     ];
     assert_eq!(
@@ -78,6 +79,10 @@ fn v1_components_import_only_their_halo_mpc_minor() {
         ),
         (
             "1.2.0",
+            &["log", "random", "crypto", "identity", "types"][..],
+        ),
+        (
+            "1.3.0",
             &["log", "random", "crypto", "identity", "types"][..],
         ),
     ] {

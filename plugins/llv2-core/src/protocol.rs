@@ -798,17 +798,16 @@ pub fn execution_two_at_aggregator<C: Crypto>(
     let mut matrix = Vec::new();
     if maximum_frequency > 1 && !valid.is_empty() {
         let rows = (maximum_frequency - 1) as usize;
-        // base_i = −(i+1)·Enc(P1), from one encryption by repeated addition.
+        // Element i of a column is r·(cnt + cᵢ·Enc(P1)) with cᵢ = −(i+1): the reference's
+        // Destructor(base_i, cnt), base_i = −(i+1)·Enc(P1) (§3.4), in one host call per chunk.
         let e1 = c
             .encrypt(y, &hashed(c, &[UNIT_POINT])?)
             .map_err(crypto("encrypt P1"))?;
-        let mut multiples = e1.clone();
-        let mut acc = e1.clone();
-        for _ in 1..rows {
-            acc = c.ciphertext_add(&acc, &e1).map_err(crypto("count bases"))?;
-            multiples.extend_from_slice(&acc);
+        let mut multipliers = Vec::with_capacity(rows * 32);
+        for i in 1..=rows as u64 {
+            let k = halo_p256::scalar::Scalar::from_u64(i).neg();
+            multipliers.extend_from_slice(&k.to_be_bytes());
         }
-        let bases = c.negate(&multiples).map_err(crypto("count bases"))?;
         let elements = valid.len().saturating_mul(rows);
         if elements > MAX_MATRIX_ELEMENTS {
             return Err(invalid(format!(
@@ -818,20 +817,19 @@ pub fn execution_two_at_aggregator<C: Crypto>(
             )));
         }
         matrix.reserve_exact(elements * CIPHERTEXT_LEN);
-        // Column chunks, so only the matrix itself is held whole.
+        // Column chunks, so no single call's result is the whole matrix.
         let per_chunk = (MATRIX_CHUNK / rows).max(1);
         for chunk in valid.chunks(per_chunk) {
-            let mut lhs = Vec::with_capacity(chunk.len() * rows * CIPHERTEXT_LEN);
+            let mut counts = Vec::with_capacity(chunk.len() * CIPHERTEXT_LEN);
             for &i in chunk {
-                let cnt = &tuples[i * TUPLE_LEN + 3 * CIPHERTEXT_LEN..(i + 1) * TUPLE_LEN];
-                for _ in 0..rows {
-                    lhs.extend_from_slice(cnt);
-                }
+                counts.extend_from_slice(
+                    &tuples[i * TUPLE_LEN + 3 * CIPHERTEXT_LEN..(i + 1) * TUPLE_LEN],
+                );
             }
-            let rhs = bases.repeat(chunk.len());
-            let shifted = c.ciphertext_add(&lhs, &rhs).map_err(crypto("SKA matrix"))?;
-            drop((lhs, rhs));
-            matrix.extend(c.scale_random(&shifted).map_err(crypto("SKA matrix"))?);
+            matrix.extend(
+                c.scale_random_shifted(&counts, &e1, &multipliers)
+                    .map_err(crypto("SKA matrix"))?,
+            );
         }
     }
     Ok(PhaseTwo {

@@ -56,6 +56,33 @@ fn main() {
         time("partial decrypt", &mut || {
             ops::partial_decrypt(&k, &ct).unwrap();
         });
+        // The same-key aggregator matrix, MF 10: n/9 ciphertexts × 9 results (time per
+        // result), the old way (add the bases, then scale by random) and in one call.
+        let shift = ct[..66].to_vec();
+        let mult: Vec<u8> = (1..=9u64)
+            .flat_map(|j| halo_p256::scalar::Scalar::from_u64(j).neg().to_be_bytes())
+            .collect();
+        if n == 1 {
+            continue;
+        }
+        let m = n.div_ceil(9).min(n - 1);
+        let few = &ct[66..(m + 1) * 66];
+        time("matrix: add+scale-random", &mut || {
+            let bases: Vec<u8> = (1..=9u64)
+                .flat_map(|j| {
+                    ops::scale(&shift, &mult[(j as usize - 1) * 32..j as usize * 32]).unwrap()
+                })
+                .collect();
+            let lhs: Vec<u8> = few
+                .chunks(66)
+                .flat_map(|c| std::iter::repeat_n(c, 9).flatten().copied())
+                .collect();
+            let rhs = bases.repeat(m);
+            ops::scale_random(&ops::ciphertext_add(&lhs, &rhs).unwrap(), &mut rng).unwrap();
+        });
+        time("matrix: shifted", &mut || {
+            ops::scale_random_shifted(few, &shift, &mult, &mut rng).unwrap();
+        });
     }
     let t = Instant::now();
     let _ = FixedTable::new(&Affine::generator());

@@ -1,4 +1,4 @@
-//! The P-256 operations of the `halo:mpc@1.2` `crypto` import behind one trait, [`Crypto`],
+//! The P-256 operations of the `halo:mpc@1.2`/`1.3` `crypto` import behind one trait, [`Crypto`],
 //! with [`Pure`], this crate's implementation in the calling thread. The plugin SDK adds the
 //! host's import (`halo_plugin_sdk::p256::Host`); protocol code written against [`Crypto`]
 //! runs inside a plugin on the host's import and natively (the data-provider simulator,
@@ -16,7 +16,7 @@ pub use crate::point::POINT_LEN;
 /// A result of the P-256 operations.
 pub type Result<T> = core::result::Result<T, CryptoError>;
 
-/// The `crypto` interface's P-256 operations (WIT 1.2). `Self::FixedBase` is a point with a
+/// The `crypto` interface's P-256 operations (WIT 1.2, and 1.3's shifted destructor). `Self::FixedBase` is a point with a
 /// precomputed multiplication table.
 pub trait Crypto {
     /// A point with a precomputed multiplication table.
@@ -51,6 +51,14 @@ pub trait Crypto {
     fn blind(&self, secret: &[u8], blinding_key: &[u8], ciphertexts: &[u8]) -> Result<Vec<u8>>;
     fn scale(&self, ciphertexts: &[u8], scalar: &[u8]) -> Result<Vec<u8>>;
     fn scale_random(&self, ciphertexts: &[u8]) -> Result<Vec<u8>>;
+    /// `rᵢⱼ·(Cᵢ + cⱼ·D)` for every ciphertext and multiplier, fresh `rᵢⱼ` each (WIT 1.3
+    /// `elgamal-scale-random-shifted`; see [`crate::ops::scale_random_shifted`]).
+    fn scale_random_shifted(
+        &self,
+        ciphertexts: &[u8],
+        shift: &[u8],
+        multipliers: &[u8],
+    ) -> Result<Vec<u8>>;
     fn ciphertext_add(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>>;
     fn ciphertext_sub(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>>;
     fn sort_blocks(&self, data: &[u8], block_size: u32) -> Result<Vec<u8>>;
@@ -219,6 +227,14 @@ impl<R: RandomSource + Default> Crypto for Pure<R> {
     fn scale_random(&self, ciphertexts: &[u8]) -> Result<Vec<u8>> {
         crate::ops::scale_random(ciphertexts, &mut R::default())
     }
+    fn scale_random_shifted(
+        &self,
+        ciphertexts: &[u8],
+        shift: &[u8],
+        multipliers: &[u8],
+    ) -> Result<Vec<u8>> {
+        crate::ops::scale_random_shifted(ciphertexts, shift, multipliers, &mut R::default())
+    }
     fn ciphertext_add(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>> {
         crate::ops::ciphertext_add(a, b)
     }
@@ -228,4 +244,53 @@ impl<R: RandomSource + Default> Crypto for Pure<R> {
     fn sort_blocks(&self, data: &[u8], block_size: u32) -> Result<Vec<u8>> {
         crate::ops::sort_blocks(data, block_size as usize)
     }
+}
+
+/// [`Crypto::scale_random_shifted`] from the 1.2 functions (for a host without 1.3's
+/// `elgamal-scale-random-shifted`): `cⱼ·D` by `scale`, the sums by `ciphertext_add`, then
+/// `scale_random`. The same results in distribution; errors name the same first bad input of
+/// each argument but the identity index is the sum's.
+pub fn scale_random_shifted_by_parts<C: Crypto + ?Sized>(
+    c: &C,
+    ciphertexts: &[u8],
+    shift: &[u8],
+    multipliers: &[u8],
+) -> Result<Vec<u8>> {
+    if shift.len() != CIPHERTEXT_LEN {
+        return Err(CryptoError::BadLength(format!(
+            "shift: a ciphertext is {CIPHERTEXT_LEN} bytes, got {}",
+            shift.len()
+        )));
+    }
+    let n = crate::ops::count("ciphertexts", ciphertexts, CIPHERTEXT_LEN)?;
+    let m = crate::ops::count("multipliers", multipliers, SCALAR_LEN)?;
+    let mut bases = Vec::with_capacity(m * CIPHERTEXT_LEN);
+    for (j, k) in multipliers.chunks(SCALAR_LEN).enumerate() {
+        bases.extend(c.scale(shift, k).map_err(|e| match e {
+            CryptoError::InvalidScalar { .. } => CryptoError::InvalidScalar {
+                argument: "multipliers".into(),
+                index: j as u32,
+            },
+            CryptoError::InvalidPoint { .. } => CryptoError::InvalidPoint {
+                argument: "shift".into(),
+                index: 0,
+            },
+            e => e,
+        })?);
+    }
+    if n == 0 || m == 0 {
+        c.validate(ciphertexts)
+            .map_err(|e| e.rename("ciphertexts", 2))?;
+        return Ok(Vec::new());
+    }
+    let mut lhs = Vec::with_capacity(n * m * CIPHERTEXT_LEN);
+    for ct in ciphertexts.chunks(CIPHERTEXT_LEN) {
+        for _ in 0..m {
+            lhs.extend_from_slice(ct);
+        }
+    }
+    let sums = c
+        .ciphertext_add(&lhs, &bases.repeat(n))
+        .map_err(|e| e.rename("ciphertexts", m))?;
+    c.scale_random(&sums)
 }

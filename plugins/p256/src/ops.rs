@@ -8,7 +8,9 @@
 //! name the first offending element (lowest index; at equal index, the argument listed
 //! first).
 
-use crate::mul::{FixedTable, OddTables, Scalars, add_batch, msm_batch};
+use crate::mul::{
+    FixedTable, OddTables, SHARED_MIN_SCALARS, Scalars, SharedTables, add_batch, msm_batch,
+};
 use crate::point::{Affine, POINT_LEN};
 use crate::scalar::Scalar;
 
@@ -33,6 +35,23 @@ pub enum CryptoError {
 }
 
 impl CryptoError {
+    /// An element error of a derived argument (`per` derived elements per original one)
+    /// renamed to the original `argument` and index.
+    pub fn rename(self, argument: &str, per: usize) -> CryptoError {
+        let per = u32::try_from(per.max(1)).unwrap_or(u32::MAX);
+        match self {
+            CryptoError::InvalidPoint { index, .. } => CryptoError::InvalidPoint {
+                argument: argument.into(),
+                index: index / per,
+            },
+            CryptoError::InvalidScalar { index, .. } => CryptoError::InvalidScalar {
+                argument: argument.into(),
+                index: index / per,
+            },
+            e => e,
+        }
+    }
+
     /// The same error for an element `offset` places further on (a piece of a larger batch).
     pub fn shifted(self, offset: usize) -> CryptoError {
         let off = |i: u32| i.saturating_add(u32::try_from(offset).unwrap_or(u32::MAX));
@@ -545,6 +564,107 @@ pub fn scale_random(ciphertexts: &[u8], rng: &mut dyn RandomSource) -> Result<Ve
     let n = count("ciphertexts", ciphertexts, CIPHERTEXT_LEN)?;
     let rs = random_scalars_vec(n, rng);
     scale_with(ciphertexts, Scalars::Each(&rs))
+}
+
+/// Ciphertexts whose tables [`scale_random_shifted`] holds at once (two points each, 32.5 KiB
+/// of table a point: about 4 MiB of scratch).
+pub const SHIFTED_PIECE: usize = 64;
+
+/// `a + b` for paired results, `None` where either is missing or the sum is the identity.
+fn add_options(a: &[Option<Affine>], b: &[Option<Affine>]) -> Vec<Option<Affine>> {
+    if a.iter().chain(b).all(Option::is_some) {
+        let a: Vec<Affine> = a.iter().flatten().copied().collect();
+        let b: Vec<Affine> = b.iter().flatten().copied().collect();
+        return add_batch(&a, &b);
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| match (x, y) {
+            (Some(x), Some(y)) => x.to_jacobian().add_affine(y).to_affine(),
+            (Some(p), None) | (None, Some(p)) => Some(*p),
+            (None, None) => None,
+        })
+        .collect()
+}
+
+/// For every ciphertext `Cᵢ` and every multiplier `cⱼ`: `rᵢⱼ·(Cᵢ + cⱼ·D)` with a fresh random
+/// `rᵢⱼ` (`D` = `shift`), `m` results per ciphertext in multiplier order, ciphertext after
+/// ciphertext. With `D = Enc(P1)` and `cⱼ = −(j+1)` this is the reference's same-key
+/// aggregator matrix (spec §3.4: `Destructor(base_j, cnt)`, `base_j = −(j+1)·Enc(P1)`), computed
+/// as `rᵢⱼ·Cᵢ + (rᵢⱼ·cⱼ)·D`: each `Cᵢ`'s points get one table for all their `m`
+/// multiplications and `D`'s points one fixed-base table for the call. Errors: `shift` first,
+/// then the lowest bad element of `ciphertexts` and `multipliers` (at equal index,
+/// `ciphertexts`); an `identity` error names the result element `i·m + j`.
+pub fn scale_random_shifted(
+    ciphertexts: &[u8],
+    shift: &[u8],
+    multipliers: &[u8],
+    rng: &mut dyn RandomSource,
+) -> Result<Vec<u8>> {
+    if shift.len() != CIPHERTEXT_LEN {
+        return Err(CryptoError::BadLength(format!(
+            "shift: a ciphertext is {CIPHERTEXT_LEN} bytes, got {}",
+            shift.len()
+        )));
+    }
+    let (du, de) = decode_ciphertexts("shift", shift)?;
+    let cts = decode_ciphertexts("ciphertexts", ciphertexts);
+    let cs = decode_scalars("multipliers", multipliers);
+    let ((us, es), cs) = match (cts, cs) {
+        (Ok(c), Ok(s)) => (c, s),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+        (Err(a), Err(b)) => {
+            let index = |e: &CryptoError| match e {
+                CryptoError::InvalidPoint { index, .. }
+                | CryptoError::InvalidScalar { index, .. } => *index,
+                _ => 0,
+            };
+            return Err(if index(&b) < index(&a) { b } else { a });
+        }
+    };
+    let (n, m) = (us.len(), cs.len());
+    if n == 0 || m == 0 {
+        return Ok(Vec::new());
+    }
+    let (tu, te) = (FixedTable::new(&du[0]), FixedTable::new(&de[0]));
+    let mut out = Vec::with_capacity(n * m * CIPHERTEXT_LEN);
+    let mut start = 0;
+    while start < n {
+        let end = (start + SHIFTED_PIECE).min(n);
+        let len = end - start;
+        // Element e = i·m + j of this piece: r and t = r·cⱼ.
+        let rs = random_scalars_vec(len * m, rng);
+        let ts: Vec<Scalar> = rs
+            .iter()
+            .enumerate()
+            .map(|(e, r)| r.mul(&cs[e % m]))
+            .collect();
+        let (ru, re) = if m >= SHARED_MIN_SCALARS {
+            let mut points = Vec::with_capacity(2 * len);
+            points.extend_from_slice(&us[start..end]);
+            points.extend_from_slice(&es[start..end]);
+            let tables = SharedTables::new(&points);
+            let mut ks = Vec::with_capacity(2 * len * m);
+            ks.extend_from_slice(&rs);
+            ks.extend_from_slice(&rs);
+            let mut all = tables.mul_rows(m, &ks);
+            let re = all.split_off(len * m);
+            (all, re)
+        } else {
+            let rep = |ps: &[Affine]| -> Vec<Affine> {
+                ps.iter().flat_map(|p| std::iter::repeat_n(*p, m)).collect()
+            };
+            (
+                mul_points(&rep(&us[start..end]), Scalars::Each(&rs)),
+                mul_points(&rep(&es[start..end]), Scalars::Each(&rs)),
+            )
+        };
+        let su = add_options(&ru, &tu.mul_batch(&ts));
+        let se = add_options(&re, &te.mul_batch(&ts));
+        out.extend(encode_ciphertexts(&su, &se).map_err(|e| e.shifted(start * m))?);
+        start = end;
+    }
+    Ok(out)
 }
 
 fn ct_pairwise(a: &[u8], b: &[u8], sub: bool) -> Result<Vec<u8>> {

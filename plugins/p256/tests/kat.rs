@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use halo_p256::h2c::hash_to_curve;
-use halo_p256::mul::{FixedTable, OddTables, Scalars, msm_batch, mul_var};
+use halo_p256::mul::{FixedTable, OddTables, Scalars, SharedTables, msm_batch, mul_var};
 use halo_p256::ops::{self, ElGamalKey};
 use halo_p256::point::Affine;
 use halo_p256::scalar::Scalar;
@@ -263,6 +263,39 @@ fn multiplication_agrees_with_rustcrypto() {
         );
         assert_eq!(each[i].unwrap().encode().to_vec(), want_i, "batch each {i}");
     }
+    // Shared per-point tables: several scalars for each point, in a small batch (2 points)
+    // and a large one (every point), against RustCrypto for every (point, scalar).
+    for (count, per) in [(2usize, 3usize), (2, 1), (scalars.len() / 3, 3), (5, 10)] {
+        let pts = &points[..count];
+        let shared = SharedTables::new(pts);
+        let ks: Vec<Scalar> = (0..count * per)
+            .map(|e| scalars[(e * 7 + per) % scalars.len()])
+            .collect();
+        let got = shared.mul_rows(per, &ks);
+        for (e, k) in ks.iter().enumerate() {
+            let want = p256_encode(&(p256_point(&pts[e / per]) * p256_scalar(k)));
+            assert_eq!(
+                got[e].unwrap().encode().to_vec(),
+                want,
+                "shared tables: {count} points × {per}, element {e}"
+            );
+        }
+    }
+    // Every edge scalar on one point through the shared tables.
+    let shared = SharedTables::new(&points[..1]);
+    let got = shared.mul_rows(scalars.len(), &scalars);
+    for (i, k) in scalars.iter().enumerate() {
+        let want = p256_encode(&(p256_point(&points[0]) * p256_scalar(k)));
+        assert_eq!(
+            got[i].unwrap().encode().to_vec(),
+            want,
+            "shared edge scalar {i}"
+        );
+    }
+    // A zero scalar gives no point (the identity), the others are unaffected.
+    let got = shared.mul_rows(3, &[scalars[0], Scalar::from_u64(0), scalars[1]]);
+    assert!(got[1].is_none() && got[0].is_some() && got[2].is_some());
+
     // One scalar for many points.
     let k = scalars[20];
     let one = msm_batch(&[(&tables, Scalars::One(&k))]);
@@ -468,4 +501,116 @@ fn combined_key_and_key_pairs() {
     assert_eq!(ops::mul_fixed(&g, &x2).unwrap(), y2);
     assert_eq!(ops::mul_fixed(&g, &x3).unwrap(), y3);
     assert_eq!(ops::mul(&hex::decode(G).unwrap(), &x3).unwrap(), y3);
+}
+
+/// The shifted destructor (WIT 1.3 `elgamal-scale-random-shifted`): an element decrypts to
+/// the identity exactly when its plaintext plus the shift's is the identity; results that
+/// would have an identity component are refused with the result's index; errors name the
+/// shift first, then the lowest bad element of the ciphertexts and multipliers.
+#[test]
+fn scale_random_shifted_edges() {
+    let mut rng = halo_p256::vectors::lcg(11);
+    let g = FixedTable::new(&Affine::generator());
+    let x = scalar(77);
+    let y = ops::mul_fixed(&g, &x).unwrap();
+    let yt = FixedTable::new(&Affine::decode(&y).unwrap());
+    let key = ElGamalKey {
+        generator: &g,
+        key: &yt,
+    };
+    let (p1, _) = hash_to_curve(b"unit");
+    let p1e = p1.encode();
+    // Plaintexts 1·P1 .. 5·P1, shift Enc(P1), multipliers −1 .. −4 (m = 4 ≥ the shared-table
+    // threshold) and −1, −2 (m = 2, the per-element path).
+    let plains = ops::multiples(&p1e, 5).unwrap();
+    let cts = ops::encrypt(&key, &plains, &mut rng).unwrap();
+    let shift = ops::encrypt(&key, &p1e, &mut rng).unwrap();
+    for m in [4u64, 2] {
+        let mult: Vec<u8> = (1..=m)
+            .flat_map(|j| Scalar::from_u64(j).neg().to_be_bytes())
+            .collect();
+        let out = ops::scale_random_shifted(&cts, &shift, &mult, &mut rng).unwrap();
+        assert_eq!(out.len(), 5 * m as usize * 66);
+        let zero = ops::is_zero(&x, &out).unwrap();
+        for i in 0..5u64 {
+            for j in 0..m {
+                assert_eq!(
+                    zero[(i * m + j) as usize],
+                    i == j,
+                    "m {m}: count {} row {j}",
+                    i + 1
+                );
+            }
+        }
+        // Fresh randomness: no two results are equal, and a second call differs.
+        let again = ops::scale_random_shifted(&cts, &shift, &mult, &mut rng).unwrap();
+        assert!(out.chunks(66).zip(again.chunks(66)).all(|(a, b)| a != b));
+    }
+    let mult: Vec<u8> = (1..=3u64)
+        .flat_map(|j| Scalar::from_u64(j).neg().to_be_bytes())
+        .collect();
+    // C₂ = −2·D exactly: row 1 of ciphertext 2 is (identity, identity) → identity(2·3 + 1).
+    let neg2d = ops::scale(&shift, &Scalar::from_u64(2).to_be_bytes()).unwrap();
+    let mut bad = cts.clone();
+    bad[2 * 66..3 * 66].copy_from_slice(&neg2d);
+    assert_eq!(
+        ops::scale_random_shifted(&bad, &shift, &mult, &mut rng).unwrap_err(),
+        ops::CryptoError::Identity { index: 7 }
+    );
+    // Errors: the shift's length and point first, then the lowest bad element.
+    let err = |c: &[u8], s: &[u8], m: &[u8]| {
+        ops::scale_random_shifted(c, s, m, &mut halo_p256::vectors::lcg(1)).unwrap_err()
+    };
+    assert!(matches!(
+        err(&cts, &shift[..65], &[1]),
+        ops::CryptoError::BadLength(_)
+    ));
+    let mut off_curve = shift.clone();
+    off_curve[0] = 7;
+    // A bad shift beats a bad ciphertext list and a bad multiplier list.
+    assert_eq!(
+        err(&cts[..1], &off_curve, &[1]),
+        ops::CryptoError::InvalidPoint {
+            argument: "shift".into(),
+            index: 0
+        }
+    );
+    let mut bad_ct = cts.clone();
+    bad_ct[3 * 66] = 9;
+    let mut bad_mult = mult.clone();
+    bad_mult[32..64].copy_from_slice(&[0u8; 32]);
+    let invalid_point = |i| ops::CryptoError::InvalidPoint {
+        argument: "ciphertexts".into(),
+        index: i,
+    };
+    let invalid_scalar = |i| ops::CryptoError::InvalidScalar {
+        argument: "multipliers".into(),
+        index: i,
+    };
+    assert_eq!(err(&bad_ct, &shift, &mult), invalid_point(3));
+    assert_eq!(err(&cts, &shift, &bad_mult), invalid_scalar(1));
+    assert_eq!(err(&bad_ct, &shift, &bad_mult), invalid_scalar(1));
+    let mut bad_ct1 = cts.clone();
+    bad_ct1[66 + 40] ^= 0xff;
+    bad_ct1[66 + 33] = 5;
+    assert_eq!(err(&bad_ct1, &shift, &bad_mult), invalid_point(1));
+    assert!(matches!(
+        err(&cts[1..], &shift, &mult),
+        ops::CryptoError::BadLength(_)
+    ));
+    assert!(matches!(
+        err(&cts, &shift, &mult[1..]),
+        ops::CryptoError::BadLength(_)
+    ));
+    // Empty lists give an empty result.
+    assert!(
+        ops::scale_random_shifted(&[], &shift, &mult, &mut rng)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        ops::scale_random_shifted(&cts, &shift, &[], &mut rng)
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -1,4 +1,4 @@
-//! P-256 for the Liquid Legions protocols (`halo:mpc@1.2` `crypto` import; spec
+//! P-256 for the Liquid Legions protocols (`halo:mpc@1.2`/`1.3` `crypto` import; spec
 //! mpc-crypto.md §2): the same operations two ways, behind the [`Crypto`] trait.
 //!
 //! * [`Host`]: the host's import — native, batched and spread over the host's cores, with
@@ -126,6 +126,9 @@ mod host_impl {
         fn scale_random(&self, ciphertexts: &[u8]) -> Result<Vec<u8>> {
             Pure::new().scale_random(ciphertexts)
         }
+        fn scale_random_shifted(&self, cts: &[u8], shift: &[u8], mult: &[u8]) -> Result<Vec<u8>> {
+            Pure::new().scale_random_shifted(cts, shift, mult)
+        }
         fn ciphertext_add(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>> {
             Pure::new().ciphertext_add(a, b)
         }
@@ -140,7 +143,7 @@ mod host_impl {
 
 #[cfg(target_arch = "wasm32")]
 mod host_impl {
-    //! On wasm, the host's `halo:mpc/crypto@1.2` import.
+    //! On wasm, the host's `halo:mpc/crypto@1.3` import (`@1.2` with the `wit-1-2` feature).
     use super::*;
     use crate::bindings::halo::mpc::crypto as wit;
 
@@ -240,6 +243,15 @@ mod host_impl {
         }
         fn scale_random(&self, ciphertexts: &[u8]) -> Result<Vec<u8>> {
             wit::elgamal_scale_random(ciphertexts).map_err(err)
+        }
+        #[cfg(not(feature = "wit-1-2"))]
+        fn scale_random_shifted(&self, cts: &[u8], shift: &[u8], mult: &[u8]) -> Result<Vec<u8>> {
+            wit::elgamal_scale_random_shifted(cts, shift, mult).map_err(err)
+        }
+        #[cfg(feature = "wit-1-2")]
+        fn scale_random_shifted(&self, cts: &[u8], shift: &[u8], mult: &[u8]) -> Result<Vec<u8>> {
+            // A 1.2 host has no such function: the same results from 1.2's.
+            halo_p256::backend::scale_random_shifted_by_parts(self, cts, shift, mult)
         }
         fn ciphertext_add(&self, a: &[u8], b: &[u8]) -> Result<Vec<u8>> {
             wit::elgamal_add(a, b).map_err(err)
