@@ -842,6 +842,54 @@ pub fn setup_inputs<'a>(
 
 /// A PRNG for local noise draws, seeded from the host's CSPRNG (noise is local and
 /// non-deterministic, mpc-crypto §9 item 11).
+/// The host's table of a key kept in the state (a key the host refuses is a broken state:
+/// permanent).
+pub fn register_key(c: &Host, point: &[u8]) -> Result<<Host as Crypto>::FixedBase, StageError> {
+    c.register(point)
+        .map_err(|e| StageError::permanent(format!("state: key: {e:?}")))
+}
+
+/// An outcome that moves to `next_stage` and sends `payload` to one duchy.
+pub fn forward(next_stage: i32, to: String, description: i32, payload: Vec<u8>) -> StageOutcome {
+    StageOutcome {
+        next_stage,
+        sends: vec![Outgoing {
+            to,
+            description,
+            payload,
+        }],
+        ..Default::default()
+    }
+}
+
+/// The stages both variants share before setup ([`initialization`], [`confirmation`]), or
+/// `None` for a variant's own stage; an unknown stage number is a permanent error.
+pub fn shared_stage(
+    ctx: &ComputationContext,
+    variant: Variant,
+    stage: i32,
+) -> Option<Result<StageOutcome, StageError>> {
+    match stage {
+        stage::INITIALIZATION_PHASE => Some(initialization(
+            ctx,
+            variant,
+            stage::WAIT_REQUISITIONS_AND_KEY_SET,
+        )),
+        stage::CONFIRMATION_PHASE => Some(confirmation(
+            ctx,
+            variant,
+            stage::WAIT_SETUP_PHASE_INPUTS,
+            stage::WAIT_TO_START,
+        )),
+        _ => None,
+    }
+}
+
+/// The error for a stage number that is not one of the plugin's queued stages.
+pub fn not_queued(stage: i32) -> StageError {
+    StageError::permanent(format!("stage {stage} is not a queued stage"))
+}
+
 pub fn noise_rng() -> hmss_core::Prng<hmss_core::CtrKeystream> {
     let key = random::random_array::<32>();
     let iv = random::random_array::<16>();

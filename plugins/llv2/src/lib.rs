@@ -2,12 +2,13 @@
 //! duchy plugin. The math is in `llv2-core`, the glue shared with reach-only LLv2 in
 //! `llv2-common`; every P-256 operation goes to the host's batched `crypto` import.
 
-use halo_plugin_sdk::p256::{Crypto, Host};
+use halo_plugin_sdk::p256::Host;
 use halo_plugin_sdk::prelude::*;
 use halo_plugin_sdk::state;
 use llv2_common::{
-    Params, Variant, core_err, estimate, load_confirmed, noise_rng, params, requisition_data,
-    result, ring_position, setup_inputs, single_peer_input,
+    Params, Variant, core_err, estimate, forward, load_confirmed, noise_rng, not_queued, params,
+    register_key as register, requisition_data, result, ring_position, setup_inputs, shared_stage,
+    single_peer_input,
 };
 use llv2_core::protocol::{self as core, Baselines, FrequencyNoise, SetupParams};
 
@@ -87,14 +88,6 @@ pub fn stages() -> Vec<StageInfo> {
         .build()
 }
 
-fn send(to: String, description: i32, payload: Vec<u8>) -> Vec<Outgoing> {
-    vec![Outgoing {
-        to,
-        description,
-        payload,
-    }]
-}
-
 fn setup_phase(
     ctx: &ComputationContext,
     inputs: &[StageInput],
@@ -128,16 +121,12 @@ fn setup_phase(
     } else {
         (ring.aggregator, SETUP_PHASE_INPUT)
     };
-    Ok(StageOutcome {
-        next_stage: WAIT_EXECUTION_PHASE_ONE_INPUTS,
-        sends: send(to, description, out),
-        ..Default::default()
-    })
-}
-
-fn register(c: &Host, point: &[u8]) -> Result<<Host as Crypto>::FixedBase, StageError> {
-    c.register(point)
-        .map_err(|e| StageError::permanent(format!("state: key: {e:?}")))
+    Ok(forward(
+        WAIT_EXECUTION_PHASE_ONE_INPUTS,
+        to,
+        description,
+        out,
+    ))
 }
 
 fn frequency_noise(p: &Params) -> Option<FrequencyNoise<'_>> {
@@ -173,11 +162,12 @@ fn execution_phase_one(
         let out = core::execution_one(&c, &st.secret_key, &y, input).map_err(core_err)?;
         (out, ring.next, EXECUTION_PHASE_ONE_INPUT)
     };
-    Ok(StageOutcome {
-        next_stage: WAIT_EXECUTION_PHASE_TWO_INPUTS,
-        sends: send(to, description, out),
-        ..Default::default()
-    })
+    Ok(forward(
+        WAIT_EXECUTION_PHASE_TWO_INPUTS,
+        to,
+        description,
+        out,
+    ))
 }
 
 fn execution_phase_two(
@@ -208,11 +198,7 @@ fn execution_phase_two(
         } else {
             WAIT_EXECUTION_PHASE_THREE_INPUTS
         };
-        return Ok(StageOutcome {
-            next_stage: next,
-            sends: send(ring.next, EXECUTION_PHASE_TWO_INPUT, out),
-            ..Default::default()
-        });
+        return Ok(forward(next, ring.next, EXECUTION_PHASE_TWO_INPUT, out));
     }
     let two = core::execution_two_at_aggregator(
         &c,
@@ -244,10 +230,13 @@ fn execution_phase_two(
     }
     st.reach = Some(reach);
     Ok(StageOutcome {
-        next_stage: WAIT_EXECUTION_PHASE_THREE_INPUTS,
         state: Some(state::encode(&st)),
-        sends: send(ring.first, EXECUTION_PHASE_THREE_INPUT, two.matrix),
-        ..Default::default()
+        ..forward(
+            WAIT_EXECUTION_PHASE_THREE_INPUTS,
+            ring.first,
+            EXECUTION_PHASE_THREE_INPUT,
+            two.matrix,
+        )
     })
 }
 
@@ -262,11 +251,12 @@ fn execution_phase_three(
     let c = Host;
     if ctx.role != Role::Aggregator {
         let out = core::execution_three(&c, &st.secret_key, input).map_err(core_err)?;
-        return Ok(StageOutcome {
-            next_stage: COMPLETE,
-            sends: send(ring.next, EXECUTION_PHASE_THREE_INPUT, out),
-            ..Default::default()
-        });
+        return Ok(forward(
+            COMPLETE,
+            ring.next,
+            EXECUTION_PHASE_THREE_INPUT,
+            out,
+        ));
     }
     let reach = st
         .reach
@@ -305,20 +295,15 @@ impl Protocol for Llv2 {
         stage: i32,
         inputs: Vec<StageInput>,
     ) -> Result<StageOutcome, StageError> {
+        if let Some(outcome) = shared_stage(&ctx, VARIANT, stage) {
+            return outcome;
+        }
         match stage {
-            INITIALIZATION_PHASE => {
-                llv2_common::initialization(&ctx, VARIANT, WAIT_REQUISITIONS_AND_KEY_SET)
-            }
-            CONFIRMATION_PHASE => {
-                llv2_common::confirmation(&ctx, VARIANT, WAIT_SETUP_PHASE_INPUTS, WAIT_TO_START)
-            }
             SETUP_PHASE => setup_phase(&ctx, &inputs),
             EXECUTION_PHASE_ONE => execution_phase_one(&ctx, &inputs),
             EXECUTION_PHASE_TWO => execution_phase_two(&ctx, &inputs),
             EXECUTION_PHASE_THREE => execution_phase_three(&ctx, &inputs),
-            other => Err(StageError::permanent(format!(
-                "stage {other} is not a queued stage"
-            ))),
+            other => Err(not_queued(other)),
         }
     }
 }

@@ -2,11 +2,12 @@
 //! a duchy plugin. The math is in `llv2-core`, the glue shared with LLv2 in `llv2-common`;
 //! every P-256 operation goes to the host's batched `crypto` import.
 
-use halo_plugin_sdk::p256::{CIPHERTEXT_LEN, Crypto, Host};
+use halo_plugin_sdk::p256::{CIPHERTEXT_LEN, Host};
 use halo_plugin_sdk::prelude::*;
 use llv2_common::{
-    Variant, core_err, estimate, load_confirmed, noise_rng, params, requisition_data, result,
-    ring_position, setup_inputs, single_peer_input,
+    Variant, core_err, estimate, forward, load_confirmed, noise_rng, not_queued, params,
+    register_key as register, requisition_data, result, ring_position, setup_inputs, shared_stage,
+    single_peer_input,
 };
 use llv2_core::protocol::{self as core, RoAggregation};
 
@@ -54,11 +55,6 @@ pub fn stages() -> Vec<StageInfo> {
         .build()
 }
 
-fn register(c: &Host, point: &[u8]) -> Result<<Host as Crypto>::FixedBase, StageError> {
-    c.register(point)
-        .map_err(|e| StageError::permanent(format!("state: key: {e:?}")))
-}
-
 fn setup_phase(
     ctx: &ComputationContext,
     inputs: &[StageInput],
@@ -96,15 +92,7 @@ fn setup_phase(
     } else {
         (ring.aggregator, SETUP_PHASE_INPUT)
     };
-    Ok(StageOutcome {
-        next_stage: WAIT_EXECUTION_PHASE_INPUTS,
-        sends: vec![Outgoing {
-            to,
-            description,
-            payload: out,
-        }],
-        ..Default::default()
-    })
+    Ok(forward(WAIT_EXECUTION_PHASE_INPUTS, to, description, out))
 }
 
 fn execution_phase(
@@ -118,15 +106,7 @@ fn execution_phase(
     let c = Host;
     if ctx.role != Role::Aggregator {
         let out = core::ro_execution(&c, &st.secret_key, input).map_err(core_err)?;
-        return Ok(StageOutcome {
-            next_stage: COMPLETE,
-            sends: vec![Outgoing {
-                to: ring.next,
-                description: EXECUTION_PHASE_INPUT,
-                payload: out,
-            }],
-            ..Default::default()
-        });
+        return Ok(forward(COMPLETE, ring.next, EXECUTION_PHASE_INPUT, out));
     }
     let active = core::ro_execution_at_aggregator(
         &c,
@@ -166,18 +146,13 @@ impl Protocol for RoLlv2 {
         stage: i32,
         inputs: Vec<StageInput>,
     ) -> Result<StageOutcome, StageError> {
+        if let Some(outcome) = shared_stage(&ctx, VARIANT, stage) {
+            return outcome;
+        }
         match stage {
-            INITIALIZATION_PHASE => {
-                llv2_common::initialization(&ctx, VARIANT, WAIT_REQUISITIONS_AND_KEY_SET)
-            }
-            CONFIRMATION_PHASE => {
-                llv2_common::confirmation(&ctx, VARIANT, WAIT_SETUP_PHASE_INPUTS, WAIT_TO_START)
-            }
             SETUP_PHASE => setup_phase(&ctx, &inputs),
             EXECUTION_PHASE => execution_phase(&ctx, &inputs),
-            other => Err(StageError::permanent(format!(
-                "stage {other} is not a queued stage"
-            ))),
+            other => Err(not_queued(other)),
         }
     }
 }
