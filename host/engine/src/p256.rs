@@ -671,35 +671,21 @@ impl HostState {
         })
     }
 
-    /// `rᵢⱼ·(Cᵢ + cⱼ·D)` (WIT 1.3 `elgamal-scale-random-shifted`): pieces of whole
-    /// ciphertexts (each with its `m` results), the multipliers and the shift checked first.
+    /// `rᵢⱼ·(Cᵢ + cⱼ·D)` (WIT 1.3 `elgamal-scale-random-shifted`): the shift, lengths and
+    /// multiplier cap first (as the pure implementation), then the host's result limits, then
+    /// the elements in pieces of whole ciphertexts (each with its `m ≤ 4096` results) on the
+    /// pool, so the deadline is checked between pieces of at most ~8k results.
     pub fn elgamal_scale_random_shifted(
         &mut self,
         cts: &[u8],
         shift: &[u8],
         multipliers: &[u8],
     ) -> CallResult<Vec<u8>> {
-        if shift.len() != CIPHERTEXT_LEN {
-            return Ok(Err(CryptoError::BadLength(format!(
-                "shift: a ciphertext is {CIPHERTEXT_LEN} bytes, got {}",
-                shift.len()
+        let (n, m) = guest!(ops::shifted_preflight(cts, shift, multipliers));
+        if n > MAX_ELEMENTS_PER_CALL {
+            return Ok(Err(CryptoError::Limit(format!(
+                "{n} elements in one call; the host takes at most {MAX_ELEMENTS_PER_CALL}"
             ))));
-        }
-        guest!(ops::decode_ciphertexts("shift", shift));
-        let n = guest!(check_count("ciphertexts", cts, CIPHERTEXT_LEN));
-        let m = guest!(check_count("multipliers", multipliers, SCALAR_LEN));
-        if let Err(bad) = ops::decode_scalars("multipliers", multipliers) {
-            // A bad ciphertext at or below the bad multiplier's index comes first.
-            let j = match &bad {
-                CryptoError::InvalidScalar { index, .. } => *index as usize,
-                _ => 0,
-            };
-            let upto = n.min(j.saturating_add(1));
-            guest!(ops::decode_ciphertexts(
-                "ciphertexts",
-                &cts[..upto * CIPHERTEXT_LEN]
-            ));
-            return Ok(Err(bad));
         }
         let results = n as u128 * m as u128;
         if results > MAX_ELEMENTS_PER_CALL as u128 {
@@ -709,13 +695,30 @@ impl HostState {
             ))));
         }
         guest!(self.output_fits(results * CIPHERTEXT_LEN as u128));
+        if let Err(bad) = ops::decode_scalars("multipliers", multipliers) {
+            // A bad ciphertext at or below the bad multiplier's index comes first; checked in
+            // pieces like any other input.
+            let j = match &bad {
+                CryptoError::InvalidScalar { index, .. } => *index as usize,
+                _ => 0,
+            };
+            let upto = n.min(j.saturating_add(1));
+            let head = &cts[..upto * CIPHERTEXT_LEN];
+            guest!(self.p256.run(upto, self.deadline, |r| {
+                ops::decode_ciphertexts("ciphertexts", piece(head, CIPHERTEXT_LEN, &r))
+                    .map(|_| Vec::<u8>::new())
+            })?);
+            return Ok(Err(bad));
+        }
         if m == 0 {
-            // Still check every ciphertext, as the pure implementation does.
-            guest!(ops::decode_ciphertexts("ciphertexts", cts));
+            // Nothing to compute, but every ciphertext is still checked (as the pure
+            // implementation does), in pieces under the deadline.
+            guest!(self.p256.run(n, self.deadline, |r| {
+                ops::decode_ciphertexts("ciphertexts", piece(cts, CIPHERTEXT_LEN, &r))
+                    .map(|_| Vec::<u8>::new())
+            })?);
             return Ok(Ok(Vec::new()));
         }
-        // About PIECE·8 results a piece, so the deadline is checked as often as for the other
-        // operations whatever m is.
         let columns = (PIECE * 8 / m).max(1);
         self.p256.run_in(n, columns, self.deadline, |r| {
             let start = r.start;

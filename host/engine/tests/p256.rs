@@ -278,6 +278,7 @@ fn bad_input_gives_the_same_error_from_host_and_pure() {
     // A shift that is none of the ciphertexts (C − 1·C would be an identity row).
     let other = inputs(1, 99).cts;
     let shift = &other[..66];
+    let many = vec![0u8; (ops::MAX_SHIFT_MULTIPLIERS + 1) * 32];
     let mut bad_shift = shift.to_vec();
     bad_shift[33] = 7;
     for (args, want) in [
@@ -295,6 +296,14 @@ fn bad_input_gives_the_same_error_from_host_and_pure() {
             "InvalidScalar { argument: \"multipliers\", index: 2 }",
         ),
         (vec![&x.cts[..], shift, &mult[..31]], "BadLength"),
+        // Lengths before elements; m = 0 still checks every ciphertext (in host pieces);
+        // the multiplier cap before any element.
+        (vec![&bad_ct[..], shift, &mult[..40]], "BadLength"),
+        (
+            vec![&bad_ct[..], shift, &[][..]],
+            "InvalidPoint { argument: \"ciphertexts\", index: 1300 }",
+        ),
+        (vec![&bad_ct[..], shift, &many[..]], "Limit"),
     ] {
         let e = same(&p, "scale-random-shifted", &args).unwrap_err();
         assert!(

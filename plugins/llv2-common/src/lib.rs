@@ -840,8 +840,6 @@ pub fn setup_inputs<'a>(
     Ok(out)
 }
 
-/// A PRNG for local noise draws, seeded from the host's CSPRNG (noise is local and
-/// non-deterministic, mpc-crypto §9 item 11).
 /// The host's table of a key kept in the state (a key the host refuses is a broken state:
 /// permanent).
 pub fn register_key(c: &Host, point: &[u8]) -> Result<<Host as Crypto>::FixedBase, StageError> {
@@ -890,6 +888,8 @@ pub fn not_queued(stage: i32) -> StageError {
     StageError::permanent(format!("stage {stage} is not a queued stage"))
 }
 
+/// A PRNG for local noise draws, seeded from the host's CSPRNG (noise is local and
+/// non-deterministic, mpc-crypto §9 item 11).
 pub fn noise_rng() -> hmss_core::Prng<hmss_core::CtrKeystream> {
     let key = random::random_array::<32>();
     let iv = random::random_array::<16>();

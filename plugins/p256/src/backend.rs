@@ -247,41 +247,35 @@ impl<R: RandomSource + Default> Crypto for Pure<R> {
 }
 
 /// [`Crypto::scale_random_shifted`] from the 1.2 functions (for a host without 1.3's
-/// `elgamal-scale-random-shifted`): `cⱼ·D` by `scale`, the sums by `ciphertext_add`, then
-/// `scale_random`. The same results in distribution; errors name the same first bad input of
-/// each argument but the identity index is the sum's.
+/// `elgamal-scale-random-shifted`): the same checks in the same order
+/// ([`crate::ops::shifted_preflight`], then the lowest bad element), then `cⱼ·D` by `scale`,
+/// the sums by `ciphertext_add` and `scale_random`: the same results in distribution.
 pub fn scale_random_shifted_by_parts<C: Crypto + ?Sized>(
     c: &C,
     ciphertexts: &[u8],
     shift: &[u8],
     multipliers: &[u8],
 ) -> Result<Vec<u8>> {
-    if shift.len() != CIPHERTEXT_LEN {
-        return Err(CryptoError::BadLength(format!(
-            "shift: a ciphertext is {CIPHERTEXT_LEN} bytes, got {}",
-            shift.len()
-        )));
+    let (n, m) = crate::ops::shifted_preflight(ciphertexts, shift, multipliers)?;
+    let check = |upto: usize| {
+        c.validate(&ciphertexts[..upto * CIPHERTEXT_LEN])
+            .map_err(|e| e.rename("ciphertexts", 2))
+    };
+    if let Err(bad) = crate::ops::decode_scalars("multipliers", multipliers) {
+        let j = match &bad {
+            CryptoError::InvalidScalar { index, .. } => *index as usize,
+            _ => 0,
+        };
+        check(n.min(j.saturating_add(1)))?;
+        return Err(bad);
     }
-    let n = crate::ops::count("ciphertexts", ciphertexts, CIPHERTEXT_LEN)?;
-    let m = crate::ops::count("multipliers", multipliers, SCALAR_LEN)?;
-    let mut bases = Vec::with_capacity(m * CIPHERTEXT_LEN);
-    for (j, k) in multipliers.chunks(SCALAR_LEN).enumerate() {
-        bases.extend(c.scale(shift, k).map_err(|e| match e {
-            CryptoError::InvalidScalar { .. } => CryptoError::InvalidScalar {
-                argument: "multipliers".into(),
-                index: j as u32,
-            },
-            CryptoError::InvalidPoint { .. } => CryptoError::InvalidPoint {
-                argument: "shift".into(),
-                index: 0,
-            },
-            e => e,
-        })?);
-    }
+    check(n)?;
     if n == 0 || m == 0 {
-        c.validate(ciphertexts)
-            .map_err(|e| e.rename("ciphertexts", 2))?;
         return Ok(Vec::new());
+    }
+    let mut bases = Vec::with_capacity(m * CIPHERTEXT_LEN);
+    for k in multipliers.chunks(SCALAR_LEN) {
+        bases.extend(c.scale(shift, k)?);
     }
     let mut lhs = Vec::with_capacity(n * m * CIPHERTEXT_LEN);
     for ct in ciphertexts.chunks(CIPHERTEXT_LEN) {
@@ -289,8 +283,6 @@ pub fn scale_random_shifted_by_parts<C: Crypto + ?Sized>(
             lhs.extend_from_slice(ct);
         }
     }
-    let sums = c
-        .ciphertext_add(&lhs, &bases.repeat(n))
-        .map_err(|e| e.rename("ciphertexts", m))?;
+    let sums = c.ciphertext_add(&lhs, &bases.repeat(n))?;
     c.scale_random(&sums)
 }

@@ -566,9 +566,60 @@ pub fn scale_random(ciphertexts: &[u8], rng: &mut dyn RandomSource) -> Result<Ve
     scale_with(ciphertexts, Scalars::Each(&rs))
 }
 
-/// Ciphertexts whose tables [`scale_random_shifted`] holds at once (two points each, 32.5 KiB
-/// of table a point: about 4 MiB of scratch).
-pub const SHIFTED_PIECE: usize = 64;
+/// Most multipliers one [`scale_random_shifted`] call takes (Liquid Legions needs
+/// `MF − 1 ≤ 999`); more is a `limit` error, so one ciphertext's results stay a bounded batch.
+pub const MAX_SHIFT_MULTIPLIERS: usize = 4096;
+/// Results [`scale_random_shifted`] computes in one batch (whole ciphertexts, at least one, at
+/// most 128): the scratch is about 1.3 KiB a result plus 65 KiB of tables a ciphertext.
+const SHIFTED_BATCH: usize = 1024;
+
+/// The checks of [`scale_random_shifted`] before any element: the shift (length, then
+/// points), the lengths of `ciphertexts` and `multipliers`, the multiplier cap. Returns
+/// `(n, m)`. The host runs the same checks before splitting a call.
+pub fn shifted_preflight(
+    ciphertexts: &[u8],
+    shift: &[u8],
+    multipliers: &[u8],
+) -> Result<(usize, usize)> {
+    if shift.len() != CIPHERTEXT_LEN {
+        return Err(CryptoError::BadLength(format!(
+            "shift: a ciphertext is {CIPHERTEXT_LEN} bytes, got {}",
+            shift.len()
+        )));
+    }
+    decode_ciphertexts("shift", shift)?;
+    let n = count("ciphertexts", ciphertexts, CIPHERTEXT_LEN)?;
+    let m = count("multipliers", multipliers, SCALAR_LEN)?;
+    if m > MAX_SHIFT_MULTIPLIERS {
+        return Err(CryptoError::Limit(format!(
+            "{m} multipliers in one call; at most {MAX_SHIFT_MULTIPLIERS}"
+        )));
+    }
+    Ok((n, m))
+}
+
+/// The decoded ciphertexts (`u`s, `e`s) and multipliers of [`scale_random_shifted`].
+type ShiftedElements = ((Vec<Affine>, Vec<Affine>), Vec<Scalar>);
+
+/// The lowest bad element of `ciphertexts` and `multipliers` (at equal index, the
+/// ciphertext), checking ciphertexts only up to the first bad multiplier.
+fn shifted_elements(
+    ciphertexts: &[u8],
+    multipliers: &[u8],
+) -> Result<ShiftedElements> {
+    match decode_scalars("multipliers", multipliers) {
+        Ok(cs) => Ok((decode_ciphertexts("ciphertexts", ciphertexts)?, cs)),
+        Err(bad) => {
+            let j = match &bad {
+                CryptoError::InvalidScalar { index, .. } => *index as usize,
+                _ => 0,
+            };
+            let upto = (ciphertexts.len() / CIPHERTEXT_LEN).min(j.saturating_add(1));
+            decode_ciphertexts("ciphertexts", &ciphertexts[..upto * CIPHERTEXT_LEN])?;
+            Err(bad)
+        }
+    }
+}
 
 /// `a + b` for paired results, `None` where either is missing or the sum is the identity.
 fn add_options(a: &[Option<Affine>], b: &[Option<Affine>]) -> Vec<Option<Affine>> {
@@ -592,45 +643,30 @@ fn add_options(a: &[Option<Affine>], b: &[Option<Affine>]) -> Vec<Option<Affine>
 /// ciphertext. With `D = Enc(P1)` and `cⱼ = −(j+1)` this is the reference's same-key
 /// aggregator matrix (spec §3.4: `Destructor(base_j, cnt)`, `base_j = −(j+1)·Enc(P1)`), computed
 /// as `rᵢⱼ·Cᵢ + (rᵢⱼ·cⱼ)·D`: each `Cᵢ`'s points get one table for all their `m`
-/// multiplications and `D`'s points one fixed-base table for the call. Errors: `shift` first,
-/// then the lowest bad element of `ciphertexts` and `multipliers` (at equal index,
-/// `ciphertexts`); an `identity` error names the result element `i·m + j`.
+/// multiplications and `D`'s points one fixed-base table for the call. Errors, in this order:
+/// `shift` (length, then points), the lengths of `ciphertexts` and `multipliers`, more than
+/// [`MAX_SHIFT_MULTIPLIERS`] multipliers (`limit`), then the lowest bad element of
+/// `ciphertexts` and `multipliers` (at equal index, `ciphertexts`); an `identity` error names
+/// the result element `i·m + j`.
 pub fn scale_random_shifted(
     ciphertexts: &[u8],
     shift: &[u8],
     multipliers: &[u8],
     rng: &mut dyn RandomSource,
 ) -> Result<Vec<u8>> {
-    if shift.len() != CIPHERTEXT_LEN {
-        return Err(CryptoError::BadLength(format!(
-            "shift: a ciphertext is {CIPHERTEXT_LEN} bytes, got {}",
-            shift.len()
-        )));
-    }
+    shifted_preflight(ciphertexts, shift, multipliers)?;
     let (du, de) = decode_ciphertexts("shift", shift)?;
-    let cts = decode_ciphertexts("ciphertexts", ciphertexts);
-    let cs = decode_scalars("multipliers", multipliers);
-    let ((us, es), cs) = match (cts, cs) {
-        (Ok(c), Ok(s)) => (c, s),
-        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
-        (Err(a), Err(b)) => {
-            let index = |e: &CryptoError| match e {
-                CryptoError::InvalidPoint { index, .. }
-                | CryptoError::InvalidScalar { index, .. } => *index,
-                _ => 0,
-            };
-            return Err(if index(&b) < index(&a) { b } else { a });
-        }
-    };
+    let ((us, es), cs) = shifted_elements(ciphertexts, multipliers)?;
     let (n, m) = (us.len(), cs.len());
     if n == 0 || m == 0 {
         return Ok(Vec::new());
     }
     let (tu, te) = (FixedTable::new(&du[0]), FixedTable::new(&de[0]));
     let mut out = Vec::with_capacity(n * m * CIPHERTEXT_LEN);
+    let columns = (SHIFTED_BATCH / m).clamp(1, 128);
     let mut start = 0;
     while start < n {
-        let end = (start + SHIFTED_PIECE).min(n);
+        let end = (start + columns).min(n);
         let len = end - start;
         // Element e = i·m + j of this piece: r and t = r·cⱼ.
         let rs = random_scalars_vec(len * m, rng);

@@ -549,7 +549,8 @@ fn scale_random_shifted_edges() {
     let mult: Vec<u8> = (1..=3u64)
         .flat_map(|j| Scalar::from_u64(j).neg().to_be_bytes())
         .collect();
-    // C₂ = −2·D exactly: row 1 of ciphertext 2 is (identity, identity) → identity(2·3 + 1).
+    // C₂ = 2·D exactly: row 1 (multiplier −2) of ciphertext 2 is (identity, identity) →
+    // identity(2·3 + 1).
     let neg2d = ops::scale(&shift, &Scalar::from_u64(2).to_be_bytes()).unwrap();
     let mut bad = cts.clone();
     bad[2 * 66..3 * 66].copy_from_slice(&neg2d);
@@ -612,5 +613,127 @@ fn scale_random_shifted_edges() {
         ops::scale_random_shifted(&cts, &shift, &[], &mut rng)
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A counter-based random source for `Pure` in tests.
+#[derive(Default)]
+struct Counter;
+
+impl ops::RandomSource for Counter {
+    fn fill(&mut self, buf: &mut [u8]) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        for chunk in buf.chunks_mut(8) {
+            let v = NEXT
+                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+                .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            chunk.copy_from_slice(&v.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}
+
+/// The shifted destructor's checks that come before any element (lengths before elements, the
+/// multiplier cap), and the 1.2 fallback built from 1.2's functions: the same errors in the
+/// same order as the native operation, and the same algebra.
+#[test]
+fn scale_random_shifted_checks_and_the_1_2_fallback() {
+    use halo_p256::backend::{Pure, scale_random_shifted_by_parts};
+    let pure = Pure::<Counter>::new();
+    let mut rng = halo_p256::vectors::lcg(21);
+    let g = FixedTable::new(&Affine::generator());
+    let x = scalar(91);
+    let y = ops::mul_fixed(&g, &x).unwrap();
+    let yt = FixedTable::new(&Affine::decode(&y).unwrap());
+    let key = ElGamalKey {
+        generator: &g,
+        key: &yt,
+    };
+    let (p1, _) = hash_to_curve(b"unit-2");
+    let p1e = p1.encode();
+    let cts = ops::encrypt(&key, &ops::multiples(&p1e, 6).unwrap(), &mut rng).unwrap();
+    let shift = ops::encrypt(&key, &p1e, &mut rng).unwrap();
+    let mult: Vec<u8> = (1..=4u64)
+        .flat_map(|j| Scalar::from_u64(j).neg().to_be_bytes())
+        .collect();
+    let both = |c: &[u8], s: &[u8], m: &[u8]| {
+        let native = ops::scale_random_shifted(c, s, m, &mut halo_p256::vectors::lcg(2));
+        let parts = scale_random_shifted_by_parts(&pure, c, s, m);
+        match (native, parts) {
+            (Err(a), Err(b)) => {
+                assert_eq!(a, b, "native and 1.2 fallback disagree");
+                Err(a)
+            }
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.len(), b.len());
+                Ok((a, b))
+            }
+            (a, b) => panic!("native {a:?} vs fallback {b:?}"),
+        }
+    };
+    // The algebra: (i, j) decrypts to zero iff count i + 1 == j + 1, on both.
+    let (a, b) = both(&cts, &shift, &mult).unwrap();
+    let want: Vec<bool> = (0..6).flat_map(|i| (0..4).map(move |j| i == j)).collect();
+    assert_eq!(ops::is_zero(&x, &a).unwrap(), want);
+    assert_eq!(ops::is_zero(&x, &b).unwrap(), want);
+    let mut bad_ct0 = cts.clone();
+    bad_ct0[0] = 9;
+    let mut bad_shift = shift.clone();
+    bad_shift[40] ^= 0x5a;
+    bad_shift[33] = 8;
+    let mut bad_mult = mult.clone();
+    bad_mult[..32].copy_from_slice(&[0xff; 32]);
+    // Lengths before elements: a bad ciphertext 0 does not hide a short multiplier list.
+    assert!(matches!(
+        both(&bad_ct0, &shift, &mult[..40]),
+        Err(ops::CryptoError::BadLength(m)) if m.starts_with("multipliers")
+    ));
+    // The shift before everything, even with m = 0 and a bad multiplier 0.
+    let shift_err = ops::CryptoError::InvalidPoint {
+        argument: "shift".into(),
+        index: 0,
+    };
+    assert_eq!(both(&cts, &bad_shift, &[]).unwrap_err(), shift_err);
+    assert_eq!(both(&cts, &bad_shift, &bad_mult).unwrap_err(), shift_err);
+    // Lowest element: ciphertext 0 and multiplier 0 → the ciphertext; a bad ciphertext 3 and
+    // multiplier 0 → the multiplier.
+    assert_eq!(
+        both(&bad_ct0, &shift, &bad_mult).unwrap_err(),
+        ops::CryptoError::InvalidPoint {
+            argument: "ciphertexts".into(),
+            index: 0
+        }
+    );
+    let mut bad_ct3 = cts.clone();
+    bad_ct3[3 * 66 + 33] = 4;
+    assert_eq!(
+        both(&bad_ct3, &shift, &bad_mult).unwrap_err(),
+        ops::CryptoError::InvalidScalar {
+            argument: "multipliers".into(),
+            index: 0
+        }
+    );
+    // m = 0 still checks every ciphertext.
+    assert_eq!(
+        both(&bad_ct3, &shift, &[]).unwrap_err(),
+        ops::CryptoError::InvalidPoint {
+            argument: "ciphertexts".into(),
+            index: 3
+        }
+    );
+    assert!(both(&cts, &shift, &[]).unwrap().0.is_empty());
+    // The multiplier cap, before any element (a 4097-long list of zero scalars).
+    let many = vec![0u8; (ops::MAX_SHIFT_MULTIPLIERS + 1) * 32];
+    assert!(matches!(
+        both(&bad_ct0, &shift, &many),
+        Err(ops::CryptoError::Limit(_))
+    ));
+    // Identity results name i·m + j on both (ciphertext 1 = 2·D, multiplier 1 = −2).
+    let two_d = ops::scale(&shift, &scalar(2)).unwrap();
+    let mut with_zero = cts.clone();
+    with_zero[66..132].copy_from_slice(&two_d);
+    assert_eq!(
+        both(&with_zero, &shift, &mult).unwrap_err(),
+        ops::CryptoError::Identity { index: 5 }
     );
 }
