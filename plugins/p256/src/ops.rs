@@ -603,10 +603,7 @@ type ShiftedElements = ((Vec<Affine>, Vec<Affine>), Vec<Scalar>);
 
 /// The lowest bad element of `ciphertexts` and `multipliers` (at equal index, the
 /// ciphertext), checking ciphertexts only up to the first bad multiplier.
-fn shifted_elements(
-    ciphertexts: &[u8],
-    multipliers: &[u8],
-) -> Result<ShiftedElements> {
+fn shifted_elements(ciphertexts: &[u8], multipliers: &[u8]) -> Result<ShiftedElements> {
     match decode_scalars("multipliers", multipliers) {
         Ok(cs) => Ok((decode_ciphertexts("ciphertexts", ciphertexts)?, cs)),
         Err(bad) => {
