@@ -41,7 +41,7 @@ fuzz_target!(|inp: Input| {
     static G: std::sync::OnceLock<FixedTable> = std::sync::OnceLock::new();
     let g = G.get_or_init(|| FixedTable::new(&Affine::generator()));
     let mut r = halo_p256::vectors::lcg(inp.n as u64);
-    match inp.op % 16 {
+    match inp.op % 17 {
         0 => check_points(ops::mul(a, b), Some(a.len() / 33)),
         1 => check_points(ops::mul_each(a, b), Some(a.len() / 33)),
         2 => check_points(ops::add(a, b), None),
@@ -77,6 +77,10 @@ fuzz_target!(|inp: Input| {
             }
             check_points(Ok(pts), Some(3));
         }
+        15 => check_cts(
+            ops::scale_random_shifted(a, b, c, &mut r),
+            (a.len() / 66) * (c.len() / 32),
+        ),
         _ => {
             let block = (inp.n % 300) as usize;
             if let Ok(s) = ops::sort_blocks(a, block) {
