@@ -119,6 +119,30 @@ pub fn mul_var(p: &Affine, k: &Scalar) -> Jacobian {
     acc
 }
 
+/// Entry `(i, j)` = `(2j+1)·2^(w·i)·P` for `windows × entries` entries, with the complete
+/// Jacobian formulas and one inversion (an identity entry, impossible for a point of prime
+/// order and these sizes, would read as `P`).
+fn window_tables(p: &Affine, windows: usize, entries: usize, w: u32) -> Vec<Affine> {
+    let mut jac = Vec::with_capacity(windows * entries);
+    let mut b = p.to_jacobian();
+    for _ in 0..windows {
+        let b2 = b.double();
+        let mut e = b;
+        jac.push(e);
+        for _ in 1..entries {
+            e = e.add(&b2);
+            jac.push(e);
+        }
+        for _ in 0..w {
+            b = b.double();
+        }
+    }
+    crate::point::normalize_batch(&jac)
+        .into_iter()
+        .map(|a| a.unwrap_or(*p))
+        .collect()
+}
+
 /// The precomputed odd multiples of one fixed point, for many multiplications by it.
 #[derive(Clone)]
 pub struct FixedTable {
@@ -141,25 +165,8 @@ impl FixedTable {
 
     /// Builds the table of `base` (about 2 400 point additions and one batched inversion).
     pub fn new(base: &Affine) -> FixedTable {
-        let mut jac = Vec::with_capacity(FIXED_WINDOWS * FIXED_ENTRIES);
-        let mut b = base.to_jacobian();
-        for _ in 0..FIXED_WINDOWS {
-            let b2 = b.double();
-            let mut e = b;
-            jac.push(e);
-            for _ in 1..FIXED_ENTRIES {
-                e = e.add(&b2);
-                jac.push(e);
-            }
-            for _ in 0..FIXED_W {
-                b = b.double();
-            }
-        }
         // No entry is the identity: (2j+1)·2^(7i) < n for every window and entry.
-        let entries = crate::point::normalize_batch(&jac)
-            .into_iter()
-            .map(|p| p.unwrap_or(*base))
-            .collect();
+        let entries = window_tables(base, FIXED_WINDOWS, FIXED_ENTRIES, FIXED_W);
         FixedTable {
             entries,
             base: *base,
@@ -538,22 +545,9 @@ impl SharedTables {
 
     /// One point's table with the complete Jacobian formulas.
     fn rebuild(out: &mut [Affine], p: &Affine) {
-        let mut jac = Vec::with_capacity(out.len());
-        let mut b = p.to_jacobian();
-        for _ in 0..SHARED_WINDOWS {
-            let b2 = b.double();
-            let mut e = b;
-            jac.push(e);
-            for _ in 1..SHARED_ENTRIES {
-                e = e.add(&b2);
-                jac.push(e);
-            }
-            for _ in 0..SHARED_W {
-                b = b.double();
-            }
-        }
-        for (o, a) in out.iter_mut().zip(crate::point::normalize_batch(&jac)) {
-            *o = a.unwrap_or(*p);
+        let table = window_tables(p, SHARED_WINDOWS, SHARED_ENTRIES, SHARED_W);
+        for (o, a) in out.iter_mut().zip(table) {
+            *o = a;
         }
     }
 
